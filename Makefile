@@ -1,0 +1,77 @@
+# ddpm.c build. `make` builds bin/ddpm; `make test` runs the test suite;
+# `make run` sets up, trains the default config and writes samples.
+# The CPU engine needs OpenBLAS, cJSON, libpng, zlib and libzip. The CUDA
+# toolkit, cuDNN, NCCL and MPI are detected and reported below.
+
+CC      ?= gcc
+ifeq ($(origin CC),default)
+CC      := gcc
+endif
+OPT     ?= -O3 -march=native
+CFLAGS  ?= $(OPT)
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -Iinclude -MMD -MP
+LDLIBS  += -lopenblas -lcjson -lpng -lz -lzip -lm -fopenmp
+BUILD   ?= build
+BIN     ?= bin
+
+SRC        := $(wildcard src/*.c)
+LIB_OBJ    := $(patsubst src/%.c,$(BUILD)/%.o,$(filter-out src/main.c,$(SRC)))
+TEST_SRC   := $(wildcard tests/test_*.c)
+TEST_BINS  := $(patsubst tests/%.c,$(BIN)/%,$(TEST_SRC))
+
+# ---- detection: every line reports what was found, and where ----
+CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda $(dir $(shell command -v nvcc 2>/dev/null)).. ))
+NVCC      := $(firstword $(wildcard $(CUDA_HOME)/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
+CUDNN_H   := $(firstword $(wildcard $(CUDNN_HOME)/include/cudnn_version.h $(CUDA_HOME)/include/cudnn_version.h /usr/local/include/cudnn_version.h /usr/include/cudnn_version.h /usr/include/x86_64-linux-gnu/cudnn_version.h))
+NCCL_H    := $(firstword $(wildcard $(NCCL_HOME)/include/nccl.h $(CUDA_HOME)/include/nccl.h /usr/local/include/nccl.h /usr/include/nccl.h))
+MPICC     := $(shell command -v mpicc 2>/dev/null)
+CUDNN_VER := $(if $(CUDNN_H),$(shell awk '/define CUDNN_MAJOR/{a=$$3}/define CUDNN_MINOR/{b=$$3}END{print a"."b}' $(CUDNN_H)))
+NCCL_VER  := $(if $(NCCL_H),$(shell awk '/define NCCL_MAJOR/{a=$$3}/define NCCL_MINOR/{b=$$3}END{print a"."b}' $(NCCL_H)))
+NVCC_VER  := $(if $(NVCC),$(shell $(NVCC) --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'))
+
+.PHONY: all detect test test-sanitize run clean
+all: detect $(BIN)/ddpm
+
+detect:
+	@echo "$(if $(NVCC),✓ CUDA toolkit $(NVCC_VER) ($(NVCC)),✗ CUDA toolkit (no nvcc; set CUDA_HOME))"
+	@echo "$(if $(CUDNN_H),✓ cuDNN $(CUDNN_VER) ($(dir $(CUDNN_H))),✗ cuDNN (no cudnn_version.h; set CUDNN_HOME))"
+	@echo "$(if $(NCCL_H),✓ NCCL $(NCCL_VER) ($(dir $(NCCL_H))),✗ NCCL (no nccl.h; set NCCL_HOME))"
+	@echo "$(if $(MPICC),✓ MPI ($(MPICC)),✗ MPI (no mpicc))"
+	@echo "✓ CPU backend (OpenBLAS, cJSON, libpng, zlib, libzip)"
+
+$(BUILD)/%.o: src/%.c | $(BUILD)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/tests/%.o: tests/%.c | $(BUILD)
+	@mkdir -p $(BUILD)/tests
+	$(CC) $(CFLAGS) -Itests -c $< -o $@
+
+$(BIN)/ddpm: $(BUILD)/main.o $(LIB_OBJ) | $(BIN)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BIN)/test_%: $(BUILD)/tests/test_%.o $(LIB_OBJ) | $(BIN)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD) $(BIN):
+	@mkdir -p $@
+
+# The suite: unit tests (C), then end-to-end tests of bin/ddpm (shell), then the
+# same again under AddressSanitizer + UndefinedBehaviorSanitizer.
+test: detect $(BIN)/ddpm $(TEST_BINS)
+	@bash tests/run_tests.sh $(BIN)
+	@$(MAKE) --no-print-directory test-sanitize
+
+test-sanitize:
+	@$(MAKE) --no-print-directory BUILD=build-san BIN=bin-san \
+	    OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	    bin-san/ddpm $(patsubst $(BIN)/%,bin-san/%,$(TEST_BINS))
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	    DDPM_SANITIZE=1 bash tests/run_tests.sh bin-san
+
+run: $(BIN)/ddpm
+	@bash tools/run_default.sh
+
+clean:
+	rm -rf build build-san bin bin-san
+
+-include $(wildcard $(BUILD)/*.d $(BUILD)/tests/*.d)

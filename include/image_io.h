@@ -1,0 +1,18 @@
+/* Writing generated images: a PNG grid, and samples.npz with arr_0 uint8 (N, H, W, C). */
+#ifndef DDPM_IMAGE_IO_H
+#define DDPM_IMAGE_IO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Converts floats in [-1, 1] to uint8 by round((x+1)*127.5) clamped to [0, 255]. */
+void images_to_u8(uint8_t *out, const float *x, size_t count);
+/* Writes n images (n, h, w, c) as a near-square grid with a 2-pixel border, c = 1 or 3.
+ * Atomic; returns 0 or -1 with err filled. */
+int write_png_grid(const char *path, const uint8_t *images, int n, int h, int w, int c,
+                   char *err, size_t err_size);
+/* Writes a NumPy .npz archive holding one uint8 array arr_0 of shape (n, h, w, c). */
+int write_npz_u8(const char *path, const uint8_t *images, int n, int h, int w, int c, char *err,
+                 size_t err_size);
+
+#endif

@@ -1,0 +1,65 @@
+/* Training: the DDPM objective L_simple with AdamW, gradient clipping, LR warmup
+ * and an EMA of the weights. Every random draw is keyed by (seed, step, sample),
+ * so a run resumed from a checkpoint continues bit-identically. */
+#ifndef DDPM_TRAIN_H
+#define DDPM_TRAIN_H
+
+#include <stdint.h>
+
+#include "checkpoint.h"
+#include "config.h"
+#include "data.h"
+#include "diffusion.h"
+#include "unet.h"
+
+typedef struct {
+    Config cfg;
+    const Backend *be;
+    UNet *model;
+    GaussianDiffusion diffusion;
+    Dataset data;
+    TrainProgress progress;
+    float *ema, *adam_m, *adam_v;          /* (P) backend */
+    float *sqrt_ac, *sqrt_1m_ac;           /* (T) backend float copies of the schedule */
+    float *target;                         /* (B, H, W, C) backend */
+    uint8_t *images;                       /* (B, H, W, C) backend: the batch's raw pixels */
+    float *loss_per_sample;                /* (B) backend */
+    float *grad_norm;                      /* (1) backend */
+    uint8_t *host_images;                  /* (B, H, W, C) */
+    int32_t *host_t;                       /* (B) */
+    float *host_loss;                      /* (B) */
+    uint32_t *order;                       /* (data.count) permutation of the current epoch */
+    long order_epoch;
+    int bad_streak;
+} Trainer;
+
+typedef struct {
+    int skipped;            /* non-finite loss or gradient: no update */
+    double loss;            /* batch mean */
+    double grad_norm;       /* before clipping */
+    double lr;
+    const float *loss_per_sample;    /* (B) host */
+    const int32_t *t;                /* (B) host */
+} StepResult;
+
+/* Sets up the model, optimizer state and schedule for cfg, with the data already
+ * loaded (data is taken over). Weights are initialised from cfg->seed. */
+void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *data);
+void trainer_free(Trainer *tr);
+/* One training step on the batch for tr->progress.step; advances the step. */
+StepResult trainer_step(Trainer *tr);
+int trainer_save(Trainer *tr, const char *path, char *err, size_t err_size);
+int trainer_load(Trainer *tr, const char *path, char *err, size_t err_size);
+
+/* The learning rate at an optimizer step: linear warmup, then constant. */
+double learning_rate(const Config *cfg, long adam_steps);
+
+/* One AdamW update (optimizer step t, from 1) with global-norm clipping to
+ * cfg->grad_clip, given the gradient norm before clipping. */
+void adamw_step(const Backend *be, const Config *cfg, float *weights, const float *grads,
+                float *adam_m, float *adam_v, size_t n, long t, double lr, double grad_norm);
+
+/* `ddpm train`: the whole run with logging, samples and checkpoints. Returns the exit status. */
+int train_main(const Config *cfg, const Backend *be, int resume);
+
+#endif

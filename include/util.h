@@ -1,0 +1,27 @@
+/* Small shared helpers: fatal errors, checked allocation and file I/O. */
+#ifndef DDPM_UTIL_H
+#define DDPM_UTIL_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+/* Prints "ddpm: <message>" to stderr and exits with status 1. */
+void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* Prints "ddpm: warning: <message>" to stderr. */
+void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+void *xmalloc(size_t bytes);          /* dies on failure */
+void *xcalloc(size_t count, size_t size);
+char *xstrdup(const char *s);
+
+/* Reads a whole file; sets *size. Returns NULL and fills err (naming the problem) on failure. */
+unsigned char *read_file(const char *path, size_t *size, char *err, size_t err_size);
+/* Writes data to path atomically: path.tmp, fsync, rename, fsync of the directory.
+ * Returns 0, or -1 with err filled. An existing file at path is untouched on failure. */
+int write_file_atomic(const char *path, const void *data, size_t size, char *err, size_t err_size);
+/* mkdir -p; returns 0 or -1 with err filled. */
+int make_dirs(const char *path, char *err, size_t err_size);
+
+double now_seconds(void);             /* monotonic clock */
+
+#endif

@@ -1,0 +1,132 @@
+/* bin/ddpm: the command line. `ddpm train`, `ddpm sample`, `ddpm schedule`, `ddpm info`. */
+#include <cblas.h>
+#include <getopt.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "diffusion.h"
+#include "sample.h"
+#include "train.h"
+#include "unet.h"
+#include "util.h"
+
+static void usage(FILE *to) {
+    fprintf(to,
+            "usage:\n"
+            "  ddpm train --config FILE [--resume] [--device cpu|cuda] [key=value ...]\n"
+            "  ddpm sample --ckpt FILE [--n N] [--out DIR] [--seed S] [--batch B] [--clip 0|1]\n"
+            "  ddpm schedule --config FILE [key=value ...]   (CSV of every per-timestep array)\n"
+            "  ddpm info --config FILE [key=value ...]       (parameter names and shapes)\n"
+            "Configs are JSON files of known keys (see configs/); key=value overrides them.\n");
+}
+
+/* --device: cuda when built with it and a GPU is present, else the CPU. */
+static const Backend *pick_backend(const char *device) {
+    const Backend *cuda = backend_cuda();
+    if (!device || strcmp(device, "auto") == 0) return cuda ? cuda : backend_cpu();
+    if (strcmp(device, "cpu") == 0) return backend_cpu();
+    if (strcmp(device, "cuda") == 0) {
+        if (!cuda) die("--device cuda: this build has no CUDA backend, or no GPU is visible");
+        return cuda;
+    }
+    die("--device: expected cpu, cuda or auto, got '%s'", device);
+}
+
+typedef struct {
+    Config cfg;
+    int resume;
+    const char *device;
+} ConfigArgs;
+
+/* --config FILE, flags, then key=value overrides in order; the result is validated. */
+static ConfigArgs parse_config_args(int argc, char **argv) {
+    ConfigArgs a = {.resume = 0};
+    char err[1024];
+    const char *config_path = NULL;
+    config_defaults(&a.cfg);
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) config_path = argv[++i];
+        else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc) a.device = argv[++i];
+        else if (strcmp(argv[i], "--resume") == 0) a.resume = 1;
+        else if (strchr(argv[i], '=') && argv[i][0] != '-') continue;
+        else die("unknown argument '%s' (see ddpm --help)", argv[i]);
+    }
+    if (!config_path) die("--config FILE is required");
+    if (config_load_file(&a.cfg, config_path, err, sizeof err) != 0) die("%s", err);
+    for (int i = 1; i < argc; i++)
+        if (strchr(argv[i], '=') && argv[i][0] != '-' && strcmp(argv[i - 1], "--config") &&
+            strcmp(argv[i - 1], "--device") && config_set(&a.cfg, argv[i], err, sizeof err) != 0)
+            die("%s", err);
+    if (config_validate(&a.cfg, err, sizeof err) != 0) die("%s: %s", config_path, err);
+    return a;
+}
+
+static void set_threads(int threads) {
+    if (threads <= 0) return;
+    omp_set_num_threads(threads);
+    openblas_set_num_threads(threads);
+}
+
+static int schedule_main(int argc, char **argv) {
+    ConfigArgs a = parse_config_args(argc, argv);
+    GaussianDiffusion d;
+    char err[512];
+    if (diffusion_init(&d, a.cfg.beta_schedule, a.cfg.timesteps,
+                       prediction_from_name(a.cfg.prediction), variance_from_name(a.cfg.variance),
+                       err, sizeof err) != 0)
+        die("%s", err);
+    int count;
+    const char *const *names = diffusion_array_names(&count);
+    printf("t");
+    for (int i = 0; i < count; i++) printf(",%s", names[i]);
+    printf("\n");
+    for (int t = 0; t < d.num_timesteps; t++) {
+        printf("%d", t);
+        for (int i = 0; i < count; i++) printf(",%.17g", diffusion_array(&d, i)[t]);
+        printf("\n");
+    }
+    diffusion_free(&d);
+    return 0;
+}
+
+static int info_main(int argc, char **argv) {
+    ConfigArgs a = parse_config_args(argc, argv);
+    UNet *m = unet_create(backend_cpu(), &a.cfg, 1);
+    for (int i = 0; i < m->n_params; i++) {
+        const ParamInfo *p = &m->params[i];
+        printf("%-60s [", p->name);
+        for (int j = 0; j < p->ndim; j++) printf("%s%lld", j ? ", " : "", (long long)p->shape[j]);
+        printf("]\n");
+    }
+    printf("parameters: %zu\n", m->num_parameters);
+    unet_free(m);
+    return 0;
+}
+
+static const char *find_flag(int argc, char **argv, const char *flag) {
+    for (int i = 1; i + 1 < argc; i++)
+        if (strcmp(argv[i], flag) == 0) return argv[i + 1];
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *command = argv[1];
+    if (strcmp(command, "train") == 0) {
+        ConfigArgs a = parse_config_args(argc - 1, argv + 1);
+        set_threads(a.cfg.threads);
+        return train_main(&a.cfg, pick_backend(a.device), a.resume);
+    }
+    if (strcmp(command, "sample") == 0)
+        return sample_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
+    if (strcmp(command, "schedule") == 0) return schedule_main(argc - 1, argv + 1);
+    if (strcmp(command, "info") == 0) return info_main(argc - 1, argv + 1);
+    usage(stderr);
+    die("unknown command '%s'", command);
+}

@@ -1,0 +1,210 @@
+/* The training loop: batches, the L_simple step, AdamW with clipping and warmup,
+ * EMA, non-finite step skipping, logging, samples and checkpoints. */
+#include "train.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "image_io.h"
+#include "sample.h"
+#include "util.h"
+
+/* ---------------- data order ---------------- */
+
+static long batches_per_epoch(const Trainer *tr) {
+    return tr->data.count / tr->cfg.batch_size;
+}
+
+/* Fisher-Yates with Philox draws keyed by the epoch: any epoch's order can be
+ * recomputed from the seed alone, which is what makes resuming exact. */
+static void shuffle_epoch(Trainer *tr, long epoch) {
+    RngKey key = {tr->cfg.seed, RNG_STREAM_SHUFFLE, (uint32_t)epoch};
+    for (int i = 0; i < tr->data.count; i++) tr->order[i] = (uint32_t)i;
+    for (int i = tr->data.count - 1; i > 0; i--) {
+        uint32_t j = philox_below(key, 0, (uint64_t)i, (uint32_t)i + 1);
+        uint32_t tmp = tr->order[i];
+        tr->order[i] = tr->order[j];
+        tr->order[j] = tmp;
+    }
+    tr->order_epoch = epoch;
+}
+
+static void gather_batch(Trainer *tr, long step) {
+    const Config *c = &tr->cfg;
+    long epoch = step / batches_per_epoch(tr);
+    long first = (step % batches_per_epoch(tr)) * c->batch_size;
+    if (epoch != tr->order_epoch) shuffle_epoch(tr, epoch);
+    size_t image_bytes = (size_t)tr->data.height * tr->data.width * tr->data.channels;
+    RngKey t_key = {c->seed, RNG_STREAM_TIMESTEP, (uint32_t)step};
+    for (int i = 0; i < c->batch_size; i++) {
+        uint32_t index = tr->order[first + i];
+        memcpy(tr->host_images + i * image_bytes, tr->data.images + index * image_bytes,
+               image_bytes);
+        tr->host_t[i] = (int32_t)philox_below(t_key, (uint32_t)i, 0, (uint32_t)c->timesteps);
+    }
+    tr->progress.data_epoch = (step + 1) / batches_per_epoch(tr);
+    tr->progress.data_index = ((step + 1) % batches_per_epoch(tr)) * c->batch_size;
+}
+
+/* ---------------- set-up ---------------- */
+
+static float *upload_floats(const Backend *be, const double *values, int n) {
+    float *host = xmalloc((size_t)n * sizeof(float));
+    for (int i = 0; i < n; i++) host[i] = (float)values[i];
+    float *dev = be->alloc((size_t)n * sizeof(float));
+    be->to_device(dev, host, (size_t)n * sizeof(float));
+    free(host);
+    return dev;
+}
+
+void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *data) {
+    memset(tr, 0, sizeof *tr);
+    tr->cfg = *cfg;
+    tr->be = be;
+    tr->data = *data;
+    memset(data, 0, sizeof *data);
+    if (tr->data.count < cfg->batch_size)
+        die("the dataset has %d images, fewer than batch_size %d", tr->data.count,
+            cfg->batch_size);
+    char err[512];
+    if (diffusion_init(&tr->diffusion, cfg->beta_schedule, cfg->timesteps,
+                       prediction_from_name(cfg->prediction), variance_from_name(cfg->variance),
+                       err, sizeof err) != 0)
+        die("config: %s", err);
+    int B = cfg->batch_size;
+    tr->model = unet_create(be, cfg, B);
+    size_t P = tr->model->num_parameters, D = unet_sample_size(tr->model);
+    tr->ema = be->alloc(P * sizeof(float));
+    tr->adam_m = be->alloc(P * sizeof(float));
+    tr->adam_v = be->alloc(P * sizeof(float));
+    tr->sqrt_ac = upload_floats(be, tr->diffusion.sqrt_alphas_cumprod, cfg->timesteps);
+    tr->sqrt_1m_ac = upload_floats(be, tr->diffusion.sqrt_one_minus_alphas_cumprod, cfg->timesteps);
+    tr->target = be->alloc((size_t)B * D * sizeof(float));
+    tr->images = be->alloc((size_t)B * D);
+    tr->loss_per_sample = be->alloc((size_t)B * sizeof(float));
+    tr->grad_norm = be->alloc(sizeof(float));
+    tr->host_images = xmalloc((size_t)B * D);
+    tr->host_t = xmalloc((size_t)B * sizeof(int32_t));
+    tr->host_loss = xmalloc((size_t)B * sizeof(float));
+    tr->order = xmalloc((size_t)tr->data.count * sizeof(uint32_t));
+    tr->order_epoch = -1;
+    tr->progress.world_size = 1;
+    unet_init_weights(tr->model, cfg->seed, NULL);
+    be->copy(tr->ema, tr->model->weights, P * sizeof(float));
+}
+
+void trainer_free(Trainer *tr) {
+    const Backend *be = tr->be;
+    be->release(tr->ema);
+    be->release(tr->adam_m);
+    be->release(tr->adam_v);
+    be->release(tr->sqrt_ac);
+    be->release(tr->sqrt_1m_ac);
+    be->release(tr->target);
+    be->release(tr->images);
+    be->release(tr->loss_per_sample);
+    be->release(tr->grad_norm);
+    free(tr->host_images);
+    free(tr->host_t);
+    free(tr->host_loss);
+    free(tr->order);
+    unet_free(tr->model);
+    diffusion_free(&tr->diffusion);
+    dataset_free(&tr->data);
+}
+
+/* ---------------- the step ---------------- */
+
+double learning_rate(const Config *cfg, long adam_steps) {
+    if (cfg->warmup <= 0) return cfg->lr;
+    double ramp = (double)(adam_steps + 1) / cfg->warmup;
+    return cfg->lr * (ramp < 1 ? ramp : 1);
+}
+
+void adamw_step(const Backend *be, const Config *c, float *weights, const float *grads,
+                float *adam_m, float *adam_v, size_t n, long t, double lr, double grad_norm) {
+    /* clip_grad_norm_: scale by clip / (norm + 1e-6) when that is below 1 */
+    double scale = c->grad_clip > 0 ? c->grad_clip / (grad_norm + 1e-6) : 1.0;
+    if (scale > 1) scale = 1;
+    be->adamw(weights, grads, adam_m, adam_v, n, (float)lr, (float)c->beta1, (float)c->beta2,
+              (float)c->adam_eps, (float)c->weight_decay, (float)(1 - pow(c->beta1, (double)t)),
+              (float)(1 - pow(c->beta2, (double)t)), (float)scale);
+}
+
+static void apply_update(Trainer *tr, double grad_norm, double lr) {
+    UNet *m = tr->model;
+    long t = ++tr->progress.adam_steps;
+    adamw_step(tr->be, &tr->cfg, m->weights, m->grads, tr->adam_m, tr->adam_v,
+               m->num_parameters, t, lr, grad_norm);
+    tr->be->ema_update(tr->ema, m->weights, m->num_parameters, (float)tr->cfg.ema_decay);
+}
+
+StepResult trainer_step(Trainer *tr) {
+    const Config *c = &tr->cfg;
+    const Backend *be = tr->be;
+    UNet *m = tr->model;
+    int B = c->batch_size;
+    size_t D = unet_sample_size(m);
+    long step = tr->progress.step;
+    gather_batch(tr, step);
+    be->to_device(tr->images, tr->host_images, (size_t)B * D);
+    be->to_device(m->timesteps, tr->host_t, (size_t)B * sizeof(int32_t));
+    RngKey flip_key = {c->seed, RNG_STREAM_FLIP, (uint32_t)step};
+    RngKey eps_key = {c->seed, RNG_STREAM_EPS, (uint32_t)step};
+    RngKey dropout_key = {c->seed, RNG_STREAM_DROPOUT, (uint32_t)step};
+    be->q_sample_images(unet_input(m), tr->target, tr->images, m->timesteps, tr->sqrt_ac,
+                        tr->sqrt_1m_ac, B, c->image_size, c->image_size, c->in_channels,
+                        tr->diffusion.pred, c->hflip, flip_key, eps_key);
+    m->training = 1;
+    unet_forward(m, B, dropout_key);
+    be->mse_loss(tr->loss_per_sample, unet_output_grad(m), unet_output(m), tr->target, B, D);
+    unet_backward(m, B, dropout_key);
+    be->global_norm(tr->grad_norm, m->grads, m->num_parameters);
+    float norm;
+    be->to_host(&norm, tr->grad_norm, sizeof norm);
+    be->to_host(tr->host_loss, tr->loss_per_sample, (size_t)B * sizeof(float));
+    double loss = 0;
+    for (int i = 0; i < B; i++) loss += tr->host_loss[i];
+    loss /= B;
+    StepResult r = {.loss = loss, .grad_norm = norm, .lr = learning_rate(c, tr->progress.adam_steps),
+                    .loss_per_sample = tr->host_loss, .t = tr->host_t};
+    r.skipped = !isfinite(loss) || !isfinite(norm);
+    if (r.skipped) {
+        tr->progress.skipped_steps++;
+        tr->bad_streak++;
+    } else {
+        tr->bad_streak = 0;
+        apply_update(tr, norm, r.lr);
+    }
+    tr->progress.step++;
+    return r;
+}
+
+/* ---------------- checkpoints ---------------- */
+
+static void optimizer_buffers(Trainer *tr, float *bufs[CKPT_BUFFERS]) {
+    bufs[CKPT_WEIGHTS] = tr->model->weights;
+    bufs[CKPT_EMA] = tr->ema;
+    bufs[CKPT_ADAM_M] = tr->adam_m;
+    bufs[CKPT_ADAM_V] = tr->adam_v;
+}
+
+int trainer_save(Trainer *tr, const char *path, char *err, size_t err_size) {
+    float *bufs[CKPT_BUFFERS];
+    optimizer_buffers(tr, bufs);
+    return checkpoint_write(path, tr->model, &tr->cfg, bufs, &tr->progress, err, err_size);
+}
+
+int trainer_load(Trainer *tr, const char *path, char *err, size_t err_size) {
+    float *bufs[CKPT_BUFFERS];
+    optimizer_buffers(tr, bufs);
+    TrainProgress progress;
+    if (checkpoint_read(path, tr->model, bufs, &progress, err, err_size) != 0) return -1;
+    tr->progress = progress;
+    tr->progress.world_size = 1;
+    return 0;
+}

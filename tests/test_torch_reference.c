@@ -1,0 +1,144 @@
+/* The U-Net against the PyTorch port (tools/make_reference.py): output, loss, every
+ * parameter gradient, and 5 AdamW steps with clipping, each within 1e-4 relative
+ * error per tensor. The weights are loaded through the checkpoint reader, so the
+ * diffusers names and the PyTorch-layout conversion are checked too. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "safetensors.h"
+#include "testing.h"
+#include "train.h"
+#include "unet.h"
+#include "util.h"
+
+#define REF "tests/ref/unet_small.safetensors"
+#define TOL 1e-4
+
+static const StTensor *need(const StFile *f, const char *name) {
+    const StTensor *t = st_find(f, name);
+    if (!t) die("%s: reference tensor '%s' missing", REF, name);
+    return t;
+}
+
+static float *copy_floats(const StTensor *t) {
+    float *out = xmalloc(t->nbytes);
+    memcpy(out, t->data, t->nbytes);
+    return out;
+}
+
+/* Compares every parameter-shaped buffer (internal layout) with prefix.<name> tensors:
+ * max |a - b| <= tol * max(max |b|, floor). The floor only matters for the to_k biases,
+ * whose gradient is zero in exact arithmetic (softmax ignores a shift shared by a row)
+ * and is rounding noise below 1e-9 on both sides; every other gradient tensor
+ * here has max |b| above 3e-4, so the floor of 1e-5 loosens nothing else. */
+static void compare_params(const UNet *m, const StFile *f, const float *internal,
+                           const char *prefix, const char *what, double tol, double floor) {
+    double worst = 0;
+    const char *worst_name = "";
+    for (int i = 0; i < m->n_params; i++) {
+        const ParamInfo *p = &m->params[i];
+        char name[160];
+        snprintf(name, sizeof name, "%s%s", prefix, p->name);
+        float *ref = copy_floats(need(f, name));
+        float *mine = xmalloc(p->numel * sizeof(float));
+        param_to_torch(p, internal + p->offset, mine);
+        double e = rel_error(mine, ref, p->numel, floor);
+        if (!(e <= worst)) {
+            worst = e;
+            worst_name = p->name;
+        }
+        CHECK(e <= tol, "%s %s: relative error %.3g", what, p->name, e);
+        free(ref);
+        free(mine);
+    }
+    printf("  %-22s worst relative error %.3g (%s)\n", what, worst, worst_name);
+}
+
+static Config reference_config(const StFile *f) {
+    Config cfg;
+    char err[512];
+    config_defaults(&cfg);
+    if (config_load_json(&cfg, st_meta(f, "config"), REF, err, sizeof err) != 0) die("%s", err);
+    if (config_load_json(&cfg, "{\"lr\": 1e-3, \"beta1\": 0.9, \"beta2\": 0.999, "
+                         "\"adam_eps\": 1e-8, \"weight_decay\": 0.01, \"grad_clip\": 1.0}",
+                         "adamw settings", err, sizeof err) != 0)
+        die("%s", err);
+    return cfg;
+}
+
+/* One forward + loss + backward on the reference batch; returns the loss. */
+static double loss_and_grads(UNet *m, const float *target_dev, float *loss_dev, int B) {
+    RngKey none = {0};
+    size_t D = unet_output_sample_size(m);
+    unet_forward(m, B, none);
+    m->be->mse_loss(loss_dev, unet_output_grad(m), unet_output(m), target_dev, B, D);
+    unet_backward(m, B, none);
+    float losses[64];
+    m->be->to_host(losses, loss_dev, (size_t)B * sizeof(float));
+    double loss = 0;
+    for (int i = 0; i < B; i++) loss += losses[i];
+    return loss / B;
+}
+
+int main(void) {
+    StFile f;
+    char err[1024];
+    if (st_read(&f, REF, err, sizeof err) != 0) die("%s", err);
+    Config cfg = reference_config(&f);
+    const Backend *be = backend_cpu();
+    const StTensor *x_t = need(&f, "input.x_t"), *t = need(&f, "input.t");
+    int B = (int)x_t->shape[0];
+    UNet *m = unet_create(be, &cfg, B);
+    float *bufs[CKPT_BUFFERS] = {m->weights, NULL, NULL, NULL};
+    CHECK(checkpoint_read(REF, m, bufs, NULL, err, sizeof err) == 0, "load: %s", err);
+    printf("  reference model: %zu parameters\n", m->num_parameters);
+    be->to_device(unet_input(m), x_t->data, x_t->nbytes);
+    be->to_device(m->timesteps, t->data, t->nbytes);
+    float *target = be->alloc(x_t->nbytes), *loss_dev = be->alloc((size_t)B * sizeof(float));
+    be->to_device(target, need(&f, "input.target")->data, x_t->nbytes);
+
+    double loss = loss_and_grads(m, target, loss_dev, B);
+    float *ref_out = copy_floats(need(&f, "output"));
+    double out_err = rel_error(unet_output(m), ref_out, unet_output_sample_size(m) * B, 1e-12);
+    printf("  output relative error %.3g\n", out_err);
+    CHECK(out_err <= TOL, "output: relative error %.3g", out_err);
+    float ref_loss;
+    memcpy(&ref_loss, need(&f, "loss")->data, sizeof ref_loss);
+    CHECK(fabs(loss - ref_loss) <= TOL * ref_loss, "loss %.9g vs %.9g", loss, ref_loss);
+    compare_params(m, &f, m->grads, "grad.", "gradients", TOL, 1e-5);
+
+    float *adam_m = be->alloc(m->num_parameters * sizeof(float));
+    float *adam_v = be->alloc(m->num_parameters * sizeof(float));
+    float *ref_losses = copy_floats(need(&f, "adamw.losses"));
+    float *ref_norms = copy_floats(need(&f, "adamw.grad_norms"));
+    float norm, *norm_dev = be->alloc(sizeof(float));
+    for (int step = 1; step <= 5; step++) {
+        double l = step == 1 ? loss : loss_and_grads(m, target, loss_dev, B);
+        be->global_norm(norm_dev, m->grads, m->num_parameters);
+        be->to_host(&norm, norm_dev, sizeof norm);
+        printf("  adamw step %d: loss %.9f (ref %.9f), grad norm %.6f (ref %.6f)\n", step, l,
+               ref_losses[step - 1], norm, ref_norms[step - 1]);
+        CHECK(fabs(l - ref_losses[step - 1]) <= TOL * ref_losses[step - 1], "adamw loss %d", step);
+        CHECK(fabs(norm - ref_norms[step - 1]) <= TOL * ref_norms[step - 1], "grad norm %d", step);
+        adamw_step(be, &cfg, m->weights, m->grads, adam_m, adam_v, m->num_parameters, step,
+                   cfg.lr, norm);
+    }
+    /* Adam normalises each element's step, so where a gradient is near zero its
+     * rounding decides a step of up to lr: weights are compared at a fraction of
+     * the distance the optimizer can move them (5 steps of lr), not relatively. */
+    compare_params(m, &f, m->weights, "adamw.final.", "weights after 5 steps", 0.02 * 5 * cfg.lr,
+                   1.0);
+
+    free(ref_out);
+    free(ref_losses);
+    free(ref_norms);
+    be->release(norm_dev);
+    be->release(adam_m);
+    be->release(adam_v);
+    be->release(target);
+    be->release(loss_dev);
+    unet_free(m);
+    st_free(&f);
+    return test_summary("torch_reference");
+}
