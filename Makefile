@@ -9,8 +9,14 @@ CC      := gcc
 endif
 OPT     ?= -O3 -march=native
 CFLAGS  ?= $(OPT)
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fopenmp -Iinclude -MMD -MP
-LDLIBS  += -lopenblas -lcjson -lpng -lz -lzip -lm -fopenmp
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fno-math-errno -Wall -Wextra -Wno-unused-parameter -fopenmp -Iinclude -MMD -MP
+# OpenBLAS's OpenMP build shares the engine's OpenMP threads; the pthread build
+# spins its own threads against them and runs several times slower.
+comma         := ,
+MULTIARCH     := $(shell $(CC) -print-multiarch 2>/dev/null)
+OPENBLAS_OMP  := $(firstword $(wildcard /usr/lib/$(MULTIARCH)/openblas-openmp/libopenblas.so))
+BLAS_LIBS     := $(if $(OPENBLAS_OMP),-L$(dir $(OPENBLAS_OMP)) -Wl$(comma)-rpath$(comma)$(dir $(OPENBLAS_OMP)),) -lopenblas
+LDLIBS  += $(BLAS_LIBS) -lcjson -lpng -lz -lzip -lm -fopenmp
 BUILD   ?= build
 BIN     ?= bin
 
@@ -29,6 +35,15 @@ CUDNN_VER := $(if $(CUDNN_H),$(shell awk '/define CUDNN_MAJOR/{a=$$3}/define CUD
 NCCL_VER  := $(if $(NCCL_H),$(shell awk '/define NCCL_MAJOR/{a=$$3}/define NCCL_MINOR/{b=$$3}END{print a"."b}' $(NCCL_H)))
 NVCC_VER  := $(if $(NVCC),$(shell $(NVCC) --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'))
 
+# The CUDA backend (kernels/) is built when nvcc and cuDNN are found; CUDA=0 turns it off.
+CUDA ?= 0
+ifeq ($(CUDA),1)
+include kernels/cuda.mk
+CFLAGS  += -DDDPM_CUDA
+LIB_OBJ += $(CUDA_OBJ)
+LDLIBS  += $(CUDA_LDLIBS)
+endif
+
 .PHONY: all detect test test-sanitize run clean
 all: detect $(BIN)/ddpm
 
@@ -37,7 +52,9 @@ detect:
 	@echo "$(if $(CUDNN_H),✓ cuDNN $(CUDNN_VER) ($(dir $(CUDNN_H))),✗ cuDNN (no cudnn_version.h; set CUDNN_HOME))"
 	@echo "$(if $(NCCL_H),✓ NCCL $(NCCL_VER) ($(dir $(NCCL_H))),✗ NCCL (no nccl.h; set NCCL_HOME))"
 	@echo "$(if $(MPICC),✓ MPI ($(MPICC)),✗ MPI (no mpicc))"
-	@echo "✓ CPU backend (OpenBLAS, cJSON, libpng, zlib, libzip)"
+	@echo "$(if $(OPENBLAS_OMP),✓ OpenBLAS OpenMP build ($(dir $(OPENBLAS_OMP))),✗ OpenBLAS OpenMP build (install libopenblas-openmp-dev: the pthread build is much slower here))"
+	@echo "✓ CPU backend (cJSON, libpng, zlib, libzip)"
+	@echo "$(if $(filter 1,$(CUDA)),✓ CUDA backend will be built,✗ CUDA backend not built (CUDA=0 or no nvcc/cuDNN))"
 
 $(BUILD)/%.o: src/%.c | $(BUILD)
 	$(CC) $(CFLAGS) -c $< -o $@
@@ -62,7 +79,7 @@ test: detect $(BIN)/ddpm $(TEST_BINS)
 	@$(MAKE) --no-print-directory test-sanitize
 
 test-sanitize:
-	@$(MAKE) --no-print-directory BUILD=build-san BIN=bin-san \
+	@$(MAKE) --no-print-directory BUILD=build-san BIN=bin-san CUDA=0 \
 	    OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	    bin-san/ddpm $(patsubst $(BIN)/%,bin-san/%,$(TEST_BINS))
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
@@ -75,3 +92,11 @@ clean:
 	rm -rf build build-san bin bin-san
 
 -include $(wildcard $(BUILD)/*.d $(BUILD)/tests/*.d)
+
+# Benchmarks (tools/): built like the tests, run by hand or by tools/bench_cpu.sh.
+$(BIN)/bench_%: $(BUILD)/tools/bench_%.o $(LIB_OBJ) | $(BIN)
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tools/%.o: tools/%.c | $(BUILD)
+	@mkdir -p $(BUILD)/tools
+	$(CC) $(CFLAGS) -c $< -o $@

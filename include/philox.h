@@ -65,9 +65,10 @@ DDPM_HD Philox4 philox_block(RngKey key, uint32_t sample, uint64_t element) {
     return philox4x32_10(ctr, (uint32_t)key.seed, (uint32_t)(key.seed >> 32));
 }
 
-/* Uniform in the open interval (0, 1). */
+/* Uniform in the open interval (0, 1): 23 bits keep k + 0.5 exact in a float,
+ * so the largest word maps strictly below 1. */
 DDPM_HD float philox_u01(uint32_t word) {
-    return ((float)(word >> 8) + 0.5f) * (1.0f / 16777216.0f);
+    return ((float)(word >> 9) + 0.5f) * (1.0f / 8388608.0f);
 }
 
 DDPM_HD uint32_t philox_word(RngKey key, uint32_t sample, uint64_t element) {

@@ -31,6 +31,7 @@ typedef struct {
     uint32_t *order;                       /* (data.count) permutation of the current epoch */
     long order_epoch;
     int bad_streak;
+    long fault_step;    /* test hook: DDPM_FAULT_NONFINITE_FROM_STEP makes losses NaN from there */
 } Trainer;
 
 typedef struct {

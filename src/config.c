@@ -63,7 +63,7 @@ static const ConfigKey keys[] = {
     STR(out_dir, NULL, 0),
     NUM(log_every, KEY_INT, 1, 100000000, 0),
     NUM(sample_every, KEY_INT, 0, 100000000, 0),
-    NUM(sample_n, KEY_INT, 1, 4096, 0),
+    NUM(sample_n, KEY_INT, 0, 4096, 0),
     NUM(ckpt_every, KEY_INT, 0, 100000000, 0),
     NUM(keep_ckpts, KEY_INT, 1, 1000, 0),
     NUM(threads, KEY_INT, 0, 1024, 0),

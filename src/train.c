@@ -93,6 +93,8 @@ void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *da
     tr->order = xmalloc((size_t)tr->data.count * sizeof(uint32_t));
     tr->order_epoch = -1;
     tr->progress.world_size = 1;
+    const char *fault = getenv("DDPM_FAULT_NONFINITE_FROM_STEP");
+    tr->fault_step = fault ? atol(fault) : -1;
     unet_init_weights(tr->model, cfg->seed, NULL);
     be->copy(tr->ema, tr->model->weights, P * sizeof(float));
 }
@@ -172,7 +174,8 @@ StepResult trainer_step(Trainer *tr) {
     loss /= B;
     StepResult r = {.loss = loss, .grad_norm = norm, .lr = learning_rate(c, tr->progress.adam_steps),
                     .loss_per_sample = tr->host_loss, .t = tr->host_t};
-    r.skipped = !isfinite(loss) || !isfinite(norm);
+    if (tr->fault_step >= 0 && step >= tr->fault_step) r.loss = NAN;
+    r.skipped = !isfinite(r.loss) || !isfinite(norm);
     if (r.skipped) {
         tr->progress.skipped_steps++;
         tr->bad_streak++;

@@ -44,6 +44,7 @@ static void write_samples(Trainer *tr, const char *name) {
     UNet *m = tr->model;
     const Config *c = &tr->cfg;
     int n = c->sample_n;
+    if (n == 0) return;
     size_t D = unet_sample_size(m);
     float *images = xmalloc((size_t)n * D * sizeof(float));
     uint8_t *pixels = xmalloc((size_t)n * D);
@@ -162,6 +163,7 @@ int train_main(const Config *cfg, const Backend *be, int resume) {
     FILE *log = open_log(cfg);
     Interval iv = {.started = now_seconds()};
     int status = 0;
+    long saved_step = -1;
     while (tr.progress.step < cfg->steps && !stop_requested) {
         StepResult r = trainer_step(&tr);
         interval_add(&iv, &r, cfg->batch_size, cfg->timesteps);
@@ -181,13 +183,17 @@ int train_main(const Config *cfg, const Backend *be, int resume) {
             snprintf(name, sizeof name, "samples_%08ld.png", step);
             write_samples(&tr, name);
         }
-        if (at_interval(step, cfg->ckpt_every) && save_checkpoint(&tr) != 0) status = 1;
+        /* no checkpoints while steps are being skipped: the last one stays the last good one */
+        if (at_interval(step, cfg->ckpt_every) && tr.bad_streak == 0) {
+            if (save_checkpoint(&tr) != 0) status = 1;
+            saved_step = step;
+        }
     }
     fclose(log);
     if (status != 3) {
         if (stop_requested) fprintf(stderr, "stopping at step %ld on signal %d\n",
                                     tr.progress.step, (int)stop_requested);
-        if (save_checkpoint(&tr) != 0) status = 1;
+        if (tr.progress.step != saved_step && save_checkpoint(&tr) != 0) status = 1;
         if (!stop_requested) write_samples(&tr, "samples.png");
     }
     trainer_free(&tr);

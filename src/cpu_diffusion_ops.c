@@ -1,0 +1,94 @@
+/* The fused diffusion steps of the CPU backend: forward noising of a uint8 batch,
+ * the MSE loss, one reverse sampling update and Gaussian fill. All noise comes
+ * from philox_normal(key, sample, element), so the draws do not depend on how the
+ * loops are split over threads, nor on the backend. */
+#include <math.h>
+
+#include "cpu_backend.h"
+
+enum { PARALLEL_MIN = 1 << 14 };    /* elements below which one thread is faster */
+
+static inline int sample_is_flipped(int flip, RngKey flip_key, int s) {
+    return flip && philox_uniform(flip_key, (uint32_t)s, 0) < 0.5f;
+}
+
+static inline float training_target(PredictionType pred, float x0, float eps, float a, float b) {
+    switch (pred) {
+    case PRED_X0: return x0;
+    case PRED_V: return a * eps - b * x0;
+    default: return eps;
+    }
+}
+
+/* One image row: (y, x, ch) of the output reads (y, flipped ? w-1-x : x, ch) of the
+ * input; e is the output's flat index within the sample, so the noise stays put
+ * when the image flips. */
+static void q_sample_row(float *x_t, float *target, const uint8_t *src_row, size_t e0, int w,
+                         int c, int flipped, float a, float b, PredictionType pred, RngKey eps_key,
+                         int s) {
+    for (int x = 0; x < w; x++) {
+        const uint8_t *pixel = src_row + (size_t)(flipped ? w - 1 - x : x) * c;
+        for (int ch = 0; ch < c; ch++) {
+            size_t k = (size_t)x * c + ch;
+            float x0 = (float)pixel[ch] / 127.5f - 1.0f;
+            float eps = philox_normal(eps_key, (uint32_t)s, e0 + k);
+            x_t[k] = a * x0 + b * eps;
+            target[k] = training_target(pred, x0, eps, a, b);
+        }
+    }
+}
+
+void cpu_q_sample_images(float *x_t, float *target, const uint8_t *images, const int32_t *t,
+                         const float *sqrt_ac, const float *sqrt_1m_ac, int n, int h, int w,
+                         int c, PredictionType pred, int flip, RngKey flip_key, RngKey eps_key) {
+    size_t row = (size_t)w * c;
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)n * h * row >= PARALLEL_MIN)
+    for (int s = 0; s < n; s++) {
+        for (int y = 0; y < h; y++) {
+            size_t off = ((size_t)s * h + y) * row;
+            q_sample_row(x_t + off, target + off, images + off, (size_t)y * row, w, c,
+                         sample_is_flipped(flip, flip_key, s), sqrt_ac[t[s]], sqrt_1m_ac[t[s]],
+                         pred, eps_key, s);
+        }
+    }
+}
+
+void cpu_mse_loss(float *loss_per_sample, float *dpred, const float *pred, const float *target,
+                  int n, size_t d) {
+    /* PyTorch's mse_loss backward scales by 2/numel formed in double, applied in float */
+    float grad_scale = (float)(2.0 / ((double)n * (double)d));
+#pragma omp parallel for schedule(static) if ((size_t)n * d >= PARALLEL_MIN)
+    for (int s = 0; s < n; s++) {
+        const float *p = pred + (size_t)s * d, *q = target + (size_t)s * d;
+        double sum = 0;
+        for (size_t e = 0; e < d; e++) {
+            float diff = p[e] - q[e];
+            sum += (double)diff * diff;
+            if (dpred) dpred[(size_t)s * d + e] = grad_scale * diff;
+        }
+        loss_per_sample[s] = (float)(sum / (double)d);
+    }
+}
+
+static inline float clamp_unit(float v) { return v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v; }
+
+void cpu_sample_update(float *x, const float *model_out, int n, size_t d, SampleUpdate u,
+                       RngKey z_key) {
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)n * d >= PARALLEL_MIN)
+    for (int s = 0; s < n; s++) {
+        for (size_t e = 0; e < d; e++) {
+            size_t i = (size_t)s * d + e;
+            float x0 = u.x0_from_xt * x[i] + u.x0_from_out * model_out[i];
+            if (u.clip_x0) x0 = clamp_unit(x0);
+            float x_new = u.coef_x0 * x0 + u.coef_xt * x[i];
+            if (u.sigma > 0.0f) x_new += u.sigma * philox_normal(z_key, (uint32_t)s, e);
+            x[i] = x_new;
+        }
+    }
+}
+
+void cpu_normal_fill(float *x, int n, size_t d, RngKey key) {
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)n * d >= PARALLEL_MIN)
+    for (int s = 0; s < n; s++)
+        for (size_t e = 0; e < d; e++) x[(size_t)s * d + e] = philox_normal(key, (uint32_t)s, e);
+}

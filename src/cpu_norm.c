@@ -1,0 +1,221 @@
+/* GroupNorm over NHWC activations, optionally followed by SiLU: the CPU reference.
+ *
+ * Each sample is one parallel task. Sums are first taken per channel (the inner
+ * loops then run over contiguous channels and vectorize) in double, and only then
+ * combined into groups. The backward saves nothing but mean and rstd: it
+ * recomputes the normalized value, and the pre-SiLU value when fused, from x.
+ * The fused SiLU, and beta, are left to cpu_silu_* and cpu_accumulate on one
+ * sample at a time; inside the per-sample parallel loop these run on the calling
+ * thread. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_backend.h"
+#include "util.h"
+
+/* Scratch, c entries per sample; scratch_slice gives one sample's share. */
+typedef struct {
+    double *sum_a, *sum_b;          /* two per-channel sums over the sample's rows */
+    double *center;                 /* the group mean, per channel, in double */
+    float *mean_c, *rstd_c;         /* the saved group statistics, per channel */
+    float *mean_g_c, *mean_gx_c;    /* backward: the group means dx subtracts, per channel */
+} Scratch;
+
+static Scratch scratch_alloc(int n, int c) {
+    size_t count = (size_t)n * c;
+    Scratch s = {xmalloc(count * sizeof(double)), xmalloc(count * sizeof(double)),
+                 xmalloc(count * sizeof(double)), xmalloc(count * sizeof(float)),
+                 xmalloc(count * sizeof(float)),  xmalloc(count * sizeof(float)),
+                 xmalloc(count * sizeof(float))};
+    return s;
+}
+
+static Scratch scratch_slice(const Scratch *s, int sample, int c) {
+    size_t off = (size_t)sample * c;
+    Scratch slice = {s->sum_a + off,  s->sum_b + off,    s->center + off,   s->mean_c + off,
+                     s->rstd_c + off, s->mean_g_c + off, s->mean_gx_c + off};
+    return slice;
+}
+
+static void scratch_free(Scratch *s) {
+    free(s->sum_a);
+    free(s->sum_b);
+    free(s->center);
+    free(s->mean_c);
+    free(s->rstd_c);
+    free(s->mean_g_c);
+    free(s->mean_gx_c);
+}
+
+static double group_total(const double *per_channel, int g, int cg) {
+    double total = 0;
+    for (int j = 0; j < cg; j++) total += per_channel[g * cg + j];
+    return total;
+}
+
+static void broadcast_to_channels(float *per_channel, const float *per_group, int groups, int cg) {
+    for (int g = 0; g < groups; g++)
+        for (int j = 0; j < cg; j++) per_channel[g * cg + j] = per_group[g];
+}
+
+/* sum[ch] = sum over rows of (x - center[ch])^2, or of x when center is NULL */
+static void channel_sums(double *sum, const float *x, const double *center, int hw, int c) {
+    memset(sum, 0, (size_t)c * sizeof(double));
+    for (int p = 0; p < hw; p++) {
+        const float *row = x + (size_t)p * c;
+        if (center) {
+            for (int ch = 0; ch < c; ch++) {
+                double d = (double)row[ch] - center[ch];
+                sum[ch] += d * d;
+            }
+        } else {
+            for (int ch = 0; ch < c; ch++) sum[ch] += row[ch];
+        }
+    }
+}
+
+/* Two passes (mean, then squared deviations from it) avoid the cancellation of
+ * E[x^2] - E[x]^2 for activations with a large mean. */
+static void sample_stats(float *mean, float *rstd, const Scratch *s, const float *x, int hw, int c,
+                         int groups, float eps) {
+    int cg = c / groups;
+    double count = (double)hw * cg;
+    channel_sums(s->sum_a, x, NULL, hw, c);
+    for (int g = 0; g < groups; g++) {
+        double mu = group_total(s->sum_a, g, cg) / count;
+        for (int j = 0; j < cg; j++) s->center[g * cg + j] = mu;
+        mean[g] = (float)mu;
+    }
+    channel_sums(s->sum_b, x, s->center, hw, c);
+    for (int g = 0; g < groups; g++) {
+        double var = group_total(s->sum_b, g, cg) / count;
+        rstd[g] = (float)(1.0 / sqrt(var + (double)eps));
+    }
+}
+
+/* The normalized value; forward and backward share it so they agree exactly. */
+static inline float normalized(float x, float mean, float rstd) { return (x - mean) * rstd; }
+
+/* The affine output (before any SiLU) of one sample. */
+static void normalize_sample(float *y, const float *x, const Scratch *s, const float *gamma,
+                             const float *shift, int hw, int c) {
+    for (size_t row = 0; row < (size_t)hw * c; row += (size_t)c)
+        for (int ch = 0; ch < c; ch++)
+            y[row + ch] = normalized(x[row + ch], s->mean_c[ch], s->rstd_c[ch]) * gamma[ch] +
+                          shift[ch];
+}
+
+void cpu_groupnorm_forward(float *y, float *mean, float *rstd, const float *x, const float *gamma,
+                           const float *shift, int n, int hw, int c, int groups, float eps,
+                           int fuse_silu) {
+    Scratch scratch = scratch_alloc(n, c);
+    int cg = c / groups;
+    size_t per_sample = (size_t)hw * c;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        Scratch s = scratch_slice(&scratch, i, c);
+        const float *xi = x + i * per_sample;
+        float *yi = y + i * per_sample;
+        float *m = mean + (size_t)i * groups, *r = rstd + (size_t)i * groups;
+        sample_stats(m, r, &s, xi, hw, c, groups, eps);
+        broadcast_to_channels(s.mean_c, m, groups, cg);
+        broadcast_to_channels(s.rstd_c, r, groups, cg);
+        normalize_sample(yi, xi, &s, gamma, shift, hw, c);
+        if (fuse_silu) cpu_silu_forward(yi, yi, per_sample);
+    }
+    scratch_free(&scratch);
+}
+
+/* sum_a[ch] = sum of dy_pre, sum_b[ch] = sum of dy_pre * xhat over the sample's rows:
+ * the sample's share of dshift and dgamma, and the raw material of the group means. */
+static void grad_channel_sums(const Scratch *s, const float *dy_pre, const float *x, int hw,
+                              int c) {
+    memset(s->sum_a, 0, (size_t)c * sizeof(double));
+    memset(s->sum_b, 0, (size_t)c * sizeof(double));
+    for (size_t row = 0; row < (size_t)hw * c; row += (size_t)c) {
+        for (int ch = 0; ch < c; ch++) {
+            float xhat = normalized(x[row + ch], s->mean_c[ch], s->rstd_c[ch]);
+            s->sum_a[ch] += dy_pre[row + ch];
+            s->sum_b[ch] += (double)dy_pre[row + ch] * xhat;
+        }
+    }
+}
+
+/* Per channel, the group means of gamma*dy_pre and gamma*dy_pre*xhat. */
+static void group_grad_means(const Scratch *s, const float *gamma, int hw, int c, int groups) {
+    int cg = c / groups;
+    double count = (double)hw * cg;
+    for (int g = 0; g < groups; g++) {
+        double a = 0, b = 0;
+        for (int ch = g * cg; ch < (g + 1) * cg; ch++) {
+            a += gamma[ch] * s->sum_a[ch];
+            b += gamma[ch] * s->sum_b[ch];
+        }
+        for (int ch = g * cg; ch < (g + 1) * cg; ch++) {
+            s->mean_g_c[ch] = (float)(a / count);
+            s->mean_gx_c[ch] = (float)(b / count);
+        }
+    }
+}
+
+/* dx = rstd * (gamma*dy_pre - mean(gamma*dy_pre) - xhat * mean(gamma*dy_pre*xhat));
+ * elementwise, so dx may be dy_pre itself. */
+static void input_grad(float *dx, const float *dy_pre, const float *x, const Scratch *s,
+                       const float *gamma, int hw, int c) {
+    for (size_t row = 0; row < (size_t)hw * c; row += (size_t)c) {
+        for (int ch = 0; ch < c; ch++) {
+            float xhat = normalized(x[row + ch], s->mean_c[ch], s->rstd_c[ch]);
+            float g = dy_pre[row + ch] * gamma[ch];
+            dx[row + ch] = s->rstd_c[ch] * (g - s->mean_g_c[ch] - xhat * s->mean_gx_c[ch]);
+        }
+    }
+}
+
+/* Parameter gradients add the per-sample sums in sample order, for determinism. */
+static void param_grads(float *dgamma, float *dshift, const Scratch *scratch, int n, int c) {
+    for (int ch = 0; ch < c; ch++) {
+        double dg = 0, ds = 0;
+        for (int i = 0; i < n; i++) {
+            Scratch s = scratch_slice(scratch, i, c);
+            ds += s.sum_a[ch];
+            dg += s.sum_b[ch];
+        }
+        if (dgamma) dgamma[ch] = (float)dg;
+        if (dshift) dshift[ch] = (float)ds;
+    }
+}
+
+void cpu_groupnorm_backward(float *dx, float beta, float *dgamma, float *dshift, const float *dy,
+                            const float *x, const float *mean, const float *rstd,
+                            const float *gamma, const float *shift, int n, int hw, int c,
+                            int groups, int fuse_silu) {
+    Scratch scratch = scratch_alloc(n, c);
+    int cg = c / groups;
+    size_t per_sample = (size_t)hw * c;
+#pragma omp parallel
+    {
+        /* this thread's sample: the pre-SiLU value, then dy_pre when fused, then dx */
+        float *sample = xmalloc(per_sample * sizeof(float));
+#pragma omp for schedule(static)
+        for (int i = 0; i < n; i++) {
+            Scratch s = scratch_slice(&scratch, i, c);
+            const float *xi = x + i * per_sample, *dy_pre = dy + i * per_sample;
+            broadcast_to_channels(s.mean_c, mean + (size_t)i * groups, groups, cg);
+            broadcast_to_channels(s.rstd_c, rstd + (size_t)i * groups, groups, cg);
+            if (fuse_silu) {
+                normalize_sample(sample, xi, &s, gamma, shift, hw, c);
+                cpu_silu_backward(sample, 0.0f, dy_pre, sample, per_sample);
+                dy_pre = sample;
+            }
+            grad_channel_sums(&s, dy_pre, xi, hw, c);
+            if (!dx) continue;
+            group_grad_means(&s, gamma, hw, c, groups);
+            input_grad(sample, dy_pre, xi, &s, gamma, hw, c);
+            cpu_accumulate(dx + i * per_sample, beta, sample, per_sample);
+        }
+        free(sample);
+    }
+    param_grads(dgamma, dshift, &scratch, n, c);
+    scratch_free(&scratch);
+}

@@ -1,0 +1,237 @@
+/* Elementwise and layout ops of the CPU backend: SiLU, adds, bias, dropout,
+ * nearest upsampling, channel concat and the sinusoidal timestep embedding.
+ * Apart from SiLU (which GroupNorm's fused form also calls) everything here is
+ * memory-bound; loops parallelize only when large enough to pay for waking the
+ * OpenMP team. */
+#include <math.h>
+#include <string.h>
+
+#include "cpu_backend.h"
+
+enum {
+    PARALLEL_MIN = 1 << 15,     /* elements below which one thread is faster */
+    CHANNEL_BLOCK = 256,        /* channels summed at once by add_bias_backward */
+    DROPOUT_RUN = 256,          /* elements whose random words are drawn at once; 4 divides it */
+};
+
+/* e^v to within 1.5 ulp for |v| <= 87 (the Cephes expf polynomial after Cody-Waite
+ * reduction), saturating at e^(+-87) beyond: ample for a sigmoid. libm's expf stays
+ * a scalar call without -ffast-math, so this is written without calls or float
+ * branches (the clamp works on the bits) and the loops using it vectorize. */
+static inline float exp_saturating(float v) {
+    const float limit = 87.0f;              /* e^+-87 and 2^n below stay normal floats */
+    const float round_magic = 12582912.0f;  /* 1.5 * 2^23: adding it rounds to an integer */
+    uint32_t v_bits, limit_bits;
+    memcpy(&v_bits, &v, sizeof v_bits);
+    memcpy(&limit_bits, &limit, sizeof limit_bits);
+    uint32_t magnitude = v_bits & 0x7FFFFFFFu;  /* |v| as bits orders like |v| */
+    magnitude = magnitude < limit_bits ? magnitude : limit_bits;
+    v_bits = (v_bits & 0x80000000u) | magnitude;
+    memcpy(&v, &v_bits, sizeof v);
+
+    float shifted = v * 1.44269504088896341f + round_magic;
+    float n = shifted - round_magic;        /* round(v / ln 2) */
+    float r = v - n * 0.693359375f - n * -2.12194440e-4f;  /* v - n ln 2, in two parts */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;             /* e^r on |r| <= ln2 / 2 */
+
+    int32_t n_bits, scale_bits;
+    memcpy(&n_bits, &shifted, sizeof n_bits);  /* the low mantissa bits hold n */
+    scale_bits = (n_bits - 0x4B400000 + 127) * (1 << 23);
+    float scale;                            /* 2^n */
+    memcpy(&scale, &scale_bits, sizeof scale);
+    return p * scale;
+}
+
+static inline float sigmoid(float v) { return 1.0f / (1.0f + exp_saturating(-v)); }
+
+/* beta*old + v, where beta 0 ignores whatever old holds, NaN included. Selecting old
+ * rather than the result keeps the choice a select the loops vectorize. */
+static inline float blend(float old, float beta, float v) {
+    return beta * (beta == 0.0f ? 0.0f : old) + v;
+}
+
+void cpu_silu_forward(float *y, const float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) y[i] = x[i] * sigmoid(x[i]);
+}
+
+void cpu_silu_backward(float *dx, float beta, const float *dy, const float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float sig = sigmoid(x[i]);
+        dx[i] = blend(dx[i], beta, dy[i] * sig * (1.0f + x[i] * (1.0f - sig)));
+    }
+}
+
+void cpu_add_forward(float *y, const float *a, const float *b, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+}
+
+void cpu_accumulate(float *dst, float beta, const float *src, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) dst[i] = blend(dst[i], beta, src[i]);
+}
+
+void cpu_add_bias_forward(float *y, const float *x, const float *bias, int n, int hw, int c) {
+    size_t rows = (size_t)n * hw;
+#pragma omp parallel for schedule(static) if (rows * c >= PARALLEL_MIN)
+    for (size_t row = 0; row < rows; row++) {
+        const float *b = bias + row / (size_t)hw * c;
+        for (int ch = 0; ch < c; ch++) y[row * c + ch] = x[row * c + ch] + b[ch];
+    }
+}
+
+/* One sample's dbias for channels [c0, c0 + width): double accumulators, since a
+ * channel can sum thousands of rows. */
+static void sum_rows(float *dbias, float beta, const float *dy, int hw, int c, int c0, int width) {
+    double acc[CHANNEL_BLOCK] = {0};
+    for (int p = 0; p < hw; p++) {
+        const float *row = dy + (size_t)p * c + c0;
+        for (int k = 0; k < width; k++) acc[k] += row[k];
+    }
+    for (int k = 0; k < width; k++) dbias[c0 + k] = blend(dbias[c0 + k], beta, (float)acc[k]);
+}
+
+void cpu_add_bias_backward(float *dbias, float beta, const float *dy, int n, int hw, int c) {
+    int blocks = (c + CHANNEL_BLOCK - 1) / CHANNEL_BLOCK;
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)n * hw * c >= PARALLEL_MIN)
+    for (int i = 0; i < n; i++) {
+        for (int blk = 0; blk < blocks; blk++) {
+            int c0 = blk * CHANNEL_BLOCK;
+            int width = c - c0 < CHANNEL_BLOCK ? c - c0 : CHANNEL_BLOCK;
+            sum_rows(dbias + (size_t)i * c, beta, dy + (size_t)i * hw * c, hw, c, c0, width);
+        }
+    }
+}
+
+/* One run of `count` elements of one sample, from element e0 (a multiple of 4).
+ * philox_uniform(key, s, e) is word e%4 of the block of e, so each block serves
+ * four elements; the blocks are drawn first, in a loop that vectorizes. The mask
+ * multiplies as in PyTorch (x * mask/(1-p)). */
+static void dropout_run(float *out, float beta, const float *in, size_t count, uint32_t s,
+                        size_t e0, float p, float scale, RngKey key) {
+    union {
+        Philox4 blocks[DROPOUT_RUN / 4];
+        uint32_t words[DROPOUT_RUN];    /* word k is element e0 + k's */
+    } r;
+    for (size_t q = 0; q < (count + 3) / 4; q++) r.blocks[q] = philox_block(key, s, e0 + 4 * q);
+    for (size_t k = 0; k < count; k++) {
+        float mask = philox_u01(r.words[k]) >= p ? scale : 0.0f;
+        out[k] = blend(out[k], beta, in[k] * mask);
+    }
+}
+
+/* out = beta*out + mask*in/(1-p): the forward (beta 0) and the backward alike,
+ * since inverted dropout is its own derivative given the mask. */
+static void dropout_apply(float *out, float beta, const float *in, int n, size_t per_sample,
+                          float p, RngKey key) {
+    if (p == 0.0f) {    /* every philox_uniform is > 0: all kept, scale 1 */
+        cpu_accumulate(out, beta, in, (size_t)n * per_sample);
+        return;
+    }
+    float scale = 1.0f / (1.0f - p);
+    size_t runs = (per_sample + DROPOUT_RUN - 1) / DROPOUT_RUN;
+#pragma omp parallel for collapse(2) schedule(static) if ((size_t)n * per_sample >= PARALLEL_MIN)
+    for (int s = 0; s < n; s++) {
+        for (size_t r = 0; r < runs; r++) {
+            size_t e0 = r * DROPOUT_RUN, off = (size_t)s * per_sample + e0;
+            size_t count = per_sample - e0 < DROPOUT_RUN ? per_sample - e0 : DROPOUT_RUN;
+            dropout_run(out + off, beta, in + off, count, (uint32_t)s, e0, p, scale, key);
+        }
+    }
+}
+
+void cpu_dropout_forward(float *y, const float *x, int n, size_t per_sample, float p, RngKey key) {
+    dropout_apply(y, 0.0f, x, n, per_sample, p, key);
+}
+
+void cpu_dropout_backward(float *dx, float beta, const float *dy, int n, size_t per_sample,
+                          float p, RngKey key) {
+    dropout_apply(dx, beta, dy, n, per_sample, p, key);
+}
+
+/* Input row r = (sample, i) of width w maps to output rows 2r and 2r+1 of width 2w,
+ * because (sample*2h + 2i) = 2r. */
+void cpu_upsample2x_forward(float *y, const float *x, int n, int h, int w, int c) {
+    size_t rows = (size_t)n * h, in_row = (size_t)w * c, out_row = 2 * in_row;
+#pragma omp parallel for schedule(static) if (rows * in_row >= PARALLEL_MIN)
+    for (size_t r = 0; r < rows; r++) {
+        const float *src = x + r * in_row;
+        float *top = y + 2 * r * out_row, *bottom = top + out_row;
+        for (int j = 0; j < w; j++) {
+            for (int ch = 0; ch < c; ch++) {
+                float v = src[(size_t)j * c + ch];
+                top[(size_t)(2 * j) * c + ch] = v;
+                top[(size_t)(2 * j + 1) * c + ch] = v;
+            }
+        }
+        memcpy(bottom, top, out_row * sizeof(float));
+    }
+}
+
+void cpu_upsample2x_backward(float *dx, float beta, const float *dy, int n, int h, int w, int c) {
+    size_t rows = (size_t)n * h, in_row = (size_t)w * c, out_row = 2 * in_row;
+#pragma omp parallel for schedule(static) if (rows * in_row >= PARALLEL_MIN)
+    for (size_t r = 0; r < rows; r++) {
+        const float *top = dy + 2 * r * out_row, *bottom = top + out_row;
+        float *dst = dx + r * in_row;
+        for (int j = 0; j < w; j++) {
+            size_t left = (size_t)(2 * j) * c, right = left + (size_t)c;
+            for (int ch = 0; ch < c; ch++) {
+                float v = (top[left + ch] + top[right + ch]) +
+                          (bottom[left + ch] + bottom[right + ch]);
+                dst[(size_t)j * c + ch] = blend(dst[(size_t)j * c + ch], beta, v);
+            }
+        }
+    }
+}
+
+void cpu_concat_forward(float *y, const float *a, const float *b, size_t p, int ca, int cb) {
+    size_t width = (size_t)ca + cb;
+#pragma omp parallel for schedule(static) if (p * width >= PARALLEL_MIN)
+    for (size_t r = 0; r < p; r++) {
+        memcpy(y + r * width, a + r * ca, (size_t)ca * sizeof(float));
+        memcpy(y + r * width + ca, b + r * cb, (size_t)cb * sizeof(float));
+    }
+}
+
+/* dst row r (width cols) = blend with src row r, where src rows are `stride` apart */
+static void gather_columns(float *dst, float beta, const float *src, size_t p, int cols,
+                           size_t stride) {
+#pragma omp parallel for schedule(static) if (p * cols >= PARALLEL_MIN)
+    for (size_t r = 0; r < p; r++)
+        for (int k = 0; k < cols; k++)
+            dst[r * cols + k] = blend(dst[r * cols + k], beta, src[r * stride + k]);
+}
+
+void cpu_concat_backward(float *da, float beta_a, float *db, float beta_b, const float *dy,
+                         size_t p, int ca, int cb) {
+    size_t width = (size_t)ca + cb;
+    if (da) gather_columns(da, beta_a, dy, p, ca, width);
+    if (db) gather_columns(db, beta_b, dy + ca, p, cb, width);
+}
+
+/* diffusers get_timestep_embedding (flip_sin_to_cos=False, downscale_freq_shift=1).
+ * The exponent is formed in float as PyTorch does from a float32 arange; the
+ * frequency and the argument t*f are in double, since t*f reaches ~1000 where a
+ * float argument would lose ~1e-4 of phase. */
+void cpu_timestep_embedding(float *y, const int32_t *t, int n, int dim) {
+    int half = dim / 2;
+    float neg_log_period = (float)-log(10000.0);
+    for (int s = 0; s < n; s++) {
+        float *row = y + (size_t)s * dim;
+        for (int i = 0; i < half; i++) {
+            float exponent = (float)i * neg_log_period / (float)(half - 1);
+            double arg = (double)t[s] * exp((double)exponent);
+            row[i] = (float)sin(arg);
+            row[half + i] = (float)cos(arg);
+        }
+    }
+}

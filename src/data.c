@@ -1,0 +1,332 @@
+/* Image datasets loaded into one uint8 NHWC array.
+ * IDX files (MNIST, Fashion-MNIST) are read through zlib's gz* API, which passes raw
+ * files through unchanged, so .gz and uncompressed copies take the same path.
+ * CIFAR-10 batches are fixed-size binary records read with plain stdio.
+ * Every problem is reported as "<file>: <problem>", and a failed load leaves the
+ * Dataset empty, so callers can print the message and dataset_free unconditionally. */
+#include "data.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "util.h"
+
+/* Far beyond any real dataset, yet keeps counts in int and rejects garbage headers. */
+enum { DATASET_MAX_IMAGES = 100000000 };
+
+enum {
+    IDX3_UBYTE_MAGIC = 0x00000803, /* 0x08: unsigned bytes, 0x03: three dimensions */
+    IDX_HEADER_BYTES = 16,         /* magic, count, rows, cols: big-endian u32 each */
+    IDX_MAX_SIDE = 4096,           /* sanity limit that rejects garbage headers early */
+    GZ_BUFFER_BYTES = 1 << 17,     /* larger than zlib's 8 KiB default: fewer read calls */
+};
+
+enum {
+    CIFAR_SIDE = 32,
+    CIFAR_CHANNELS = 3,
+    CIFAR_PLANE_BYTES = CIFAR_SIDE * CIFAR_SIDE,
+    CIFAR_IMAGE_BYTES = CIFAR_CHANNELS * CIFAR_PLANE_BYTES,
+    CIFAR_RECORD_BYTES = 1 + CIFAR_IMAGE_BYTES, /* a label byte, then the R, G, B planes */
+    CIFAR_TRAIN_BATCHES = 5,
+    CIFAR_PATH_MAX = 4096,
+};
+
+typedef struct {
+    uint32_t count, rows, cols;
+} IdxHeader;
+
+void dataset_free(Dataset *d) {
+    free(d->images);
+    *d = (Dataset){0};
+}
+
+/* ---- IDX ---- */
+
+static uint32_t read_be32(const unsigned char *bytes) {
+    return (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 | (uint32_t)bytes[2] << 8 |
+           (uint32_t)bytes[3];
+}
+
+/* gzerror's message already starts with "<path>: "; drop that so ours does not repeat it. */
+static const char *gz_reason(gzFile gz, const char *path, int *errnum) {
+    const char *message = gzerror(gz, errnum);
+    size_t path_len = strlen(path);
+    if (strncmp(message, path, path_len) == 0 && strncmp(message + path_len, ": ", 2) == 0)
+        return message + path_len + 2;
+    return message;
+}
+
+/* Reads up to size bytes (size <= INT_MAX). Returns the count read, which is short only at
+ * the end of the data, or -1 with err filled when the stream is corrupt or unreadable.
+ * A gzip stream that is merely cut short counts as end of data (*cut_short set), so the
+ * caller reports it as truncation with byte counts. */
+static long long gz_read_bytes(gzFile gz, void *buf, size_t size, const char *path,
+                               int *cut_short, char *err, size_t err_size) {
+    int got = gzread(gz, buf, (unsigned)size);
+    if (got >= 0 && (size_t)got == size) return got;
+    int errnum = Z_OK;
+    const char *reason = gz_reason(gz, path, &errnum);
+    if (errnum == Z_OK || errnum == Z_BUF_ERROR) {
+        *cut_short = errnum == Z_BUF_ERROR;
+        return got < 0 ? 0 : got;
+    }
+    snprintf(err, err_size, "%s: %s: %s", path,
+             errnum == Z_ERRNO ? "read failed" : "corrupt gzip stream", reason);
+    return -1;
+}
+
+static int read_idx_header(gzFile gz, const char *path, IdxHeader *h, char *err,
+                           size_t err_size) {
+    unsigned char bytes[IDX_HEADER_BYTES];
+    int cut_short = 0;
+    long long got = gz_read_bytes(gz, bytes, sizeof bytes, path, &cut_short, err, err_size);
+    if (got < 0) return -1;
+    if (got < IDX_HEADER_BYTES) {
+        snprintf(err, err_size, "%s: truncated header: %lld of %d bytes", path, got,
+                 IDX_HEADER_BYTES);
+        return -1;
+    }
+    uint32_t magic = read_be32(bytes);
+    if (magic != IDX3_UBYTE_MAGIC) {
+        snprintf(err, err_size,
+                 "%s: wrong magic 0x%08x, expected 0x%08x (an IDX file of uint8 images)", path,
+                 (unsigned)magic, (unsigned)IDX3_UBYTE_MAGIC);
+        return -1;
+    }
+    *h = (IdxHeader){read_be32(bytes + 4), read_be32(bytes + 8), read_be32(bytes + 12)};
+    int sane = h->count >= 1 && h->count <= DATASET_MAX_IMAGES && h->rows >= 1 &&
+               h->rows <= IDX_MAX_SIDE && h->cols >= 1 && h->cols <= IDX_MAX_SIDE;
+    if (!sane) {
+        snprintf(err, err_size,
+                 "%s: invalid dimensions: %u images of %u x %u pixels (allowed: 1..%d images "
+                 "of 1..%d x 1..%d)",
+                 path, (unsigned)h->count, (unsigned)h->rows, (unsigned)h->cols, DATASET_MAX_IMAGES,
+                 IDX_MAX_SIDE, IDX_MAX_SIDE);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_padding(const IdxHeader *h, int pad_to, const char *path, char *err,
+                         size_t err_size) {
+    if (pad_to <= 0) return 0;
+    if ((uint32_t)pad_to < h->rows || (uint32_t)pad_to < h->cols) {
+        snprintf(err, err_size, "%s: cannot pad %u x %u images to %d x %d: smaller than the image",
+                 path, (unsigned)h->rows, (unsigned)h->cols, pad_to, pad_to);
+        return -1;
+    }
+    if (pad_to > IDX_MAX_SIDE) {
+        snprintf(err, err_size, "%s: pad size %d exceeds the %d-pixel limit", path, pad_to,
+                 IDX_MAX_SIDE);
+        return -1;
+    }
+    return 0;
+}
+
+/* Copies a rows x cols image into the centre of a zeroed out_h x out_w one; an odd
+ * margin puts the extra pixel at the bottom / right. */
+static void place_centered(uint8_t *dst, int out_h, int out_w, const uint8_t *src, int rows,
+                           int cols) {
+    int top = (out_h - rows) / 2, left = (out_w - cols) / 2;
+    for (int y = 0; y < rows; y++)
+        memcpy(dst + (size_t)(top + y) * (size_t)out_w + (size_t)left,
+               src + (size_t)y * (size_t)cols, (size_t)cols);
+}
+
+static void report_truncated_images(const char *path, int count, const IdxHeader *h,
+                                    size_t found, int cut_short, char *err, size_t err_size) {
+    unsigned long long expected = (unsigned long long)count * h->rows * h->cols;
+    snprintf(err, err_size,
+             "%s: truncated: %d images of %u x %u need %llu bytes after the header, found %zu%s",
+             path, count, (unsigned)h->rows, (unsigned)h->cols, expected, found,
+             cut_short ? " (gzip stream ends early)" : "");
+}
+
+/* Reads past the last image so zlib consumes the rest of the gzip stream: a file cut
+ * before or inside its 8-byte trailer is then reported, where otherwise (all image bytes
+ * being there) it would be accepted. zlib detects it whenever it has not yet hit end of
+ * file, which covers small images like MNIST's. Bytes after the images are ignored. */
+static int verify_gzip_end(gzFile gz, const char *path, char *err, size_t err_size) {
+    unsigned char extra;
+    int cut_short = 0;
+    if (gz_read_bytes(gz, &extra, 1, path, &cut_short, err, err_size) < 0) return -1;
+    if (!cut_short) return 0;
+    snprintf(err, err_size, "%s: gzip stream ends early, after the last image", path);
+    return -1;
+}
+
+/* Reads the first `count` images after the header, padding each as it arrives. */
+static int read_idx_images(Dataset *d, gzFile gz, const char *path, const IdxHeader *h,
+                           int count, int pad_to, char *err, size_t err_size) {
+    int rows = (int)h->rows, cols = (int)h->cols;
+    int out_h = pad_to > 0 ? pad_to : rows, out_w = pad_to > 0 ? pad_to : cols;
+    size_t image_bytes = (size_t)rows * (size_t)cols;
+    size_t out_bytes = (size_t)out_h * (size_t)out_w;
+    /* calloc, not xcalloc: a corrupt header may claim more than fits, which is the
+     * file's problem to report, not a reason to abort. calloc also zeroes the padding. */
+    uint8_t *images = calloc((size_t)count, out_bytes);
+    if (!images) {
+        snprintf(err, err_size, "%s: cannot allocate %d images of %d x %d", path, count, out_h,
+                 out_w);
+        return -1;
+    }
+    uint8_t *scratch = xmalloc(image_bytes);
+    int rc = 0;
+    for (int i = 0; i < count && rc == 0; i++) {
+        int cut_short = 0;
+        long long got = gz_read_bytes(gz, scratch, image_bytes, path, &cut_short, err, err_size);
+        if (got < 0) {
+            rc = -1;
+        } else if ((size_t)got < image_bytes) {
+            report_truncated_images(path, count, h, (size_t)i * image_bytes + (size_t)got,
+                                    cut_short, err, err_size);
+            rc = -1;
+        } else {
+            place_centered(images + (size_t)i * out_bytes, out_h, out_w, scratch, rows, cols);
+        }
+    }
+    free(scratch);
+    if (rc != 0) {
+        free(images);
+        return -1;
+    }
+    *d = (Dataset){.images = images, .count = count, .height = out_h, .width = out_w,
+                   .channels = 1};
+    return 0;
+}
+
+int dataset_load_idx(Dataset *d, const char *path, int pad_to, int limit, char *err,
+                     size_t err_size) {
+    *d = (Dataset){0};
+    errno = 0;
+    gzFile gz = gzopen(path, "rb");
+    if (!gz) {
+        snprintf(err, err_size, "%s: cannot open: %s", path,
+                 errno ? strerror(errno) : "out of memory");
+        return -1;
+    }
+    gzbuffer(gz, GZ_BUFFER_BYTES);
+    IdxHeader h;
+    int rc = read_idx_header(gz, path, &h, err, err_size);
+    if (rc == 0) rc = check_padding(&h, pad_to, path, err, err_size);
+    if (rc == 0) {
+        int count = limit > 0 && (uint32_t)limit < h.count ? limit : (int)h.count;
+        rc = read_idx_images(d, gz, path, &h, count, pad_to, err, err_size);
+        /* Only a full read reaches the end; under limit the rest is left unread. */
+        if (rc == 0 && (uint32_t)count == h.count &&
+            verify_gzip_end(gz, path, err, err_size) != 0) {
+            dataset_free(d);
+            rc = -1;
+        }
+    }
+    gzclose(gz);
+    return rc;
+}
+
+/* ---- CIFAR-10 ---- */
+
+static int cifar_batch_path(char *out, const char *dir, int test, int index, char *err,
+                            size_t err_size) {
+    int len = test ? snprintf(out, CIFAR_PATH_MAX, "%s/test_batch.bin", dir)
+                   : snprintf(out, CIFAR_PATH_MAX, "%s/data_batch_%d.bin", dir, index + 1);
+    if (len >= 0 && len < CIFAR_PATH_MAX) return 0;
+    snprintf(err, err_size, "%s: directory path too long", dir);
+    return -1;
+}
+
+static FILE *open_for_reading(const char *path, char *err, size_t err_size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) snprintf(err, err_size, "%s: cannot open: %s", path, strerror(errno));
+    return f;
+}
+
+/* Checks that the file is a non-empty whole number of records and counts them. */
+static int cifar_count_records(const char *path, long long *records, char *err,
+                               size_t err_size) {
+    FILE *f = open_for_reading(path, err, err_size);
+    if (!f) return -1;
+    long long size = fseeko(f, 0, SEEK_END) == 0 ? (long long)ftello(f) : -1;
+    if (size < 0)
+        snprintf(err, err_size, "%s: cannot determine the size: %s", path, strerror(errno));
+    fclose(f);
+    if (size < 0) return -1;
+    if (size == 0) {
+        snprintf(err, err_size, "%s: empty file (expected %d-byte records)", path,
+                 CIFAR_RECORD_BYTES);
+        return -1;
+    }
+    if (size % CIFAR_RECORD_BYTES != 0) {
+        snprintf(err, err_size, "%s: size %lld is not a multiple of the %d-byte record", path,
+                 size, CIFAR_RECORD_BYTES);
+        return -1;
+    }
+    *records = size / CIFAR_RECORD_BYTES;
+    return 0;
+}
+
+/* CIFAR stores an image as three 32x32 planes (R, G, B); the engine wants interleaved HWC. */
+static void cifar_planes_to_hwc(uint8_t *dst, const uint8_t *planes) {
+    for (int pixel = 0; pixel < CIFAR_PLANE_BYTES; pixel++)
+        for (int ch = 0; ch < CIFAR_CHANNELS; ch++)
+            dst[pixel * CIFAR_CHANNELS + ch] = planes[ch * CIFAR_PLANE_BYTES + pixel];
+}
+
+/* Reads the first `records` images of one batch file into dst (HWC, labels dropped). */
+static int cifar_read_records(const char *path, uint8_t *dst, long long records, char *err,
+                              size_t err_size) {
+    FILE *f = open_for_reading(path, err, err_size);
+    if (!f) return -1;
+    uint8_t record[CIFAR_RECORD_BYTES];
+    long long done = 0;
+    while (done < records && fread(record, CIFAR_RECORD_BYTES, 1, f) == 1) {
+        cifar_planes_to_hwc(dst + (size_t)done * CIFAR_IMAGE_BYTES, record + 1);
+        done++;
+    }
+    fclose(f);
+    if (done == records) return 0;
+    /* The size was checked moments ago, so this means the file changed or I/O failed. */
+    snprintf(err, err_size, "%s: read %lld of %lld records", path, done, records);
+    return -1;
+}
+
+int dataset_load_cifar10(Dataset *d, const char *dir, int test, int limit, char *err,
+                         size_t err_size) {
+    *d = (Dataset){0};
+    int n_files = test ? 1 : CIFAR_TRAIN_BATCHES;
+    char paths[CIFAR_TRAIN_BATCHES][CIFAR_PATH_MAX];
+    long long records[CIFAR_TRAIN_BATCHES], total = 0;
+    /* Validate every file before reading any, so a bad batch fails fast even under limit. */
+    for (int i = 0; i < n_files; i++) {
+        if (cifar_batch_path(paths[i], dir, test, i, err, err_size) != 0 ||
+            cifar_count_records(paths[i], &records[i], err, err_size) != 0)
+            return -1;
+        total += records[i];
+    }
+    long long count = limit > 0 && limit < total ? limit : total;
+    if (count > DATASET_MAX_IMAGES) {
+        snprintf(err, err_size, "%s: %lld images exceed the %d-image limit", dir, count,
+                 DATASET_MAX_IMAGES);
+        return -1;
+    }
+    uint8_t *images = malloc((size_t)count * CIFAR_IMAGE_BYTES);
+    if (!images) {
+        snprintf(err, err_size, "%s: cannot allocate %lld images", dir, count);
+        return -1;
+    }
+    long long done = 0;
+    for (int i = 0; i < n_files && done < count; i++) {
+        long long take = records[i] < count - done ? records[i] : count - done;
+        if (cifar_read_records(paths[i], images + (size_t)done * CIFAR_IMAGE_BYTES, take, err,
+                               err_size) != 0) {
+            free(images);
+            return -1;
+        }
+        done += take;
+    }
+    *d = (Dataset){.images = images, .count = (int)count, .height = CIFAR_SIDE,
+                   .width = CIFAR_SIDE, .channels = CIFAR_CHANNELS};
+    return 0;
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs the suite against the binaries in $1 (bin or bin-san): every C test binary,
+# then every end-to-end script tests/e2e_*.sh. Prints one line per test and a final
+# "N passed, N failed" line; exits non-zero when anything failed.
+set -u
+bin=${1:-bin}
+cd "$(dirname "$0")/.."
+passed=0
+failed=0
+failures=()
+
+run_one() {
+    local name=$1
+    shift
+    local log
+    log=$(mktemp)
+    local start=$SECONDS
+    if "$@" >"$log" 2>&1; then
+        passed=$((passed + 1))
+        printf 'PASS %-28s (%ds)\n' "$name" $((SECONDS - start))
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        printf 'FAIL %-28s (%ds)\n' "$name" $((SECONDS - start))
+        sed 's/^/    /' "$log" | tail -40
+    fi
+    rm -f "$log"
+}
+
+for test in "$bin"/test_*; do
+    [ -x "$test" ] || continue
+    run_one "$(basename "$test")" "$test"
+done
+for script in tests/e2e_*.sh; do
+    run_one "$(basename "$script" .sh)" env DDPM="$bin/ddpm" bash "$script"
+done
+
+echo "${bin}: $passed passed, $failed failed"
+[ "$failed" -eq 0 ] || { echo "failed: ${failures[*]}"; exit 1; }
