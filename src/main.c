@@ -20,6 +20,7 @@ static void usage(FILE *to) {
             "  ddpm sample --ckpt FILE [--n N] [--out DIR] [--seed S] [--batch B] [--clip 0|1]\n"
             "  ddpm schedule --config FILE [key=value ...]   (CSV of every per-timestep array)\n"
             "  ddpm info --config FILE [key=value ...]       (parameter names and shapes)\n"
+            "  ddpm backends                                 (the backends usable here)\n"
             "Configs are JSON files of known keys (see configs/); key=value overrides them.\n");
 }
 
@@ -127,6 +128,10 @@ int main(int argc, char **argv) {
         return sample_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
     if (strcmp(command, "schedule") == 0) return schedule_main(argc - 1, argv + 1);
     if (strcmp(command, "info") == 0) return info_main(argc - 1, argv + 1);
+    if (strcmp(command, "backends") == 0) {
+        printf("cpu\n%s", backend_cuda() ? "cuda\n" : "");
+        return 0;
+    }
     usage(stderr);
     die("unknown command '%s'", command);
 }
