@@ -80,7 +80,7 @@ test: detect $(BIN)/ddpm $(TEST_BINS)
 
 test-sanitize:
 	@$(MAKE) --no-print-directory BUILD=build-san BIN=bin-san CUDA=0 \
-	    OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	    OPT="-O2 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
 	    bin-san/ddpm $(patsubst $(BIN)/%,bin-san/%,$(TEST_BINS))
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    DDPM_SANITIZE=1 bash tests/run_tests.sh bin-san

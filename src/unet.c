@@ -98,13 +98,13 @@ static int tensor_c(const UNet *m, int t) { return m->tensors[t].c; }
 
 static int conv(UNet *m, const char *prefix, int x, int oc, int kernel, int stride, int pad_lo,
                 int pad_hi) {
-    const Tensor *in = &m->tensors[x];
-    int ic = in->c, fan_in = ic * kernel * kernel;
+    const Tensor in = m->tensors[x];   /* a copy: new_tensor may move the array */
+    int ic = in.c, fan_in = ic * kernel * kernel;
     Node *node = new_node(m, OP_CONV, x, -1, -1);
     node->param[0] = add_param(m, PARAM_CONV, fan_in, 4, (int64_t[]){oc, ic, kernel, kernel},
                                "%s.weight", prefix);
     node->param[1] = add_param(m, PARAM_PLAIN, fan_in, 1, (int64_t[]){oc}, "%s.bias", prefix);
-    node->conv = (ConvShape){.n = m->max_batch, .h = in->h, .w = in->w, .c = ic, .oc = oc,
+    node->conv = (ConvShape){.n = m->max_batch, .h = in.h, .w = in.w, .c = ic, .oc = oc,
                              .kh = kernel, .kw = kernel, .stride = stride, .pad_top = pad_lo,
                              .pad_left = pad_lo, .pad_bottom = pad_hi, .pad_right = pad_hi};
     conv_shape_finish(&node->conv);
@@ -112,7 +112,7 @@ static int conv(UNet *m, const char *prefix, int x, int oc, int kernel, int stri
     if (node->conv.workspace_bytes > m->workspace_bytes)
         m->workspace_bytes = node->conv.workspace_bytes;
     int out = new_tensor(m, node->conv.oh, node->conv.ow, oc);
-    m->nodes[m->n_nodes - 1].out = out;   /* new_tensor may not move nodes, but be explicit */
+    node->out = out;
     return out;
 }
 
@@ -134,8 +134,8 @@ static int groupnorm(UNet *m, const char *prefix, int x, int fuse_silu) {
 }
 
 static int unary(UNet *m, OpKind op, int x) {
-    const Tensor *t = &m->tensors[x];
-    int out = new_tensor(m, t->h, t->w, t->c);
+    const Tensor t = m->tensors[x];
+    int out = new_tensor(m, t.h, t.w, t.c);
     new_node(m, op, x, -1, out);
     return out;
 }
@@ -148,11 +148,11 @@ static int binary(UNet *m, OpKind op, int a, int b, int out_c) {
 
 /* Linear over the last dimension; weight and bias are registered by the caller. */
 static int linear_node(UNet *m, int x, int n_out, int weight, int bias) {
-    const Tensor *t = &m->tensors[x];
-    int out = new_tensor(m, t->h, t->w, n_out);
+    const Tensor t = m->tensors[x];
+    int out = new_tensor(m, t.h, t.w, n_out);
     Node *node = new_node(m, OP_LINEAR, x, -1, out);
-    node->rows = t->h * t->w;
-    node->k = t->c;
+    node->rows = t.h * t.w;
+    node->k = t.c;
     node->n = n_out;
     node->param[0] = weight;
     node->param[1] = bias;
@@ -222,8 +222,8 @@ static int downsample(UNet *m, const char *prefix, int x) {
 }
 
 static int upsample(UNet *m, const char *prefix, int x) {
-    const Tensor *t = &m->tensors[x];
-    int up = new_tensor(m, 2 * t->h, 2 * t->w, t->c);
+    const Tensor t = m->tensors[x];
+    int up = new_tensor(m, 2 * t.h, 2 * t.w, t.c);
     new_node(m, OP_UPSAMPLE, x, -1, up);
     return conv3x3(m, prefix, up, m->tensors[x].c);
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bad input gets a clear message naming the file or key and the problem, a non-zero
 # exit and no crash; an existing checkpoint is never overwritten or damaged.
-source tests/e2e_lib.sh
+source tests/lib_e2e.sh
 tiny=(--config "$ROOT/configs/tiny" data_limit=64 sample_n=0 log_every=1)
 
 # ---- data files ----

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The command line: schedule CSV, info, train's run directory, and sample's outputs.
-source tests/e2e_lib.sh
+source tests/lib_e2e.sh
 
 csv="$WORK/schedule.csv"
 "$DDPM" schedule --config "$ROOT/configs/tiny" >"$csv" || fail "schedule"

@@ -2,7 +2,7 @@
 # Resume: 20 steps in one run equal 10 steps, a checkpoint, then 10 more after
 # --resume, bit for bit: the whole checkpoint file (weights, EMA, AdamW moments,
 # metadata) and every logged loss. Dropout is on, so its RNG is covered too.
-source tests/e2e_lib.sh
+source tests/lib_e2e.sh
 args=(--config "$ROOT/configs/tiny" dropout=0.1 data_limit=256 log_every=1 ckpt_every=0
       sample_n=0 out_dir=run)
 mkdir -p "$WORK/straight" "$WORK/resumed"
