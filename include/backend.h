@@ -38,10 +38,34 @@ void conv_shape_finish(ConvShape *s);
  * x0 = a*x_t + b*model_out (eps: a=sqrt(1/ac), b=-sqrt(1/ac-1); x0: a=0, b=1; v: a=sqrt(ac), b=-sqrt(1-ac)). */
 typedef struct {
     float x0_from_xt, x0_from_out;  /* a, b above */
-    float coef_x0, coef_xt;         /* posterior mean = coef_x0*x0 + coef_xt*x_t */
+    float coef_x0, coef_xt;         /* mean = coef_x0*x0 + coef_xt*x_t (posterior, or DDIM) */
     float sigma;                    /* standard deviation of the added noise (0 at t = 0) */
     int clip_x0;                    /* clamp x0 to [-1, 1] */
+    /* Learned variances: the model output has 2C channels per pixel, [prediction (C) | v (C)].
+     * With use_model_var the noise of each element is scaled by exp(lv/2) on top of sigma,
+     * lv = post_logvar + frac*log_var_range, frac = (v+1)/2 (improved-diffusion's
+     * frac*log(beta) + (1-frac)*log(beta~), with the range log(beta) - log(beta~) formed in
+     * double: near t = T the two nearly coincide and a float difference loses it). */
+    int learned_var, channels, use_model_var;
+    float post_logvar, log_var_range;
 } SampleUpdate;
+
+/* Per-timestep float tables the loss op gathers by t (backend memory, (T) each). */
+typedef struct {
+    const float *x0_from_xt, *x0_from_out;   /* x0 = a[t]*x_t + b[t]*prediction, by prediction type */
+    const float *coef1, *coef2;              /* posterior mean = coef1*x0 + coef2*x_t */
+    const float *post_logvar;                /* posterior_log_variance_clipped */
+    const float *log_var_range;              /* log(betas) - post_logvar: learned variances' range */
+    const float *fixed_logvar;               /* the model's log variance when it is not learned */
+} DiffusionTables;
+
+typedef struct {
+    int learned_var;       /* the output has 2C channels per pixel: [prediction (C) | v (C)] */
+    int clip_x0;           /* clamp the predicted x0 to [-1, 1] (evaluation, as the papers do) */
+    float mse_weight;      /* per-sample loss = mse_weight*mse + vb_weight*vb */
+    float vb_weight;
+    int vb_trains_mean;    /* 0 (hybrid): the VLB term's gradient reaches only v */
+} LossSpec;
 
 typedef enum { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2 } PredictionType;
 
@@ -122,16 +146,30 @@ typedef struct Backend {
     /* From uint8 images (N, H, W, C): flip horizontally where philox_uniform(flip_key, s, 0) < 0.5
      * (if flip), scale to [-1, 1] as x0 = u8/127.5 - 1, draw eps = philox_normal(eps_key, s, e),
      * and write x_t = sqrt_ac[t]*x0 + sqrt_1m_ac[t]*eps and the training target for `pred`
-     * (eps, x0, or v = sqrt_ac*eps - sqrt_1m_ac*x0). t (N) and the tables (T) are backend memory. */
-    void (*q_sample_images)(float *x_t, float *target, const uint8_t *images, const int32_t *t,
+     * (eps, x0, or v = sqrt_ac*eps - sqrt_1m_ac*x0), and x0 itself when x0 is not NULL.
+     * t (N) and the tables (T) are backend memory. */
+    void (*q_sample_images)(float *x_t, float *target, float *x0, const uint8_t *images,
+                            const int32_t *t,
                             const float *sqrt_ac, const float *sqrt_1m_ac, int n, int h, int w,
                             int c, PredictionType pred, int flip, RngKey flip_key, RngKey eps_key);
     /* loss_per_sample (N) = mean over D of (pred - target)^2;
      * dpred = 2 (pred - target) / (N*D), the gradient of the batch mean. */
     void (*mse_loss)(float *loss_per_sample, float *dpred, const float *pred, const float *target,
                      int n, size_t d);
+    /* The DDPM losses, fused. For each sample s at timestep t[s], over its D = HW*C elements:
+     *   mse[s] = mean of (prediction - target)^2;
+     *   vb[s]  = L_t in bits/dim: the decoder NLL -log p(x0|x1) (discretized, 256 bins) at
+     *            t = 0, else KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)); mean over D, / ln 2.
+     * p's mean comes from the prediction through x0, its variance from v (learned) or the
+     * fixed table. dout (N, HW, C or 2C), when not NULL, is overwritten with the gradient of
+     * (1/N) sum_s weight[s] * (mse_weight*mse[s] + vb_weight*vb[s]) (weight NULL: all 1).
+     * mse or vb may be NULL; vb is then neither reported nor differentiated. */
+    void (*diffusion_loss)(float *mse, float *vb, float *dout, const float *out,
+                           const float *target, const float *x0, const float *x_t,
+                           const int32_t *t, const float *weight, int n, int hw, int c,
+                           LossSpec spec, DiffusionTables tables);
     /* one reverse step for all N samples at one t: x0 = a*x + b*out, optional clip,
-     * x <- coef_x0*x0 + coef_xt*x + sigma*philox_normal(z_key, s, e). */
+     * x <- coef_x0*x0 + coef_xt*x + sigma*philox_normal(z_key, s, e). d = HW*C. */
     void (*sample_update)(float *x, const float *model_out, int n, size_t d, SampleUpdate u,
                           RngKey z_key);
     /* x (N, D) = philox_normal(key, s, e) */

@@ -8,6 +8,7 @@
 #include <stddef.h>
 
 #include "config.h"
+#include "safetensors.h"
 #include "unet.h"
 
 typedef struct {
@@ -20,10 +21,23 @@ typedef struct {
 
 enum { CKPT_WEIGHTS = 0, CKPT_EMA, CKPT_ADAM_M, CKPT_ADAM_V, CKPT_BUFFERS };
 
+/* Other training state saved beside the weights (host memory). */
+typedef struct {
+    const char *name;
+    StDtype dtype;
+    int ndim;
+    int64_t shape[2];
+    void *data;
+} CheckpointExtra;
+
 /* bufs[i]: backend buffers of m->num_parameters floats; NULL entries are skipped. */
 int checkpoint_write(const char *path, const UNet *m, const Config *cfg,
-                     float *const bufs[CKPT_BUFFERS], const TrainProgress *progress, char *err,
-                     size_t err_size);
+                     float *const bufs[CKPT_BUFFERS], const TrainProgress *progress,
+                     const CheckpointExtra *extras, int n_extras, char *err, size_t err_size);
+/* Fills extras present in the file (which must match in dtype and shape); returns the
+ * number found, or -1 with err filled. */
+int checkpoint_read_extras(const char *path, CheckpointExtra *extras, int n_extras, char *err,
+                           size_t err_size);
 /* Loads the buffers whose bufs[i] is non-NULL, checking every shape against m.
  * A file without "ema." tensors (e.g. exported weights) loads its plain weights
  * into an EMA request. progress may be NULL. */

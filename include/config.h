@@ -21,7 +21,10 @@ typedef struct {
     int timesteps;
     char beta_schedule[CONFIG_STR];           /* linear | cosine | quadratic | sigmoid */
     char prediction[CONFIG_STR];              /* eps | x0 | v */
-    char variance[CONFIG_STR];                /* fixedsmall | fixedlarge */
+    char variance[CONFIG_STR];                /* fixedsmall | fixedlarge (when not learned) */
+    int learn_sigma;                          /* the model also outputs v: out_channels = 2 x in */
+    char loss[CONFIG_STR];                    /* mse | hybrid (mse + T/1000 L_vlb) | kl (T L_t) */
+    char timestep_sampler[CONFIG_STR];        /* uniform | loss_second_moment */
     int clip_denoised;                        /* clamp predicted x0 to [-1, 1] when sampling */
     /* data */
     char dataset[CONFIG_STR];                 /* fashion_mnist | mnist | cifar10 */

@@ -52,7 +52,8 @@ void cpu_concat_backward(float *da, float beta_a, float *db, float beta_b, const
 void cpu_timestep_embedding(float *y, const int32_t *t, int n, int dim);
 
 /* src/cpu_diffusion_ops.c */
-void cpu_q_sample_images(float *x_t, float *target, const uint8_t *images, const int32_t *t,
+void cpu_q_sample_images(float *x_t, float *target, float *x0, const uint8_t *images,
+                         const int32_t *t,
                          const float *sqrt_ac, const float *sqrt_1m_ac, int n, int h, int w,
                          int c, PredictionType pred, int flip, RngKey flip_key, RngKey eps_key);
 void cpu_mse_loss(float *loss_per_sample, float *dpred, const float *pred, const float *target,
@@ -60,6 +61,11 @@ void cpu_mse_loss(float *loss_per_sample, float *dpred, const float *pred, const
 void cpu_sample_update(float *x, const float *model_out, int n, size_t d, SampleUpdate u,
                        RngKey z_key);
 void cpu_normal_fill(float *x, int n, size_t d, RngKey key);
+
+/* src/cpu_loss.c */
+void cpu_diffusion_loss(float *mse, float *vb, float *dout, const float *out, const float *target,
+                        const float *x0, const float *x_t, const int32_t *t, const float *weight,
+                        int n, int hw, int c, LossSpec spec, DiffusionTables tables);
 
 /* src/cpu_optim.c */
 void cpu_global_norm(float *out, const float *g, size_t n);

@@ -29,6 +29,7 @@ typedef struct {
     int num_timesteps;
     PredictionType pred;
     VarianceType variance;
+    int *timestep_map;        /* (T) respaced: the model's timestep for each step; NULL: t */
 #define DECLARE_ARRAY(name) double *name; /* (T) */
     DIFFUSION_ARRAYS(DECLARE_ARRAY)
 #undef DECLARE_ARRAY
@@ -58,13 +59,47 @@ void predict_eps_from_xstart(const GaussianDiffusion *d, const float *x_t, int t
 void p_mean_variance(const GaussianDiffusion *d, const float *model_out, const float *x_t, int t,
                      int clip_denoised, float *mean, double *variance, double *log_variance,
                      float *pred_xstart, size_t n);
+/* x0 = a*x_t + b*model_out for the process's prediction type. */
+void xstart_coefficients(const GaussianDiffusion *d, int t, double *a, double *b);
 /* The model's (log) variance at t for the fixed variance types. */
 double model_log_variance(const GaussianDiffusion *d, int t);
 
 /* Coefficients of one ancestral step x_t -> x_{t-1} for the fused backend update. */
 SampleUpdate p_sample_update(const GaussianDiffusion *d, int t, int clip_denoised);
+/* One DDIM step x_t -> x_{t-1} with noise eta (Song et al. 2021, eq. 12); eta = 1 with
+ * every step is the ancestral sampler with the posterior variance. */
+SampleUpdate ddim_sample_update(const GaussianDiffusion *d, int t, double eta, int clip_denoised);
+/* One deterministic DDIM inversion step x_t -> x_{t+1} (the model is evaluated at t). */
+SampleUpdate ddim_reverse_update(const GaussianDiffusion *d, int t);
+/* The model timestep of step t (differs from t after respacing). */
+int model_timestep(const GaussianDiffusion *d, int t);
+
+/* The prior term L_T in bits/dim for one image x0 of n values:
+ * KL(q(x_T|x0) || N(0, I)), averaged over the values, / ln 2. */
+double prior_bpd(const GaussianDiffusion *d, const float *x0, size_t n);
+
+/* Respacing (improved-diffusion's space_timesteps): which of T timesteps to keep for
+ * "N" (N evenly spread), "ddimN" (a stride giving exactly N), or "a,b,c" (counts per
+ * equal section). Fills keep (ascending, T entries at most) and returns the count, or -1
+ * with err filled. */
+int space_timesteps(int num_timesteps, const char *spec, int *keep, char *err, size_t err_size);
+/* A process over the kept timesteps only: betas recomputed from the kept alphas_cumprod,
+ * timestep_map pointing at the base process's timesteps. */
+int diffusion_respace(GaussianDiffusion *out, const GaussianDiffusion *base, const int *keep,
+                      int count, char *err, size_t err_size);
 
 PredictionType prediction_from_name(const char *name);   /* eps | x0 | v; -1 if unknown */
 VarianceType variance_from_name(const char *name);       /* fixedsmall | fixedlarge; -1 */
+
+/* Float copies of the per-timestep arrays the backend gathers by t, in backend memory. */
+typedef struct {
+    const Backend *be;
+    float *sqrt_ac, *sqrt_1m_ac;   /* for q_sample_images */
+    DiffusionTables tables;        /* for diffusion_loss (views of owned arrays) */
+    float *owned[7];
+} DeviceSchedule;
+
+void device_schedule_init(DeviceSchedule *s, const Backend *be, const GaussianDiffusion *d);
+void device_schedule_free(DeviceSchedule *s);
 
 #endif

@@ -10,6 +10,7 @@
 #include "config.h"
 #include "data.h"
 #include "diffusion.h"
+#include "timestep_sampler.h"
 #include "unet.h"
 
 typedef struct {
@@ -20,14 +21,21 @@ typedef struct {
     Dataset data;
     TrainProgress progress;
     float *ema, *adam_m, *adam_v;          /* (P) backend */
-    float *sqrt_ac, *sqrt_1m_ac;           /* (T) backend float copies of the schedule */
+    DeviceSchedule schedule;               /* per-timestep tables in backend memory */
+    TimestepSampler timestep_sampler;
+    LossSpec loss;                         /* for the fused diffusion_loss (hybrid, kl) */
+    int simple_loss;                       /* mse without learned variances: the plain MSE op */
     float *target;                         /* (B, H, W, C) backend */
+    float *x0;                             /* (B, H, W, C) backend */
     uint8_t *images;                       /* (B, H, W, C) backend: the batch's raw pixels */
-    float *loss_per_sample;                /* (B) backend */
+    float *loss_per_sample;                /* (B) backend: mse */
+    float *vb_per_sample;                  /* (B) backend: L_t in bits/dim */
+    float *sample_weight;                  /* (B) backend: 1/(T p_t) of the timestep sampler */
     float *grad_norm;                      /* (1) backend */
     uint8_t *host_images;                  /* (B, H, W, C) */
     int32_t *host_t;                       /* (B) */
-    float *host_loss;                      /* (B) */
+    float *host_loss;                      /* (B) the per-sample training loss */
+    float *host_mse, *host_vb, *host_weight;   /* (B) */
     uint32_t *order;                       /* (data.count) permutation of the current epoch */
     long order_epoch;
     int bad_streak;
@@ -36,7 +44,8 @@ typedef struct {
 
 typedef struct {
     int skipped;            /* non-finite loss or gradient: no update */
-    double loss;            /* batch mean */
+    double loss;            /* batch mean of the per-sample losses */
+    double vb;              /* batch mean of L_t in bits/dim (NaN for the plain MSE loss) */
     double grad_norm;       /* before clipping */
     double lr;
     const float *loss_per_sample;    /* (B) host */

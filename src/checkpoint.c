@@ -26,8 +26,8 @@ static void put_long(StWriter *w, const char *key, long value) {
 }
 
 int checkpoint_write(const char *path, const UNet *m, const Config *cfg,
-                     float *const bufs[CKPT_BUFFERS], const TrainProgress *progress, char *err,
-                     size_t err_size) {
+                     float *const bufs[CKPT_BUFFERS], const TrainProgress *progress,
+                     const CheckpointExtra *extras, int n_extras, char *err, size_t err_size) {
     size_t P = m->num_parameters;
     float *host = xmalloc(CKPT_BUFFERS * P * sizeof(float));
     float *torch = xmalloc(CKPT_BUFFERS * P * sizeof(float));
@@ -45,6 +45,9 @@ int checkpoint_write(const char *path, const UNet *m, const Config *cfg,
             st_writer_add(&w, name, ST_F32, p->ndim, p->shape, dst);
         }
     }
+    for (int i = 0; i < n_extras; i++)
+        st_writer_add(&w, extras[i].name, extras[i].dtype, extras[i].ndim, extras[i].shape,
+                      extras[i].data);
     char *config_json = config_to_json(cfg);
     char *model_json = config_model_json(cfg);
     st_writer_meta(&w, "format", CKPT_FORMAT);
@@ -154,6 +157,33 @@ int checkpoint_read(const char *path, const UNet *m, float *const bufs[CKPT_BUFF
     free(host);
     st_free(&f);
     return rc;
+}
+
+static size_t extra_bytes(const CheckpointExtra *e) {
+    size_t n = e->dtype == ST_F64 || e->dtype == ST_I64 ? 8 : e->dtype == ST_U8 ? 1 : 4;
+    for (int i = 0; i < e->ndim; i++) n *= (size_t)e->shape[i];
+    return n;
+}
+
+int checkpoint_read_extras(const char *path, CheckpointExtra *extras, int n_extras, char *err,
+                           size_t err_size) {
+    StFile f;
+    if (st_read(&f, path, err, err_size) != 0) return -1;
+    int found = 0;
+    for (int i = 0; i < n_extras && found >= 0; i++) {
+        const StTensor *t = st_find(&f, extras[i].name);
+        if (!t) continue;
+        if (t->dtype != extras[i].dtype || t->nbytes != extra_bytes(&extras[i])) {
+            snprintf(err, err_size, "%s: tensor '%s' does not have the expected dtype and size",
+                     path, extras[i].name);
+            found = -1;
+        } else {
+            memcpy(extras[i].data, t->data, t->nbytes);
+            found++;
+        }
+    }
+    st_free(&f);
+    return found;
 }
 
 int checkpoint_read_config(const char *path, Config *cfg, char *err, size_t err_size) {

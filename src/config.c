@@ -43,6 +43,9 @@ static const ConfigKey keys[] = {
     STR(beta_schedule, "linear|cosine|quadratic|sigmoid", 1),
     STR(prediction, "eps|x0|v", 1),
     STR(variance, "fixedsmall|fixedlarge", 1),
+    NUM(learn_sigma, KEY_BOOL, 0, 1, 1),
+    STR(loss, "mse|hybrid|kl", 0),
+    STR(timestep_sampler, "uniform|loss_second_moment", 0),
     NUM(clip_denoised, KEY_BOOL, 0, 1, 0),
     STR(dataset, "fashion_mnist|mnist|cifar10", 0),
     STR(data_path, NULL, 0),
@@ -98,6 +101,8 @@ void config_defaults(Config *c) {
     strcpy(c->beta_schedule, "linear");
     strcpy(c->prediction, "eps");
     strcpy(c->variance, "fixedsmall");
+    strcpy(c->loss, "mse");
+    strcpy(c->timestep_sampler, "uniform");
     strcpy(c->dataset, "fashion_mnist");
     strcpy(c->data_path, "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
     strcpy(c->out_dir, "runs/default");
@@ -268,9 +273,13 @@ int config_validate(const Config *c, char *err, size_t err_size) {
         return fail(err, err_size, "%s: key 'in_channels' must be 3 for cifar10", o);
     if (strcmp(c->dataset, "cifar10") != 0 && c->in_channels != 1)
         return fail(err, err_size, "%s: key 'in_channels' must be 1 for %s", o, c->dataset);
-    if (c->out_channels != c->in_channels)
-        return fail(err, err_size, "%s: key 'out_channels' must equal in_channels (%d)", o,
-                    c->in_channels);
+    int want_out = c->learn_sigma ? 2 * c->in_channels : c->in_channels;
+    if (c->out_channels != want_out)
+        return fail(err, err_size, "%s: key 'out_channels' must be %d (in_channels%s)", o, want_out,
+                    c->learn_sigma ? " x 2 with learn_sigma" : "");
+    if (c->learn_sigma && strcmp(c->loss, "mse") == 0)
+        return fail(err, err_size, "%s: key 'loss' = mse cannot train learned variances "
+                    "(learn_sigma): use hybrid or kl", o);
     if (c->beta1 >= 1 || c->beta2 >= 1)
         return fail(err, err_size, "%s: keys 'beta1' and 'beta2' must be below 1", o);
     return 0;

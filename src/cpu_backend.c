@@ -53,6 +53,7 @@ static const Backend cpu = {
     .timestep_embedding = cpu_timestep_embedding,
     .q_sample_images = cpu_q_sample_images,
     .mse_loss = cpu_mse_loss,
+    .diffusion_loss = cpu_diffusion_loss,
     .sample_update = cpu_sample_update,
     .normal_fill = cpu_normal_fill,
     .global_norm = cpu_global_norm,

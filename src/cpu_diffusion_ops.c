@@ -23,7 +23,8 @@ static inline float training_target(PredictionType pred, float x0, float eps, fl
 /* One image row: (y, x, ch) of the output reads (y, flipped ? w-1-x : x, ch) of the
  * input; e is the output's flat index within the sample, so the noise stays put
  * when the image flips. */
-static void q_sample_row(float *x_t, float *target, const uint8_t *src_row, size_t e0, int w,
+static void q_sample_row(float *x_t, float *target, float *x0_out, const uint8_t *src_row,
+                         size_t e0, int w,
                          int c, int flipped, float a, float b, PredictionType pred, RngKey eps_key,
                          int s) {
     for (int x = 0; x < w; x++) {
@@ -34,11 +35,13 @@ static void q_sample_row(float *x_t, float *target, const uint8_t *src_row, size
             float eps = philox_normal(eps_key, (uint32_t)s, e0 + k);
             x_t[k] = a * x0 + b * eps;
             target[k] = training_target(pred, x0, eps, a, b);
+            if (x0_out) x0_out[k] = x0;
         }
     }
 }
 
-void cpu_q_sample_images(float *x_t, float *target, const uint8_t *images, const int32_t *t,
+void cpu_q_sample_images(float *x_t, float *target, float *x0, const uint8_t *images,
+                         const int32_t *t,
                          const float *sqrt_ac, const float *sqrt_1m_ac, int n, int h, int w,
                          int c, PredictionType pred, int flip, RngKey flip_key, RngKey eps_key) {
     size_t row = (size_t)w * c;
@@ -46,7 +49,8 @@ void cpu_q_sample_images(float *x_t, float *target, const uint8_t *images, const
     for (int s = 0; s < n; s++) {
         for (int y = 0; y < h; y++) {
             size_t off = ((size_t)s * h + y) * row;
-            q_sample_row(x_t + off, target + off, images + off, (size_t)y * row, w, c,
+            q_sample_row(x_t + off, target + off, x0 ? x0 + off : NULL, images + off,
+                         (size_t)y * row, w, c,
                          sample_is_flipped(flip, flip_key, s), sqrt_ac[t[s]], sqrt_1m_ac[t[s]],
                          pred, eps_key, s);
         }
@@ -72,16 +76,31 @@ void cpu_mse_loss(float *loss_per_sample, float *dpred, const float *pred, const
 
 static inline float clamp_unit(float v) { return v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v; }
 
+/* Where element e of sample s finds its prediction: with learned variances the
+ * output interleaves [prediction (C) | v (C)] per pixel, and v follows C later. */
+static inline size_t prediction_index(const SampleUpdate *u, int s, size_t d, size_t e) {
+    if (!u->learned_var) return (size_t)s * d + e;
+    size_t c = (size_t)u->channels;
+    return ((size_t)s * (d / c) + e / c) * 2 * c + e % c;
+}
+
+static inline float noise_scale(const SampleUpdate *u, const float *model_out, size_t pi) {
+    if (!u->use_model_var) return u->sigma;
+    float frac = 0.5f * (model_out[pi + (size_t)u->channels] + 1.0f);
+    return u->sigma * expf(0.5f * (u->post_logvar + frac * u->log_var_range));
+}
+
 void cpu_sample_update(float *x, const float *model_out, int n, size_t d, SampleUpdate u,
                        RngKey z_key) {
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)n * d >= PARALLEL_MIN)
     for (int s = 0; s < n; s++) {
         for (size_t e = 0; e < d; e++) {
-            size_t i = (size_t)s * d + e;
-            float x0 = u.x0_from_xt * x[i] + u.x0_from_out * model_out[i];
+            size_t i = (size_t)s * d + e, pi = prediction_index(&u, s, d, e);
+            float x0 = u.x0_from_xt * x[i] + u.x0_from_out * model_out[pi];
             if (u.clip_x0) x0 = clamp_unit(x0);
             float x_new = u.coef_x0 * x0 + u.coef_xt * x[i];
-            if (u.sigma > 0.0f) x_new += u.sigma * philox_normal(z_key, (uint32_t)s, e);
+            if (u.sigma > 0.0f)
+                x_new += noise_scale(&u, model_out, pi) * philox_normal(z_key, (uint32_t)s, e);
             x[i] = x_new;
         }
     }

@@ -102,6 +102,8 @@ int diffusion_init(GaussianDiffusion *d, const char *schedule, int T, Prediction
 }
 
 void diffusion_free(GaussianDiffusion *d) {
+    free(d->timestep_map);
+    d->timestep_map = NULL;
 #define FREE_ARRAY(name) free(d->name); d->name = NULL;
     DIFFUSION_ARRAYS(FREE_ARRAY)
 #undef FREE_ARRAY
@@ -161,7 +163,7 @@ double model_log_variance(const GaussianDiffusion *d, int t) {
 }
 
 /* x0 = a*x_t + b*model_out for each prediction type */
-static void xstart_coefs(const GaussianDiffusion *d, int t, double *a, double *b) {
+void xstart_coefficients(const GaussianDiffusion *d, int t, double *a, double *b) {
     switch (d->pred) {
     default:   /* PRED_EPS; the config validator admits no other value */
         *a = d->sqrt_recip_alphas_cumprod[t];
@@ -182,7 +184,7 @@ void p_mean_variance(const GaussianDiffusion *d, const float *model_out, const f
                      int clip_denoised, float *mean, double *variance, double *log_variance,
                      float *pred_xstart, size_t n) {
     double a, b;
-    xstart_coefs(d, t, &a, &b);
+    xstart_coefficients(d, t, &a, &b);
     for (size_t i = 0; i < n; i++) {
         double x0 = a * x_t[i] + b * model_out[i];
         if (clip_denoised) x0 = x0 < -1 ? -1 : x0 > 1 ? 1 : x0;
@@ -196,7 +198,7 @@ void p_mean_variance(const GaussianDiffusion *d, const float *model_out, const f
 
 SampleUpdate p_sample_update(const GaussianDiffusion *d, int t, int clip_denoised) {
     double a, b;
-    xstart_coefs(d, t, &a, &b);
+    xstart_coefficients(d, t, &a, &b);
     SampleUpdate u = {
         .x0_from_xt = (float)a,
         .x0_from_out = (float)b,
@@ -219,4 +221,127 @@ VarianceType variance_from_name(const char *name) {
     if (strcmp(name, "fixedsmall") == 0) return VAR_FIXED_SMALL;
     if (strcmp(name, "fixedlarge") == 0) return VAR_FIXED_LARGE;
     return (VarianceType)-1;
+}
+
+SampleUpdate ddim_sample_update(const GaussianDiffusion *d, int t, double eta, int clip_denoised) {
+    SampleUpdate u = p_sample_update(d, t, clip_denoised);
+    double ab = d->alphas_cumprod[t], ab_prev = d->alphas_cumprod_prev[t];
+    double sigma = eta * sqrt((1 - ab_prev) / (1 - ab)) * sqrt(1 - ab / ab_prev);
+    double k = sqrt(fmax(1 - ab_prev - sigma * sigma, 0.0));
+    /* x_{t-1} = sqrt(ab_prev)*x0 + k*eps + sigma*z with eps = (x_t/sqrt(ab) - x0)/sqrt(1/ab - 1) */
+    double sra = d->sqrt_recip_alphas_cumprod[t], srm1 = d->sqrt_recipm1_alphas_cumprod[t];
+    u.coef_x0 = (float)(sqrt(ab_prev) - k / srm1);
+    u.coef_xt = (float)(k * sra / srm1);
+    u.sigma = t > 0 ? (float)sigma : 0.0f;
+    return u;
+}
+
+SampleUpdate ddim_reverse_update(const GaussianDiffusion *d, int t) {
+    SampleUpdate u = p_sample_update(d, t, 0);
+    double ab_next = d->alphas_cumprod_next[t];
+    double sra = d->sqrt_recip_alphas_cumprod[t], srm1 = d->sqrt_recipm1_alphas_cumprod[t];
+    u.coef_x0 = (float)(sqrt(ab_next) - sqrt(1 - ab_next) / srm1);
+    u.coef_xt = (float)(sqrt(1 - ab_next) * sra / srm1);
+    u.sigma = 0.0f;
+    return u;
+}
+
+int model_timestep(const GaussianDiffusion *d, int t) {
+    return d->timestep_map ? d->timestep_map[t] : t;
+}
+
+double prior_bpd(const GaussianDiffusion *d, const float *x0, size_t n) {
+    int last = d->num_timesteps - 1;
+    double a = d->sqrt_alphas_cumprod[last], logvar = log(1 - d->alphas_cumprod[last]);
+    double sum = 0;
+    for (size_t i = 0; i < n; i++) {
+        double mean = a * x0[i];
+        sum += 0.5 * (-1.0 - logvar + exp(logvar) + mean * mean);   /* normal_kl to N(0, 1) */
+    }
+    return sum / (double)n / log(2.0);
+}
+
+static int fail_spacing(char *err, size_t err_size, const char *spec, const char *why) {
+    snprintf(err, err_size, "timestep spacing '%s': %s", spec, why);
+    return -1;
+}
+
+static int compare_ints(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* Python's round(): halves go to the even neighbour, as improved-diffusion's spacing does. */
+static long round_half_even(double v) {
+    double r = nearbyint(v);   /* the default rounding mode is to nearest, ties to even */
+    return (long)r;
+}
+
+/* "a,b,c": sections of (nearly) equal size, each with its own count, evenly spread. */
+static int space_sections(int T, const char *spec, int *keep, char *err, size_t err_size) {
+    int counts[64], sections = 0;
+    const char *p = spec;
+    while (*p) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1 || sections == 64) return fail_spacing(err, err_size, spec, "expected counts like 50 or 10,10,20");
+        counts[sections++] = (int)v;
+        p = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') return fail_spacing(err, err_size, spec, "expected counts like 50 or 10,10,20");
+    }
+    if (sections == 0) return fail_spacing(err, err_size, spec, "empty");
+    int size_per = T / sections, extra = T % sections, start = 0, total = 0;
+    for (int i = 0; i < sections; i++) {
+        int size = size_per + (i < extra ? 1 : 0);
+        if (size < counts[i]) return fail_spacing(err, err_size, spec, "a section has more steps than timesteps");
+        double stride = counts[i] <= 1 ? 1.0 : (double)(size - 1) / (counts[i] - 1);
+        double cur = 0;
+        for (int j = 0; j < counts[i]; j++, cur += stride) keep[total++] = start + (int)round_half_even(cur);
+        start += size;
+    }
+    qsort(keep, (size_t)total, sizeof(int), compare_ints);
+    int unique = 0;
+    for (int i = 0; i < total; i++)
+        if (unique == 0 || keep[unique - 1] != keep[i]) keep[unique++] = keep[i];
+    return unique;
+}
+
+int space_timesteps(int T, const char *spec, int *keep, char *err, size_t err_size) {
+    if (strncmp(spec, "ddim", 4) != 0) return space_sections(T, spec, keep, err, err_size);
+    char *end;
+    long desired = strtol(spec + 4, &end, 10);
+    if (end == spec + 4 || *end || desired < 1) return fail_spacing(err, err_size, spec, "expected ddimN");
+    for (int stride = 1; stride < T; stride++) {
+        if ((T + stride - 1) / stride != desired) continue;
+        int count = 0;
+        for (int t = 0; t < T; t += stride) keep[count++] = t;
+        return count;
+    }
+    return fail_spacing(err, err_size, spec, "no integer stride gives that many steps");
+}
+
+int diffusion_respace(GaussianDiffusion *out, const GaussianDiffusion *base, const int *keep,
+                      int count, char *err, size_t err_size) {
+    double *betas = xmalloc((size_t)count * sizeof(double));
+    double last = 1.0;
+    for (int i = 0; i < count; i++) {
+        double ac = base->alphas_cumprod[keep[i]];
+        betas[i] = 1 - ac / last;
+        last = ac;
+    }
+    memset(out, 0, sizeof *out);
+    out->num_timesteps = count;
+    out->pred = base->pred;
+    out->variance = base->variance;
+#define ALLOC_ARRAY(name) out->name = xcalloc((size_t)count, sizeof(double));
+    DIFFUSION_ARRAYS(ALLOC_ARRAY)
+#undef ALLOC_ARRAY
+    memcpy(out->betas, betas, (size_t)count * sizeof(double));
+    free(betas);
+    compute_arrays(out);
+    out->timestep_map = xmalloc((size_t)count * sizeof(int));
+    memcpy(out->timestep_map, keep, (size_t)count * sizeof(int));
+    (void)err;
+    (void)err_size;
+    return 0;
 }

@@ -13,11 +13,17 @@
 #include "unet.h"
 #include "util.h"
 
+int eval_main(int argc, char **argv, const Backend *be);   /* src/eval.c */
+
 static void usage(FILE *to) {
     fprintf(to,
             "usage:\n"
             "  ddpm train --config FILE [--resume] [--device cpu|cuda] [key=value ...]\n"
             "  ddpm sample --ckpt FILE [--n N] [--out DIR] [--seed S] [--batch B] [--clip 0|1]\n"
+            "              [--sampler ancestral|ddim] [--steps 50|ddim50|10,10,20] [--eta E]\n"
+            "              [--noise x_T.npy] [--save-noise x_T.npy]\n"
+            "  ddpm invert --ckpt FILE --images x0.npy --out x_T.npy [--steps SPEC]  (DDIM inversion)\n"
+            "  ddpm eval --ckpt FILE --data PATH [--n N] [--mc K] [--csv FILE]  (bound in bits/dim)\n"
             "  ddpm schedule --config FILE [key=value ...]   (CSV of every per-timestep array)\n"
             "  ddpm info --config FILE [key=value ...]       (parameter names and shapes)\n"
             "  ddpm backends                                 (the backends usable here)\n"
@@ -126,6 +132,10 @@ int main(int argc, char **argv) {
     }
     if (strcmp(command, "sample") == 0)
         return sample_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
+    if (strcmp(command, "eval") == 0)
+        return eval_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
+    if (strcmp(command, "invert") == 0)
+        return invert_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
     if (strcmp(command, "schedule") == 0) return schedule_main(argc - 1, argv + 1);
     if (strcmp(command, "info") == 0) return info_main(argc - 1, argv + 1);
     if (strcmp(command, "backends") == 0) {

@@ -1,153 +1,165 @@
-/* Ancestral sampling: x_T ~ N(0, I), then for t = T-1 .. 0 one model call and one
- * fused update x_{t-1} = coef1*x0 + coef2*x_t + sigma_t*z (Algorithm 2). */
+/* Samplers as plans of (model timestep, fused update) steps, the loop that runs a plan,
+ * and `ddpm sample`. */
 #include "sample.h"
 
-#include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoint.h"
-#include "image_io.h"
 #include "util.h"
 
-/* The chunk index is folded into the stream so that chunks draw distinct noise. */
-static RngKey chunk_key(uint64_t seed, uint32_t stream, int chunk, int t) {
-    RngKey key = {seed, stream + ((uint32_t)chunk << 8), (uint32_t)t};
-    return key;
+/* ---------------- plans ---------------- */
+
+static void with_output_layout(SampleUpdate *u, const GaussianDiffusion *p, int t,
+                               const SamplerOptions *opt, int use_model_var) {
+    u->learned_var = opt->learned_var;
+    u->channels = opt->channels;
+    u->use_model_var = opt->learned_var && use_model_var;
+    if (u->use_model_var) {
+        u->sigma = t > 0 ? 1.0f : 0.0f;   /* the per-element scale comes from v */
+        u->post_logvar = (float)p->posterior_log_variance_clipped[t];
+        u->log_var_range = (float)(log(p->betas[t]) - p->posterior_log_variance_clipped[t]);
+    }
 }
 
-static void sample_chunk(UNet *m, const GaussianDiffusion *d, int n, int chunk, uint64_t seed,
-                         int clip, int verbose) {
-    const Backend *be = m->be;
-    float *x = unet_input(m);
-    size_t D = unet_sample_size(m);
-    be->normal_fill(x, n, D, chunk_key(seed, RNG_STREAM_SAMPLE_XT, chunk, 0));
-    int32_t *t_host = xmalloc((size_t)n * sizeof(int32_t));
+static int plan_process(SamplerPlan *plan, const GaussianDiffusion *base, const SamplerOptions *opt,
+                        char *err, size_t err_size) {
+    memset(plan, 0, sizeof *plan);
+    int T = base->num_timesteps;
+    int *keep = xmalloc((size_t)T * sizeof(int));
+    int count = T;
+    if (opt->spacing && *opt->spacing) {
+        count = space_timesteps(T, opt->spacing, keep, err, err_size);
+    } else {
+        for (int t = 0; t < T; t++) keep[t] = t;
+    }
+    int rc = count < 1 ? -1 : diffusion_respace(&plan->process, base, keep, count, err, err_size);
+    free(keep);
+    if (rc != 0) return -1;
+    plan->count = count;
+    plan->model_t = xmalloc((size_t)count * sizeof(int));
+    plan->update = xcalloc((size_t)count, sizeof(SampleUpdate));
+    for (int i = 0; i < count; i++) plan->model_t[i] = model_timestep(&plan->process, i);
+    return 0;
+}
+
+int sampler_plan_init(SamplerPlan *plan, const GaussianDiffusion *base, const SamplerOptions *opt,
+                      char *err, size_t err_size) {
+    int ddim = opt->kind && strcmp(opt->kind, "ddim") == 0;
+    if (opt->kind && !ddim && strcmp(opt->kind, "ancestral") != 0) {
+        snprintf(err, err_size, "unknown sampler '%s' (ancestral or ddim)", opt->kind);
+        return -1;
+    }
+    if (!(opt->eta >= 0 && opt->eta <= 1)) {
+        snprintf(err, err_size, "eta = %g is outside [0, 1]", opt->eta);
+        return -1;
+    }
+    if (plan_process(plan, base, opt, err, err_size) != 0) return -1;
+    const GaussianDiffusion *p = &plan->process;
+    for (int t = 0; t < plan->count; t++) {
+        plan->update[t] = ddim ? ddim_sample_update(p, t, opt->eta, opt->clip_denoised)
+                               : p_sample_update(p, t, opt->clip_denoised);
+        with_output_layout(&plan->update[t], p, t, opt, !ddim);
+    }
+    return 0;
+}
+
+int sampler_plan_inversion(SamplerPlan *plan, const GaussianDiffusion *base,
+                           const SamplerOptions *opt, char *err, size_t err_size) {
+    if (plan_process(plan, base, opt, err, err_size) != 0) return -1;
+    plan->ascending = 1;
+    for (int t = 0; t < plan->count; t++) {
+        plan->update[t] = ddim_reverse_update(&plan->process, t);
+        with_output_layout(&plan->update[t], &plan->process, t, opt, 0);
+    }
+    return 0;
+}
+
+void sampler_plan_free(SamplerPlan *plan) {
+    diffusion_free(&plan->process);
+    free(plan->model_t);
+    free(plan->update);
+    memset(plan, 0, sizeof *plan);
+}
+
+/* ---------------- the loop ---------------- */
+
+void sampler_run(const Backend *be, const SamplerPlan *plan, DenoiseFn denoise, void *ctx,
+                 float *x, int n, size_t d, RngKey z_key, int verbose) {
     double started = now_seconds();
-    RngKey no_dropout = {0};
-    for (int t = d->num_timesteps - 1; t >= 0; t--) {
-        for (int i = 0; i < n; i++) t_host[i] = t;
-        be->to_device(m->timesteps, t_host, (size_t)n * sizeof(int32_t));
-        unet_forward(m, n, no_dropout);
-        be->sample_update(x, unet_output(m), n, D, p_sample_update(d, t, clip),
-                          chunk_key(seed, RNG_STREAM_SAMPLE_Z, chunk, t));
-        if (verbose && (t % 100 == 0)) {
+    for (int k = 0; k < plan->count; k++) {
+        int i = plan->ascending ? k : plan->count - 1 - k;
+        const float *out = denoise(ctx, x, n, plan->model_t[i]);
+        RngKey key = {z_key.seed, z_key.stream, (uint32_t)i};
+        be->sample_update(x, out, n, d, plan->update[i], key);
+        if (verbose && (k + 1) % 50 == 0) {
             double elapsed = now_seconds() - started;
-            fprintf(stderr, "\rsampling chunk %d: t=%4d  %.1f steps/s", chunk, t,
-                    (d->num_timesteps - t) / (elapsed > 0 ? elapsed : 1e-9));
+            fprintf(stderr, "\rstep %d/%d  %.1f steps/s", k + 1, plan->count,
+                    (k + 1) / (elapsed > 0 ? elapsed : 1e-9));
         }
     }
     if (verbose) fputc('\n', stderr);
-    free(t_host);
 }
 
-void sample_images(UNet *m, const GaussianDiffusion *d, int n, uint64_t seed, int clip_denoised,
-                   float *out, int verbose) {
+typedef struct {
+    UNet *model;
+    int32_t *t_host;   /* (max_batch) */
+} UNetDenoiser;
+
+/* x is the U-Net's own input buffer: the sampler updates it in place. */
+static const float *unet_denoise(void *ctx, const float *x, int n, int model_t) {
+    UNetDenoiser *u = ctx;
+    (void)x;
+    for (int i = 0; i < n; i++) u->t_host[i] = model_t;
+    u->model->be->to_device(u->model->timesteps, u->t_host, (size_t)n * sizeof(int32_t));
+    unet_forward(u->model, n, (RngKey){0});
+    return unet_output(u->model);
+}
+
+/* The chunk index is folded into the stream so that chunks draw distinct noise. */
+static RngKey chunk_key(uint64_t seed, uint32_t stream, int chunk) {
+    RngKey key = {seed, stream + ((uint32_t)chunk << 8), 0};
+    return key;
+}
+
+void sample_initial_noise(UNet *m, int n, uint64_t seed, float *out) {
     size_t D = unet_sample_size(m);
+    for (int first = 0, chunk = 0; first < n; first += m->max_batch, chunk++) {
+        int count = n - first < m->max_batch ? n - first : m->max_batch;
+        m->be->normal_fill(unet_input(m), count, D, chunk_key(seed, RNG_STREAM_SAMPLE_XT, chunk));
+        m->be->to_host(out + (size_t)first * D, unet_input(m), (size_t)count * D * sizeof(float));
+    }
+}
+
+void sample_images(UNet *m, const SamplerPlan *plan, int n, uint64_t seed, const float *x_T,
+                   float *out, int verbose) {
+    const Backend *be = m->be;
+    size_t D = unet_sample_size(m);
+    UNetDenoiser ctx = {m, xmalloc((size_t)m->max_batch * sizeof(int32_t))};
     int was_training = m->training;
     m->training = 0;
     for (int first = 0, chunk = 0; first < n; first += m->max_batch, chunk++) {
         int count = n - first < m->max_batch ? n - first : m->max_batch;
-        sample_chunk(m, d, count, chunk, seed, clip_denoised, verbose);
-        m->be->to_host(out + (size_t)first * D, unet_input(m), (size_t)count * D * sizeof(float));
+        float *x = unet_input(m);
+        if (x_T) be->to_device(x, x_T + (size_t)first * D, (size_t)count * D * sizeof(float));
+        else be->normal_fill(x, count, D, chunk_key(seed, RNG_STREAM_SAMPLE_XT, chunk));
+        if (verbose) fprintf(stderr, "images %d-%d of %d\n", first + 1, first + count, n);
+        sampler_run(be, plan, unet_denoise, &ctx, x, count, D,
+                    chunk_key(seed, RNG_STREAM_SAMPLE_Z, chunk), verbose);
+        be->to_host(out + (size_t)first * D, x, (size_t)count * D * sizeof(float));
     }
-    m->be->synchronize();
     m->training = was_training;
+    free(ctx.t_host);
 }
 
-typedef struct {
-    const char *ckpt, *out_dir;
-    int n, batch, clip;
-    unsigned long long seed;
-} SampleArgs;
-
-static void sample_usage(void) {
-    fprintf(stderr,
-            "usage: ddpm sample --ckpt FILE [--n N] [--out DIR] [--seed S] [--batch B] [--clip 0|1]\n"
-            "  writes DIR/samples.png (a grid) and DIR/samples.npz (arr_0: uint8 N,H,W,C)\n");
-}
-
-static long parse_int_arg(const char *flag, const char *text, long lo, long hi) {
-    char *end;
-    long v = strtol(text, &end, 10);
-    if (*text == 0 || *end != 0 || v < lo || v > hi)
-        die("%s: expected an integer in [%ld, %ld], got '%s'", flag, lo, hi, text);
-    return v;
-}
-
-static SampleArgs parse_sample_args(int argc, char **argv) {
-    SampleArgs a = {.out_dir = "samples", .n = 16, .batch = 0, .clip = -1};
-    static const struct option options[] = {
-        {"ckpt", required_argument, 0, 'c'}, {"n", required_argument, 0, 'n'},
-        {"out", required_argument, 0, 'o'},  {"seed", required_argument, 0, 's'},
-        {"batch", required_argument, 0, 'b'}, {"clip", required_argument, 0, 'l'},
-        {"device", required_argument, 0, 'd'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    int opt;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
-        switch (opt) {
-        case 'c': a.ckpt = optarg; break;
-        case 'n': a.n = (int)parse_int_arg("--n", optarg, 1, 1000000); break;
-        case 'o': a.out_dir = optarg; break;
-        case 's': a.seed = (unsigned long long)parse_int_arg("--seed", optarg, 0, 1L << 62); break;
-        case 'b': a.batch = (int)parse_int_arg("--batch", optarg, 1, 65536); break;
-        case 'l': a.clip = (int)parse_int_arg("--clip", optarg, 0, 1); break;
-        case 'd': break;   /* handled by main */
-        case 'h': sample_usage(); exit(0);
-        default: sample_usage(); exit(2);
-        }
-    }
-    if (optind < argc) die("sample: unexpected argument '%s'", argv[optind]);
-    if (!a.ckpt) {
-        sample_usage();
-        die("sample: --ckpt is required");
-    }
-    return a;
-}
-
-static void write_outputs(const SampleArgs *a, const Config *cfg, const float *images) {
-    size_t D = (size_t)cfg->image_size * cfg->image_size * cfg->in_channels;
-    uint8_t *pixels = xmalloc((size_t)a->n * D);
-    images_to_u8(pixels, images, (size_t)a->n * D);
-    char err[1024], path[1024];
-    if (make_dirs(a->out_dir, err, sizeof err) != 0) die("%s", err);
-    snprintf(path, sizeof path, "%s/samples.png", a->out_dir);
-    if (write_png_grid(path, pixels, a->n, cfg->image_size, cfg->image_size, cfg->in_channels,
-                       err, sizeof err) != 0)
-        die("%s", err);
-    fprintf(stderr, "wrote %s\n", path);
-    snprintf(path, sizeof path, "%s/samples.npz", a->out_dir);
-    if (write_npz_u8(path, pixels, a->n, cfg->image_size, cfg->image_size, cfg->in_channels, err,
-                     sizeof err) != 0)
-        die("%s", err);
-    fprintf(stderr, "wrote %s\n", path);
-    free(pixels);
-}
-
-int sample_main(int argc, char **argv, const Backend *be) {
-    SampleArgs a = parse_sample_args(argc, argv);
-    Config cfg;
-    char err[1024];
-    config_defaults(&cfg);
-    if (checkpoint_read_config(a.ckpt, &cfg, err, sizeof err) != 0) die("%s", err);
-    if (config_validate(&cfg, err, sizeof err) != 0) die("%s: %s", a.ckpt, err);
-    GaussianDiffusion d;
-    if (diffusion_init(&d, cfg.beta_schedule, cfg.timesteps, prediction_from_name(cfg.prediction),
-                       variance_from_name(cfg.variance), err, sizeof err) != 0)
-        die("%s: %s", a.ckpt, err);
-    int batch = a.batch ? a.batch : (a.n < 64 ? a.n : 64);
-    UNet *m = unet_create(be, &cfg, batch);
-    float *bufs[CKPT_BUFFERS] = {NULL, m->weights, NULL, NULL};
-    if (checkpoint_read(a.ckpt, m, bufs, NULL, err, sizeof err) != 0) die("%s", err);
-    int clip = a.clip >= 0 ? a.clip : cfg.clip_denoised;
-    fprintf(stderr, "sampling %d images with %d steps, batch %d, seed %llu, backend %s\n", a.n,
-            cfg.timesteps, batch, a.seed, be->name);
-    float *images = xmalloc((size_t)a.n * unet_sample_size(m) * sizeof(float));
-    sample_images(m, &d, a.n, a.seed, clip, images, 1);
-    write_outputs(&a, &cfg, images);
-    free(images);
-    unet_free(m);
-    diffusion_free(&d);
-    return 0;
+void sample_images_default(UNet *m, const GaussianDiffusion *d, int learned_var, int n,
+                           uint64_t seed, int clip_denoised, float *out) {
+    SamplerOptions opt = {.kind = "ancestral", .clip_denoised = clip_denoised,
+                          .learned_var = learned_var, .channels = m->in_channels};
+    SamplerPlan plan;
+    char err[256];
+    if (sampler_plan_init(&plan, d, &opt, err, sizeof err) != 0) die("%s", err);
+    sample_images(m, &plan, n, seed, NULL, out, 0);
+    sampler_plan_free(&plan);
 }

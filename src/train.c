@@ -39,26 +39,31 @@ static void gather_batch(Trainer *tr, long step) {
     long first = (step % batches_per_epoch(tr)) * c->batch_size;
     if (epoch != tr->order_epoch) shuffle_epoch(tr, epoch);
     size_t image_bytes = (size_t)tr->data.height * tr->data.width * tr->data.channels;
-    RngKey t_key = {c->seed, RNG_STREAM_TIMESTEP, (uint32_t)step};
     for (int i = 0; i < c->batch_size; i++) {
         uint32_t index = tr->order[first + i];
         memcpy(tr->host_images + i * image_bytes, tr->data.images + index * image_bytes,
                image_bytes);
-        tr->host_t[i] = (int32_t)philox_below(t_key, (uint32_t)i, 0, (uint32_t)c->timesteps);
     }
+    RngKey t_key = {c->seed, RNG_STREAM_TIMESTEP, (uint32_t)step};
+    timestep_sampler_draw(&tr->timestep_sampler, t_key, c->batch_size, tr->host_t,
+                          tr->host_weight);
     tr->progress.data_epoch = (step + 1) / batches_per_epoch(tr);
     tr->progress.data_index = ((step + 1) % batches_per_epoch(tr)) * c->batch_size;
 }
 
 /* ---------------- set-up ---------------- */
 
-static float *upload_floats(const Backend *be, const double *values, int n) {
-    float *host = xmalloc((size_t)n * sizeof(float));
-    for (int i = 0; i < n; i++) host[i] = (float)values[i];
-    float *dev = be->alloc((size_t)n * sizeof(float));
-    be->to_device(dev, host, (size_t)n * sizeof(float));
-    free(host);
-    return dev;
+/* hybrid: L_simple + (T/1000) L_t, i.e. lambda = 0.001 on L_vlb = T E_t[L_t], with the
+ * VLB gradient stopped at the mean; kl: T L_t, the bound itself, through everything. */
+static LossSpec loss_spec(const Config *c) {
+    LossSpec spec = {.learned_var = c->learn_sigma, .mse_weight = 1.0f};
+    if (strcmp(c->loss, "hybrid") == 0) spec.vb_weight = (float)(c->timesteps / 1000.0);
+    if (strcmp(c->loss, "kl") == 0) {
+        spec.mse_weight = 0.0f;
+        spec.vb_weight = (float)c->timesteps;
+        spec.vb_trains_mean = 1;
+    }
+    return spec;
 }
 
 void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *data) {
@@ -81,9 +86,18 @@ void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *da
     tr->ema = be->alloc(P * sizeof(float));
     tr->adam_m = be->alloc(P * sizeof(float));
     tr->adam_v = be->alloc(P * sizeof(float));
-    tr->sqrt_ac = upload_floats(be, tr->diffusion.sqrt_alphas_cumprod, cfg->timesteps);
-    tr->sqrt_1m_ac = upload_floats(be, tr->diffusion.sqrt_one_minus_alphas_cumprod, cfg->timesteps);
+    device_schedule_init(&tr->schedule, be, &tr->diffusion);
+    timestep_sampler_init(&tr->timestep_sampler, cfg->timesteps,
+                          strcmp(cfg->timestep_sampler, "loss_second_moment") == 0);
+    tr->loss = loss_spec(cfg);
+    tr->simple_loss = strcmp(cfg->loss, "mse") == 0 && !cfg->learn_sigma;
     tr->target = be->alloc((size_t)B * D * sizeof(float));
+    tr->x0 = be->alloc((size_t)B * D * sizeof(float));
+    tr->vb_per_sample = be->alloc((size_t)B * sizeof(float));
+    tr->sample_weight = be->alloc((size_t)B * sizeof(float));
+    tr->host_mse = xmalloc((size_t)B * sizeof(float));
+    tr->host_vb = xmalloc((size_t)B * sizeof(float));
+    tr->host_weight = xmalloc((size_t)B * sizeof(float));
     tr->images = be->alloc((size_t)B * D);
     tr->loss_per_sample = be->alloc((size_t)B * sizeof(float));
     tr->grad_norm = be->alloc(sizeof(float));
@@ -104,9 +118,15 @@ void trainer_free(Trainer *tr) {
     be->release(tr->ema);
     be->release(tr->adam_m);
     be->release(tr->adam_v);
-    be->release(tr->sqrt_ac);
-    be->release(tr->sqrt_1m_ac);
+    device_schedule_free(&tr->schedule);
+    timestep_sampler_free(&tr->timestep_sampler);
     be->release(tr->target);
+    be->release(tr->x0);
+    be->release(tr->vb_per_sample);
+    be->release(tr->sample_weight);
+    free(tr->host_mse);
+    free(tr->host_vb);
+    free(tr->host_weight);
     be->release(tr->images);
     be->release(tr->loss_per_sample);
     be->release(tr->grad_norm);
@@ -145,6 +165,33 @@ static void apply_update(Trainer *tr, double grad_norm, double lr) {
     tr->be->ema_update(tr->ema, m->weights, m->num_parameters, (float)tr->cfg.ema_decay);
 }
 
+/* The loss and dL/doutput for the batch; fills the per-sample host arrays. */
+static void compute_loss(Trainer *tr, int B) {
+    const Backend *be = tr->be;
+    UNet *m = tr->model;
+    const Config *c = &tr->cfg;
+    if (tr->simple_loss) {
+        be->mse_loss(tr->loss_per_sample, unet_output_grad(m), unet_output(m), tr->target, B,
+                     unet_sample_size(m));
+        be->to_host(tr->host_mse, tr->loss_per_sample, (size_t)B * sizeof(float));
+        for (int i = 0; i < B; i++) {
+            tr->host_loss[i] = tr->host_mse[i];
+            tr->host_vb[i] = NAN;
+        }
+        return;
+    }
+    be->to_device(tr->sample_weight, tr->host_weight, (size_t)B * sizeof(float));
+    be->diffusion_loss(tr->loss_per_sample, tr->vb_per_sample, unet_output_grad(m), unet_output(m),
+                       tr->target, tr->x0, unet_input(m), m->timesteps, tr->sample_weight, B,
+                       c->image_size * c->image_size, c->in_channels, tr->loss,
+                       tr->schedule.tables);
+    be->to_host(tr->host_mse, tr->loss_per_sample, (size_t)B * sizeof(float));
+    be->to_host(tr->host_vb, tr->vb_per_sample, (size_t)B * sizeof(float));
+    for (int i = 0; i < B; i++)
+        tr->host_loss[i] = tr->loss.mse_weight * tr->host_mse[i] + tr->loss.vb_weight * tr->host_vb[i];
+    timestep_sampler_update(&tr->timestep_sampler, tr->host_t, tr->host_loss, B);
+}
+
 StepResult trainer_step(Trainer *tr) {
     const Config *c = &tr->cfg;
     const Backend *be = tr->be;
@@ -158,21 +205,24 @@ StepResult trainer_step(Trainer *tr) {
     RngKey flip_key = {c->seed, RNG_STREAM_FLIP, (uint32_t)step};
     RngKey eps_key = {c->seed, RNG_STREAM_EPS, (uint32_t)step};
     RngKey dropout_key = {c->seed, RNG_STREAM_DROPOUT, (uint32_t)step};
-    be->q_sample_images(unet_input(m), tr->target, tr->images, m->timesteps, tr->sqrt_ac,
-                        tr->sqrt_1m_ac, B, c->image_size, c->image_size, c->in_channels,
-                        tr->diffusion.pred, c->hflip, flip_key, eps_key);
+    be->q_sample_images(unet_input(m), tr->target, tr->simple_loss ? NULL : tr->x0, tr->images,
+                        m->timesteps, tr->schedule.sqrt_ac, tr->schedule.sqrt_1m_ac, B,
+                        c->image_size, c->image_size, c->in_channels, tr->diffusion.pred,
+                        c->hflip, flip_key, eps_key);
     m->training = 1;
     unet_forward(m, B, dropout_key);
-    be->mse_loss(tr->loss_per_sample, unet_output_grad(m), unet_output(m), tr->target, B, D);
+    compute_loss(tr, B);
     unet_backward(m, B, dropout_key);
     be->global_norm(tr->grad_norm, m->grads, m->num_parameters);
     float norm;
     be->to_host(&norm, tr->grad_norm, sizeof norm);
-    be->to_host(tr->host_loss, tr->loss_per_sample, (size_t)B * sizeof(float));
-    double loss = 0;
-    for (int i = 0; i < B; i++) loss += tr->host_loss[i];
-    loss /= B;
-    StepResult r = {.loss = loss, .grad_norm = norm, .lr = learning_rate(c, tr->progress.adam_steps),
+    double loss = 0, vb = 0;
+    for (int i = 0; i < B; i++) {
+        loss += tr->host_loss[i];
+        vb += tr->host_vb[i];
+    }
+    StepResult r = {.loss = loss / B, .vb = vb / B, .grad_norm = norm,
+                    .lr = learning_rate(c, tr->progress.adam_steps),
                     .loss_per_sample = tr->host_loss, .t = tr->host_t};
     if (tr->fault_step >= 0 && step >= tr->fault_step) r.loss = NAN;
     r.skipped = !isfinite(r.loss) || !isfinite(norm);
@@ -196,10 +246,23 @@ static void optimizer_buffers(Trainer *tr, float *bufs[CKPT_BUFFERS]) {
     bufs[CKPT_ADAM_V] = tr->adam_v;
 }
 
+/* The importance sampler's loss history: needed for a bit-identical resume. */
+static int sampler_extras(Trainer *tr, CheckpointExtra extras[2]) {
+    TimestepSampler *s = &tr->timestep_sampler;
+    if (!s->importance) return 0;
+    extras[0] = (CheckpointExtra){"timestep_sampler.history", ST_F64, 2,
+                                  {s->num_timesteps, LOSS_HISTORY}, s->history};
+    extras[1] = (CheckpointExtra){"timestep_sampler.count", ST_I32, 1, {s->num_timesteps, 0},
+                                  s->count};
+    return 2;
+}
+
 int trainer_save(Trainer *tr, const char *path, char *err, size_t err_size) {
     float *bufs[CKPT_BUFFERS];
+    CheckpointExtra extras[2];
     optimizer_buffers(tr, bufs);
-    return checkpoint_write(path, tr->model, &tr->cfg, bufs, &tr->progress, err, err_size);
+    return checkpoint_write(path, tr->model, &tr->cfg, bufs, &tr->progress, extras,
+                            sampler_extras(tr, extras), err, err_size);
 }
 
 int trainer_load(Trainer *tr, const char *path, char *err, size_t err_size) {
@@ -207,6 +270,9 @@ int trainer_load(Trainer *tr, const char *path, char *err, size_t err_size) {
     optimizer_buffers(tr, bufs);
     TrainProgress progress;
     if (checkpoint_read(path, tr->model, bufs, &progress, err, err_size) != 0) return -1;
+    CheckpointExtra extras[2];
+    int n_extras = sampler_extras(tr, extras);
+    if (checkpoint_read_extras(path, extras, n_extras, err, err_size) < 0) return -1;
     tr->progress = progress;
     tr->progress.world_size = 1;
     return 0;

@@ -50,7 +50,7 @@ static void write_samples(Trainer *tr, const char *name) {
     uint8_t *pixels = xmalloc((size_t)n * D);
     float *weights = m->weights;
     m->weights = tr->ema;
-    sample_images(m, &tr->diffusion, n, c->seed, c->clip_denoised, images, 0);
+    sample_images_default(m, &tr->diffusion, c->learn_sigma, n, c->seed, c->clip_denoised, images);
     m->weights = weights;
     images_to_u8(pixels, images, (size_t)n * D);
     char path[1024], err[1024];
@@ -78,7 +78,7 @@ static int save_checkpoint(Trainer *tr) {
 
 /* Per-interval sums for the progress line and the CSV row. */
 typedef struct {
-    double loss, grad_norm;
+    double loss, grad_norm, vb;
     int steps;
     double quartile_loss[4];
     int quartile_count[4];
@@ -88,6 +88,7 @@ typedef struct {
 static void interval_add(Interval *iv, const StepResult *r, int batch, int timesteps) {
     if (r->skipped) return;
     iv->loss += r->loss;
+    iv->vb += r->vb;
     iv->grad_norm += r->grad_norm;
     iv->steps++;
     for (int i = 0; i < batch; i++) {
@@ -103,7 +104,8 @@ static FILE *open_log(const Config *c) {
     FILE *f = fopen(path, "a");
     if (!f) die("%s: cannot open for writing", path);
     if (ftell(f) == 0)
-        fprintf(f, "step,loss,grad_norm,lr,img_per_s,skipped,loss_q0,loss_q1,loss_q2,loss_q3\n");
+        fprintf(f, "step,loss,grad_norm,lr,img_per_s,skipped,loss_q0,loss_q1,loss_q2,loss_q3,"
+                   "vb_bpd\n");
     return f;
 }
 
@@ -122,15 +124,17 @@ static void log_interval(FILE *log, Trainer *tr, Interval *iv, double lr) {
     double eta = (double)(c->steps - step) * c->batch_size / img_per_s;
     char eta_text[32];
     format_duration(eta_text, sizeof eta_text, eta);
-    fprintf(stderr, "step %ld/%d | loss %.5f | grad %.3f | lr %.2e | %.1f img/s | ETA %s%s\n",
-            step, c->steps, iv->loss / taken, iv->grad_norm / taken, lr, img_per_s, eta_text,
-            tr->progress.skipped_steps ? " | skipped steps!" : "");
+    char vb_text[48] = "";
+    if (isfinite(iv->vb)) snprintf(vb_text, sizeof vb_text, " | L_t %.4f bits/dim", iv->vb / taken);
+    fprintf(stderr, "step %ld/%d | loss %.5f%s | grad %.3f | lr %.2e | %.1f img/s | ETA %s%s\n",
+            step, c->steps, iv->loss / taken, vb_text, iv->grad_norm / taken, lr, img_per_s,
+            eta_text, tr->progress.skipped_steps ? " | skipped steps!" : "");
     fprintf(log, "%ld,%.9g,%.9g,%.9g,%.2f,%ld", step, iv->loss / taken, iv->grad_norm / taken,
             lr, img_per_s, tr->progress.skipped_steps);
     for (int q = 0; q < 4; q++)
         fprintf(log, ",%.9g", iv->quartile_count[q] ? iv->quartile_loss[q] / iv->quartile_count[q]
                                                     : NAN);
-    fprintf(log, "\n");
+    fprintf(log, ",%.9g\n", iv->vb / taken);
     fflush(log);
     *iv = (Interval){.started = now_seconds()};
 }

@@ -27,7 +27,7 @@ run="$WORK/run"
 grep -q '"steps":	3' "$run/config.json" || fail "effective config not saved with overrides"
 grep -q "^step 3/3 | loss" "$WORK/train.log" || fail "progress line"
 grep -q "ETA" "$WORK/train.log" || fail "ETA in the progress line"
-[ "$(head -1 "$run/log.csv")" = "step,loss,grad_norm,lr,img_per_s,skipped,loss_q0,loss_q1,loss_q2,loss_q3" ] ||
+[ "$(head -1 "$run/log.csv")" = "step,loss,grad_norm,lr,img_per_s,skipped,loss_q0,loss_q1,loss_q2,loss_q3,vb_bpd" ] ||
     fail "log.csv header"
 [ "$(wc -l <"$run/log.csv")" -eq 4 ] || fail "log.csv rows"
 [ -s "$run/samples.png" ] || fail "training writes a sample grid"

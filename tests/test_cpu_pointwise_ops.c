@@ -520,8 +520,9 @@ static void test_q_sample(void) {
     RngKey flip_key = {7, RNG_STREAM_FLIP, 3}, eps_key = {7, RNG_STREAM_EPS, 3};
     float *x_t = new_floats(total), *target = new_floats(total);
     float *ex = new_floats(per), *et = new_floats(per);
+    float *x0 = new_floats(total);
     for (int pred = PRED_EPS; pred <= PRED_V; pred++) {
-        cpu_q_sample_images(x_t, target, q.images, q.t, q.sqrt_ac, q.sqrt_1m_ac, QS_N, QS_H, QS_W,
+        cpu_q_sample_images(x_t, target, NULL, q.images, q.t, q.sqrt_ac, q.sqrt_1m_ac, QS_N, QS_H, QS_W,
                             QS_C, pred, 1, flip_key, eps_key);
         int exact = 1;
         for (int s = 0; s < QS_N; s++) {
@@ -533,14 +534,15 @@ static void test_q_sample(void) {
 
     /* x0 targets without flip: the exact scaling; with flip: about half are mirrored */
     float *plain = new_floats(total);
-    cpu_q_sample_images(x_t, plain, q.images, q.t, q.sqrt_ac, q.sqrt_1m_ac, QS_N, QS_H, QS_W, QS_C,
+    cpu_q_sample_images(x_t, plain, x0, q.images, q.t, q.sqrt_ac, q.sqrt_1m_ac, QS_N, QS_H, QS_W, QS_C,
                         PRED_X0, 0, flip_key, eps_key);
     CHECK(plain[0] == -1.0f && plain[1] == 1.0f, "pixel 0 -> %g, 255 -> %g", plain[0], plain[1]);
+    CHECK(all_equal(x0, plain, total), "the x0 output equals the x0 target");
     int in_range = 1;
     for (size_t i = 0; i < total; i++) in_range &= plain[i] >= -1.0f && plain[i] <= 1.0f;
     CHECK(in_range, "x0 outside [-1, 1]");
-    cpu_q_sample_images(x_t, target, q.images, q.t, q.sqrt_ac, q.sqrt_1m_ac, QS_N, QS_H, QS_W,
-                        QS_C, PRED_X0, 1, flip_key, eps_key);
+    cpu_q_sample_images(x_t, target, NULL, q.images, q.t, q.sqrt_ac, q.sqrt_1m_ac, QS_N, QS_H,
+                        QS_W, QS_C, PRED_X0, 1, flip_key, eps_key);
     int mirrored = 0, consistent = 1;
     for (int s = 0; s < QS_N; s++) {
         int same = all_equal(target + s * per, plain + s * per, per);
@@ -554,7 +556,7 @@ static void test_q_sample(void) {
     }
     CHECK(mirrored >= 70 && mirrored <= 130, "flipped %d of %d samples", mirrored, QS_N);
     CHECK(consistent, "a flipped sample is not the horizontal mirror");
-    free(q.images), free(x_t), free(target), free(ex), free(et), free(plain);
+    free(q.images), free(x_t), free(target), free(ex), free(et), free(plain), free(x0);
 }
 
 typedef struct {
@@ -601,7 +603,7 @@ static void test_sample_update(void) {
     float *x0_init = random_floats(total, -2, 2, 40), *out = random_floats(total, -3, 3, 41);
     float *x = new_floats(total);
 
-    SampleUpdate u = {1.3f, -0.7f, 0.4f, 0.55f, 0.0f, 0};
+    SampleUpdate u = {.x0_from_xt = 1.3f, .x0_from_out = -0.7f, .coef_x0 = 0.4f, .coef_xt = 0.55f};
     memcpy(x, x0_init, total * sizeof(float));
     cpu_sample_update(x, out, n, d, u, z_key);
     int exact = 1;
@@ -611,20 +613,37 @@ static void test_sample_update(void) {
     }
     CHECK(exact, "sample_update (sigma 0) differs from the formula");
 
-    SampleUpdate clip = {0.0f, 1.0f, 1.0f, 0.0f, 0.0f, 1};   /* x <- clip(out) */
+    SampleUpdate clip = {.x0_from_out = 1.0f, .coef_x0 = 1.0f, .clip_x0 = 1};   /* x <- clip(out) */
     cpu_sample_update(x, out, n, d, clip, z_key);
     int clipped = 1;
     for (size_t i = 0; i < total; i++) clipped &= x[i] == fminf(1.0f, fmaxf(-1.0f, out[i]));
     CHECK(clipped, "sample_update clip_x0 does not clamp x0 to [-1, 1]");
 
-    SampleUpdate noise = {0.0f, 0.0f, 0.0f, 0.0f, 0.8f, 0};  /* x <- sigma z */
+    SampleUpdate noise = {.sigma = 0.8f};  /* x <- sigma z */
     cpu_sample_update(x, out, n, d, noise, z_key);
     int same_noise = 1;
     for (int s = 0; s < n; s++)
         for (size_t e = 0; e < d; e++)
             same_noise &= x[s * d + e] == 0.8f * philox_normal(z_key, s, e);
     CHECK(same_noise, "sample_update noise is not sigma * philox_normal(z_key, s, e)");
-    free(x0_init), free(out), free(x);
+
+    /* learned variances: out interleaves [prediction (C) | v (C)] per pixel; d = 101 pixels
+     * of C = 1 read 202 outputs per sample, and the noise scale follows v */
+    float *out2 = random_floats(2 * total, -1, 1, 42);
+    SampleUpdate learned = {.x0_from_out = 1.0f, .coef_x0 = 1.0f, .sigma = 1.0f, .learned_var = 1,
+                            .channels = 1, .use_model_var = 1, .post_logvar = -3.0f,
+                            .log_var_range = 0.5f};
+    cpu_sample_update(x, out2, n, d, learned, z_key);
+    double worst = 0;
+    for (int s = 0; s < n; s++)
+        for (size_t e = 0; e < d; e++) {
+            float pred = out2[(s * d + e) * 2], v = out2[(s * d + e) * 2 + 1];
+            float scale = expf(0.5f * (-3.0f + 0.5f * (v + 1.0f) * 0.5f));
+            float want = pred + scale * philox_normal(z_key, s, e);
+            worst = fmax(worst, fabs(x[s * d + e] - want));
+        }
+    CHECK(worst < 1e-6, "sample_update with learned variances: error %g", worst);
+    free(x0_init), free(out), free(x), free(out2);
 }
 
 /* ---------------------------------------------------------------- Philox */

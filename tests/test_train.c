@@ -30,7 +30,7 @@ static void check_samples(Trainer *tr) {
     float *images = xmalloc((size_t)n * D * sizeof(float));
     float *weights = m->weights;
     m->weights = tr->ema;
-    sample_images(m, &tr->diffusion, n, 7, 1, images, 0);
+    sample_images_default(m, &tr->diffusion, 0, n, 7, 1, images);
     m->weights = weights;
     int finite = 1, in_range = 1;
     double sum = 0, sum_sq = 0;

@@ -9,7 +9,8 @@ import struct
 
 import numpy as np
 
-_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "I32": np.dtype("<i4")}
+_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8"), "I32": np.dtype("<i4"),
+           "I64": np.dtype("<i8")}
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
 

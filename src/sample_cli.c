@@ -1,0 +1,212 @@
+/* `ddpm sample` and `ddpm invert`: a checkpoint's EMA weights through a sampler plan. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoint.h"
+#include "image_io.h"
+#include "npy.h"
+#include "sample.h"
+#include "util.h"
+
+void inference_load(Inference *inf, const char *ckpt, const Backend *be, int batch) {
+    char err[1024];
+    config_defaults(&inf->cfg);
+    if (checkpoint_read_config(ckpt, &inf->cfg, err, sizeof err) != 0) die("%s", err);
+    if (config_validate(&inf->cfg, err, sizeof err) != 0) die("%s: %s", ckpt, err);
+    const Config *c = &inf->cfg;
+    if (diffusion_init(&inf->diffusion, c->beta_schedule, c->timesteps,
+                       prediction_from_name(c->prediction), variance_from_name(c->variance), err,
+                       sizeof err) != 0)
+        die("%s: %s", ckpt, err);
+    inf->model = unet_create(be, c, batch);
+    float *bufs[CKPT_BUFFERS] = {NULL, inf->model->weights, NULL, NULL};
+    if (checkpoint_read(ckpt, inf->model, bufs, NULL, err, sizeof err) != 0) die("%s", err);
+}
+
+void inference_free(Inference *inf) {
+    unet_free(inf->model);
+    diffusion_free(&inf->diffusion);
+}
+
+typedef struct {
+    const char *ckpt, *out_dir, *noise, *save_noise, *images, *out_file;
+    int n, batch, clip;
+    unsigned long long seed;
+    SamplerOptions sampler;
+} SampleArgs;
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: ddpm sample --ckpt FILE [--n N] [--out DIR] [--seed S] [--batch B] [--clip 0|1]\n"
+            "                   [--sampler ancestral|ddim] [--steps SPEC] [--eta E]\n"
+            "                   [--noise x_T.npy] [--save-noise x_T.npy]\n"
+            "       ddpm invert --ckpt FILE --images x0.npy --out x_T.npy [--steps SPEC] [--batch B]\n"
+            "  SPEC: every timestep (default), N (respaced), ddimN, or section counts like 10,10,20\n"
+            "  sample writes DIR/samples.png and DIR/samples.npz (arr_0: uint8 N,H,W,C)\n");
+}
+
+static long parse_int_arg(const char *flag, const char *text, long lo, long hi) {
+    char *end;
+    long v = strtol(text, &end, 10);
+    if (*text == 0 || *end != 0 || v < lo || v > hi)
+        die("%s: expected an integer in [%ld, %ld], got '%s'", flag, lo, hi, text);
+    return v;
+}
+
+static double parse_double_arg(const char *flag, const char *text) {
+    char *end;
+    double v = strtod(text, &end);
+    if (*text == 0 || *end != 0) die("%s: expected a number, got '%s'", flag, text);
+    return v;
+}
+
+static SampleArgs parse_args(int argc, char **argv) {
+    SampleArgs a = {.out_dir = "samples", .n = 16, .clip = -1, .sampler = {.kind = "ancestral"}};
+    static const struct option options[] = {
+        {"ckpt", required_argument, 0, 'c'},    {"n", required_argument, 0, 'n'},
+        {"out", required_argument, 0, 'o'},     {"seed", required_argument, 0, 's'},
+        {"batch", required_argument, 0, 'b'},   {"clip", required_argument, 0, 'l'},
+        {"sampler", required_argument, 0, 'k'}, {"steps", required_argument, 0, 'p'},
+        {"eta", required_argument, 0, 'e'},     {"noise", required_argument, 0, 'z'},
+        {"save-noise", required_argument, 0, 'Z'}, {"images", required_argument, 0, 'i'},
+        {"device", required_argument, 0, 'd'},  {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
+        switch (opt) {
+        case 'c': a.ckpt = optarg; break;
+        case 'n': a.n = (int)parse_int_arg("--n", optarg, 1, 1000000); break;
+        case 'o': a.out_dir = a.out_file = optarg; break;
+        case 's': a.seed = (unsigned long long)parse_int_arg("--seed", optarg, 0, 1L << 62); break;
+        case 'b': a.batch = (int)parse_int_arg("--batch", optarg, 1, 65536); break;
+        case 'l': a.clip = (int)parse_int_arg("--clip", optarg, 0, 1); break;
+        case 'k': a.sampler.kind = optarg; break;
+        case 'p': a.sampler.spacing = optarg; break;
+        case 'e': a.sampler.eta = parse_double_arg("--eta", optarg); break;
+        case 'z': a.noise = optarg; break;
+        case 'Z': a.save_noise = optarg; break;
+        case 'i': a.images = optarg; break;
+        case 'd': break;   /* handled by main */
+        case 'h': usage(); exit(0);
+        default: usage(); exit(2);
+        }
+    }
+    if (optind < argc) die("unexpected argument '%s'", argv[optind]);
+    if (!a.ckpt) {
+        usage();
+        die("--ckpt is required");
+    }
+    return a;
+}
+
+/* Reads an (N, H, W, C) float32 array that must fit the model; sets *n. */
+static float *read_images_npy(const char *path, const Config *c, int *n) {
+    float *data;
+    int64_t shape[8];
+    int ndim;
+    char err[1024];
+    if (npy_read_f32(path, &data, shape, &ndim, err, sizeof err) != 0) die("%s", err);
+    if (ndim != 4 || shape[1] != c->image_size || shape[2] != c->image_size ||
+        shape[3] != c->in_channels || shape[0] < 1)
+        die("%s: expected shape (N, %d, %d, %d) for this checkpoint", path, c->image_size,
+            c->image_size, c->in_channels);
+    *n = (int)shape[0];
+    return data;
+}
+
+static void write_npy_images(const char *path, const float *x, int n, const Config *c) {
+    char err[1024];
+    int64_t shape[4] = {n, c->image_size, c->image_size, c->in_channels};
+    if (npy_write_f32(path, x, shape, 4, err, sizeof err) != 0) die("%s", err);
+    fprintf(stderr, "wrote %s\n", path);
+}
+
+static void write_outputs(const char *out_dir, int n, const Config *cfg, const float *images) {
+    size_t D = (size_t)cfg->image_size * cfg->image_size * cfg->in_channels;
+    uint8_t *pixels = xmalloc((size_t)n * D);
+    images_to_u8(pixels, images, (size_t)n * D);
+    char err[1024], path[1024];
+    if (make_dirs(out_dir, err, sizeof err) != 0) die("%s", err);
+    snprintf(path, sizeof path, "%s/samples.png", out_dir);
+    if (write_png_grid(path, pixels, n, cfg->image_size, cfg->image_size, cfg->in_channels, err,
+                       sizeof err) != 0)
+        die("%s", err);
+    fprintf(stderr, "wrote %s\n", path);
+    snprintf(path, sizeof path, "%s/samples.npz", out_dir);
+    if (write_npz_u8(path, pixels, n, cfg->image_size, cfg->image_size, cfg->in_channels, err,
+                     sizeof err) != 0)
+        die("%s", err);
+    fprintf(stderr, "wrote %s\n", path);
+    free(pixels);
+}
+
+static void make_plan(SamplerPlan *plan, Inference *inf, SampleArgs *a, int inversion) {
+    char err[512];
+    a->sampler.clip_denoised = a->clip >= 0 ? a->clip : inf->cfg.clip_denoised;
+    a->sampler.learned_var = inf->cfg.learn_sigma;
+    a->sampler.channels = inf->cfg.in_channels;
+    int rc = inversion ? sampler_plan_inversion(plan, &inf->diffusion, &a->sampler, err, sizeof err)
+                       : sampler_plan_init(plan, &inf->diffusion, &a->sampler, err, sizeof err);
+    if (rc != 0) die("%s", err);
+}
+
+int sample_main(int argc, char **argv, const Backend *be) {
+    SampleArgs a = parse_args(argc, argv);
+    Inference inf;
+    Config peek;
+    char err[1024];
+    float *x_T = NULL;
+    config_defaults(&peek);
+    if (checkpoint_read_config(a.ckpt, &peek, err, sizeof err) != 0) die("%s", err);
+    if (a.noise) x_T = read_images_npy(a.noise, &peek, &a.n);
+    int batch = a.batch ? a.batch : (a.n < 64 ? a.n : 64);
+    inference_load(&inf, a.ckpt, be, batch);
+    SamplerPlan plan;
+    make_plan(&plan, &inf, &a, 0);
+    size_t D = unet_sample_size(inf.model);
+    if (!x_T && a.save_noise) {
+        x_T = xmalloc((size_t)a.n * D * sizeof(float));
+        sample_initial_noise(inf.model, a.n, a.seed, x_T);
+    }
+    if (a.save_noise) write_npy_images(a.save_noise, x_T, a.n, &inf.cfg);
+    fprintf(stderr, "sampling %d images: %s, %d steps, batch %d, seed %llu, backend %s\n", a.n,
+            a.sampler.kind, plan.count, batch, a.seed, be->name);
+    float *images = xmalloc((size_t)a.n * D * sizeof(float));
+    double started = now_seconds();
+    sample_images(inf.model, &plan, a.n, a.seed, x_T, images, 1);
+    fprintf(stderr, "sampled in %.1f s\n", now_seconds() - started);
+    write_outputs(a.out_dir, a.n, &inf.cfg, images);
+    free(images);
+    free(x_T);
+    sampler_plan_free(&plan);
+    inference_free(&inf);
+    return 0;
+}
+
+int invert_main(int argc, char **argv, const Backend *be) {
+    SampleArgs a = parse_args(argc, argv);
+    if (!a.images || !a.out_file) die("invert: --images x0.npy and --out x_T.npy are required");
+    Config peek;
+    char err[1024];
+    config_defaults(&peek);
+    if (checkpoint_read_config(a.ckpt, &peek, err, sizeof err) != 0) die("%s", err);
+    int n;
+    float *x0 = read_images_npy(a.images, &peek, &n);
+    int batch = a.batch ? a.batch : (n < 64 ? n : 64);
+    Inference inf;
+    inference_load(&inf, a.ckpt, be, batch);
+    a.clip = 0;
+    SamplerPlan plan;
+    make_plan(&plan, &inf, &a, 1);
+    float *x_T = xmalloc((size_t)n * unet_sample_size(inf.model) * sizeof(float));
+    sample_images(inf.model, &plan, n, 0, x0, x_T, 1);
+    write_npy_images(a.out_file, x_T, n, &inf.cfg);
+    free(x0);
+    free(x_T);
+    sampler_plan_free(&plan);
+    inference_free(&inf);
+    return 0;
+}
