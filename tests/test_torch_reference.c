@@ -13,6 +13,7 @@
 #include "util.h"
 
 #define REF "tests/ref/unet_small.safetensors"
+#define REF_SIGMA "tests/ref/unet_learned_sigma.safetensors"
 #define TOL 1e-4
 
 static const StTensor *need(const StFile *f, const char *name) {
@@ -81,6 +82,62 @@ static double loss_and_grads(UNet *m, const float *target_dev, float *loss_dev, 
     return loss / B;
 }
 
+/* Learned variances: the 6-channel output, and every gradient of the hybrid loss
+ * (L_simple + T/1000 L_t, VLB gradient stopped at the mean) and of the kl loss (T L_t). */
+static void check_learned_sigma(void) {
+    StFile f;
+    char err[1024];
+    if (st_read(&f, REF_SIGMA, err, sizeof err) != 0) die("%s", err);
+    Config cfg;
+    config_defaults(&cfg);
+    if (config_load_json(&cfg, st_meta(&f, "config"), REF_SIGMA, err, sizeof err) != 0) die("%s", err);
+    cfg.learn_sigma = 1;
+    const Backend *be = backend_cpu();
+    const StTensor *x_t = need(&f, "input.x_t"), *t = need(&f, "input.t");
+    int B = (int)x_t->shape[0], HW = cfg.image_size * cfg.image_size, C = cfg.in_channels;
+    UNet *m = unet_create(be, &cfg, B);
+    float *bufs[CKPT_BUFFERS] = {m->weights, NULL, NULL, NULL};
+    CHECK(checkpoint_read(REF_SIGMA, m, bufs, NULL, err, sizeof err) == 0, "load: %s", err);
+    be->to_device(unet_input(m), x_t->data, x_t->nbytes);
+    be->to_device(m->timesteps, t->data, t->nbytes);
+    unet_forward(m, B, (RngKey){0});
+    float *ref_out = copy_floats(need(&f, "output"));
+    double e = rel_error(unet_output(m), ref_out, unet_output_sample_size(m) * B, 1e-12);
+    printf("  learned sigma: output relative error %.3g\n", e);
+    CHECK(e <= TOL, "learned-sigma output: relative error %.3g", e);
+
+    GaussianDiffusion d;
+    DeviceSchedule sched;
+    diffusion_init(&d, cfg.beta_schedule, cfg.timesteps, PRED_EPS, VAR_FIXED_SMALL, err, sizeof err);
+    device_schedule_init(&sched, be, &d);
+    float *x0 = copy_floats(need(&f, "input.x0")), *eps = copy_floats(need(&f, "input.eps"));
+    float mse[8], vb[8];
+    /* floors for the to_k biases' zero gradients (see compare_params), scaled with the
+     * loss: kl is T = 50 times L_t; every other kl gradient tensor has max |b| above 0.017 */
+    struct { const char *loss_name, *grad_prefix; LossSpec spec; double floor; } objectives[2] = {
+        {"loss", "grad.", {.learned_var = 1, .mse_weight = 1, .vb_weight = cfg.timesteps / 1000.0f}, 1e-5},
+        {"kl.loss", "kl.grad.", {.learned_var = 1, .vb_weight = (float)cfg.timesteps, .vb_trains_mean = 1}, 1e-3}};
+    for (int k = 0; k < 2; k++) {
+        LossSpec spec = objectives[k].spec;
+        be->diffusion_loss(mse, vb, unet_output_grad(m), unet_output(m), eps, x0, unet_input(m),
+                           m->timesteps, NULL, B, HW, C, spec, sched.tables);
+        double loss = 0;
+        for (int i = 0; i < B; i++) loss += (spec.mse_weight * mse[i] + spec.vb_weight * vb[i]) / B;
+        float ref_loss;
+        memcpy(&ref_loss, need(&f, objectives[k].loss_name)->data, sizeof ref_loss);
+        printf("  %s: %.9g (reference %.9g)\n", objectives[k].loss_name, loss, ref_loss);
+        CHECK(fabs(loss - ref_loss) <= TOL * fabs(ref_loss), "%s", objectives[k].loss_name);
+        unet_backward(m, B, (RngKey){0});
+        compare_params(m, &f, m->grads, objectives[k].grad_prefix, objectives[k].grad_prefix, TOL,
+                       objectives[k].floor);
+    }
+    free(ref_out), free(x0), free(eps);
+    device_schedule_free(&sched);
+    diffusion_free(&d);
+    unet_free(m);
+    st_free(&f);
+}
+
 int main(void) {
     StFile f;
     char err[1024];
@@ -140,5 +197,6 @@ int main(void) {
     be->release(loss_dev);
     unet_free(m);
     st_free(&f);
+    check_learned_sigma();
     return test_summary("torch_reference");
 }
