@@ -407,14 +407,34 @@ static float *param_ptr(const UNet *m, float *base, int param) {
     return param < 0 ? NULL : base + m->params[param].offset;
 }
 
+/* What a node reads and writes, resolved for a batch of n. */
+typedef struct {
+    const Tensor *a, *b, *y;   /* inputs (NULL when unused) and output */
+    float *w, *bias;           /* parameters (NULL when unused) */
+    size_t count;              /* output elements */
+    RngKey dropout_key;        /* this layer's dropout stream */
+} NodeIO;
+
+static NodeIO node_io(const UNet *m, const Node *node, int n, RngKey dropout_key) {
+    NodeIO io = {
+        .a = node->in[0] >= 0 ? &m->tensors[node->in[0]] : NULL,
+        .b = node->in[1] >= 0 ? &m->tensors[node->in[1]] : NULL,
+        .y = &m->tensors[node->out],
+        .w = param_ptr(m, m->weights, node->param[0]),
+        .bias = param_ptr(m, m->weights, node->param[1]),
+        .dropout_key = dropout_key,
+    };
+    io.count = (size_t)n * per_sample(io.y);
+    io.dropout_key.stream = RNG_STREAM_DROPOUT + node->layer;
+    return io;
+}
+
 static void forward_node(UNet *m, const Node *node, int n, RngKey dropout_key) {
     const Backend *be = m->be;
-    const Tensor *a = node->in[0] >= 0 ? &m->tensors[node->in[0]] : NULL;
-    const Tensor *b = node->in[1] >= 0 ? &m->tensors[node->in[1]] : NULL;
-    const Tensor *y = &m->tensors[node->out];
-    float *w = param_ptr(m, m->weights, node->param[0]);
-    float *bias = param_ptr(m, m->weights, node->param[1]);
-    size_t count = (size_t)n * per_sample(y);
+    NodeIO io = node_io(m, node, n, dropout_key);
+    const Tensor *a = io.a, *b = io.b, *y = io.y;
+    float *w = io.w, *bias = io.bias;
+    size_t count = io.count;
     switch (node->op) {
     case OP_CONV: {
         ConvShape s = node->conv;
@@ -440,29 +460,26 @@ static void forward_node(UNet *m, const Node *node, int n, RngKey dropout_key) {
         break;
     case OP_ADD: be->add_forward(y->data, a->data, b->data, count); break;
     case OP_ADD_BIAS: be->add_bias_forward(y->data, a->data, b->data, n, a->h * a->w, a->c); break;
-    case OP_DROPOUT: {
-        RngKey key = dropout_key;
-        key.stream = RNG_STREAM_DROPOUT + node->layer;
-        if (m->training) be->dropout_forward(y->data, a->data, n, per_sample(y), m->dropout, key);
-        else be->copy(y->data, a->data, count * sizeof(float));
+    case OP_DROPOUT:
+        if (m->training)
+            be->dropout_forward(y->data, a->data, n, per_sample(y), m->dropout, io.dropout_key);
+        else
+            be->copy(y->data, a->data, count * sizeof(float));
         break;
-    }
     case OP_TIMESTEP_EMBEDDING: be->timestep_embedding(y->data, m->timesteps, n, y->c); break;
     }
 }
 
 static void backward_node(UNet *m, const Node *node, int n, RngKey dropout_key) {
     const Backend *be = m->be;
-    const Tensor *a = node->in[0] >= 0 ? &m->tensors[node->in[0]] : NULL;
-    const Tensor *b = node->in[1] >= 0 ? &m->tensors[node->in[1]] : NULL;
-    const Tensor *y = &m->tensors[node->out];
-    float *w = param_ptr(m, m->weights, node->param[0]);
-    float *bias = param_ptr(m, m->weights, node->param[1]);
+    NodeIO io = node_io(m, node, n, dropout_key);
+    const Tensor *a = io.a, *b = io.b, *y = io.y;
+    float *w = io.w, *bias = io.bias;
+    size_t count = io.count;
     float *dw = param_ptr(m, m->grads, node->param[0]);
     float *dbias = param_ptr(m, m->grads, node->param[1]);
     float *da = a ? a->grad : NULL, *db = b ? b->grad : NULL;
     float beta_a = node->in_beta[0], beta_b = node->in_beta[1];
-    size_t count = (size_t)n * per_sample(y);
     switch (node->op) {
     case OP_CONV: {
         ConvShape s = node->conv;
@@ -496,12 +513,9 @@ static void backward_node(UNet *m, const Node *node, int n, RngKey dropout_key) 
         be->accumulate(da, beta_a, y->grad, count);
         be->add_bias_backward(db, beta_b, y->grad, n, a->h * a->w, a->c);
         break;
-    case OP_DROPOUT: {
-        RngKey key = dropout_key;
-        key.stream = RNG_STREAM_DROPOUT + node->layer;
-        be->dropout_backward(da, beta_a, y->grad, n, per_sample(y), m->dropout, key);
+    case OP_DROPOUT:
+        be->dropout_backward(da, beta_a, y->grad, n, per_sample(y), m->dropout, io.dropout_key);
         break;
-    }
     case OP_TIMESTEP_EMBEDDING: break;
     }
 }

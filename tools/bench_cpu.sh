@@ -23,12 +23,13 @@ peer_ms=$(field "$peer" ms_per_step)
 ratio=$(/usr/bin/python3 -c "print(f'{$peer_ms / $ours_ms:.2f}')")
 cpu=$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)
 torch_version=$(field "$peer" torch)
+versions="ddpm.c $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(gcc --version | head -1), OpenBLAS $(dpkg-query -W -f='${Version}' libopenblas0-openmp 2>/dev/null || echo '?') (OpenMP build), PyTorch ${torch_version} (Debian python3-torch)"
 table=$(cat <<EOT
 | date | CPU | threads | batch | ddpm.c ms/step | PyTorch ${torch_version} ms/step | speed-up |
 |---|---|---|---|---|---|---|
 | $(date -u +%Y-%m-%d) | ${cpu} | ${threads} | ${batch} | ${ours_ms} | ${peer_ms} | ${ratio}x |
 
-Raw lines: \`${log}\`. Model: configs/fashion_mnist (the yardstick's \`fashion\` U-Net, 8,949,761
+Versions: ${versions}. Raw lines: \`${log}\`. Model: configs/fashion_mnist (the yardstick's \`fashion\` U-Net, 8,949,761
 parameters, dropout 0.1), fp32, one full training step (noising, forward, MSE, backward, clip 1.0,
 AdamW, EMA), median of ${iters} after 2 warm-up steps, fresh random batches.
 EOT
