@@ -36,7 +36,7 @@ NCCL_VER  := $(if $(NCCL_H),$(shell awk '/define NCCL_MAJOR/{a=$$3}/define NCCL_
 NVCC_VER  := $(if $(NVCC),$(shell $(NVCC) --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'))
 
 # The CUDA backend (kernels/) is built when nvcc and cuDNN are found; CUDA=0 turns it off.
-CUDA ?= 0
+CUDA ?= $(if $(and $(NVCC),$(CUDNN_H)),1,0)
 ifeq ($(CUDA),1)
 include kernels/cuda.mk
 CFLAGS  += -DDDPM_CUDA

@@ -6,7 +6,7 @@
 #define DDPM_VLB_MATH_H
 
 #include <math.h>
-#include "philox.h"   /* DDPM_HD */
+#include "backend.h"   /* DiffusionTables, LossSpec; philox.h's DDPM_HD */
 
 /* KL(N(m1, e^lv1) || N(m2, e^lv2)) in nats. */
 DDPM_HD double normal_kl(double m1, double lv1, double m2, double lv2) {
@@ -57,6 +57,48 @@ DDPM_HD double discretized_gaussian_log_likelihood(double x, double mean, double
     if (d_mean) *d_mean = -inv_stdv * (d_plus + d_min);
     if (d_log_scale) *d_log_scale = -(d_plus * plus_in + d_min * min_in);
     return log(prob > 1e-12 ? prob : 1e-12);
+}
+
+/* One sample's per-timestep values, gathered once from the backend's tables. */
+typedef struct {
+    int t;
+    double a, b;          /* x0 = a*x_t + b*prediction */
+    double coef1, coef2, post_logvar, log_var_range, fixed_logvar;
+} StepTables;
+
+DDPM_HD StepTables gather_step_tables(const DiffusionTables *tb, int t) {
+    StepTables st = {t,            tb->x0_from_xt[t],  tb->x0_from_out[t],   tb->coef1[t],
+                     tb->coef2[t], tb->post_logvar[t], tb->log_var_range[t], tb->fixed_logvar[t]};
+    return st;
+}
+
+/* One element's L_t in nats (the decoder NLL at t = 0, else the KL between the posterior
+ * and the model's Gaussian) and its derivatives by the prediction and by v. */
+DDPM_HD double vb_element(const StepTables *st, const LossSpec *spec, double pred, double v,
+                          double x0, double x_t, double *d_pred, double *d_v) {
+    double x0_pred = st->a * x_t + st->b * pred, dx0 = st->b;
+    if (spec->clip_x0 && fabs(x0_pred) > 1.0) {
+        x0_pred = x0_pred > 0 ? 1.0 : -1.0;
+        dx0 = 0;
+    }
+    double mean = st->coef1 * x0_pred + st->coef2 * x_t;
+    double frac = 0.5 * (v + 1.0);
+    double logvar = spec->learned_var ? st->post_logvar + frac * st->log_var_range
+                                      : st->fixed_logvar;
+    double d_mean, d_logvar, term;
+    if (st->t == 0) {
+        double d_log_scale;
+        term = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar, &d_mean, &d_log_scale);
+        d_mean = -d_mean;
+        d_logvar = -0.5 * d_log_scale;
+    } else {
+        double true_mean = st->coef1 * x0 + st->coef2 * x_t;
+        term = normal_kl(true_mean, st->post_logvar, mean, logvar);
+        normal_kl_grad(true_mean, st->post_logvar, mean, logvar, &d_mean, &d_logvar);
+    }
+    *d_pred = d_mean * st->coef1 * dx0;
+    *d_v = spec->learned_var ? d_logvar * 0.5 * st->log_var_range : 0.0;
+    return term;
 }
 
 #endif

@@ -1,0 +1,140 @@
+/* The CUDA backend table: device memory on one stream, and the ops of cuda_ops.cuh.
+ *
+ * backend_cuda() returns NULL, quietly, when there is no driver or no device, so a
+ * CUDA-enabled build runs anywhere. Otherwise it sets the context up once (device 0
+ * of those visible, a stream, cuBLAS and cuDNN bound to it, the reduction scratch
+ * and cuBLAS's workspace) and returns the table.
+ *
+ * Copies: to_device queues the copy on the stream; the host buffer may be reused as
+ * soon as it returns (the backend's callers pass pageable memory, which CUDA stages
+ * before returning). to_host waits for the stream, so the host sees every op queued
+ * before it. Environment: DDPM_TF32=1 allows TF32 tensor cores in cuBLAS and cuDNN
+ * (strict fp32 otherwise); DDPM_CONV_VERBOSE=1 prints each conv algorithm chosen. */
+#include <string.h>
+
+#include "cuda_ops.cuh"
+
+CudaContext cuda;
+
+#define SCRATCH_BYTES ((size_t)4 << 20)
+#define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)   /* cuBLAS's recommendation for Hopper */
+
+static void *cuda_alloc(size_t bytes) {
+    if (bytes == 0) return NULL;
+    void *p = NULL;
+    const cudaError_t status = cudaMalloc(&p, bytes);
+    if (status != cudaSuccess)
+        die("cuda: cannot allocate %zu bytes of device memory: %s", bytes,
+            cudaGetErrorString(status));
+    cudaCheck(cudaMemsetAsync(p, 0, bytes, cuda.stream));
+    return p;
+}
+
+static void cuda_release(void *p) {
+    if (p) cudaCheck(cudaFree(p));
+}
+
+static void cuda_to_device(void *dst, const void *src, size_t bytes) {
+    if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda.stream));
+}
+
+static void cuda_to_host(void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda.stream));
+    cudaCheck(cudaStreamSynchronize(cuda.stream));
+}
+
+static void cuda_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda.stream));
+}
+
+static void cuda_synchronize(void) { cudaCheck(cudaStreamSynchronize(cuda.stream)); }
+
+static const Backend table = {
+    .name = "cuda",
+    .alloc = cuda_alloc,
+    .release = cuda_release,
+    .to_device = cuda_to_device,
+    .to_host = cuda_to_host,
+    .copy = cuda_copy,
+    .fill = cuda_fill,
+    .synchronize = cuda_synchronize,
+    .conv2d_prepare = cuda_conv2d_prepare,
+    .conv2d_forward = cuda_conv2d_forward,
+    .conv2d_backward = cuda_conv2d_backward,
+    .groupnorm_forward = cuda_groupnorm_forward,
+    .groupnorm_backward = cuda_groupnorm_backward,
+    .silu_forward = cuda_silu_forward,
+    .silu_backward = cuda_silu_backward,
+    .add_forward = cuda_add_forward,
+    .accumulate = cuda_accumulate,
+    .add_bias_forward = cuda_add_bias_forward,
+    .add_bias_backward = cuda_add_bias_backward,
+    .dropout_forward = cuda_dropout_forward,
+    .dropout_backward = cuda_dropout_backward,
+    .upsample2x_forward = cuda_upsample2x_forward,
+    .upsample2x_backward = cuda_upsample2x_backward,
+    .concat_forward = cuda_concat_forward,
+    .concat_backward = cuda_concat_backward,
+    .linear_forward = cuda_linear_forward,
+    .linear_backward = cuda_linear_backward,
+    .attention_forward = cuda_attention_forward,
+    .attention_backward = cuda_attention_backward,
+    .timestep_embedding = cuda_timestep_embedding,
+    .q_sample_images = cuda_q_sample_images,
+    .mse_loss = cuda_mse_loss,
+    .diffusion_loss = cuda_diffusion_loss,
+    .sample_update = cuda_sample_update,
+    .normal_fill = cuda_normal_fill,
+    .global_norm = cuda_global_norm,
+    .adamw = cuda_adamw,
+    .ema_update = cuda_ema_update,
+};
+
+static int env_flag(const char *name) {
+    const char *value = getenv(name);
+    return value && strcmp(value, "1") == 0;
+}
+
+static void context_init(void) {
+    cudaDeviceProp prop;
+    int device;
+    cudaCheck(cudaGetDevice(&device));
+    cudaCheck(cudaGetDeviceProperties(&prop, device));
+    cuda.tf32 = env_flag("DDPM_TF32");
+    cudaCheck(cudaStreamCreate(&cuda.stream));
+
+    cublasCheck(cublasCreate(&cuda.cublas));
+    cublasCheck(cublasSetStream(cuda.cublas, cuda.stream));
+    /* after SetStream, which resets the workspace to cuBLAS's own pool */
+    cudaCheck(cudaMalloc(&cuda.cublas_workspace, CUBLAS_WORKSPACE_BYTES));
+    cublasCheck(cublasSetWorkspace(cuda.cublas, cuda.cublas_workspace, CUBLAS_WORKSPACE_BYTES));
+    cublasCheck(cublasSetMathMode(cuda.cublas,
+                                  cuda.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    cublasCheck(cublasSetAtomicsMode(cuda.cublas, CUBLAS_ATOMICS_NOT_ALLOWED));
+
+    cudnnCheck(cudnnCreate(&cuda.cudnn));
+    cudnnCheck(cudnnSetStream(cuda.cudnn, cuda.stream));
+
+    cudaCheck(cudaMalloc(&cuda.scratch, SCRATCH_BYTES));
+    cuda.scratch_doubles = SCRATCH_BYTES / sizeof(double);
+    fprintf(stderr, "ddpm: cuda: %s (sm_%d%d, %d SMs, %.1f GiB), cuDNN %zu, %s\n", prop.name,
+            prop.major, prop.minor, prop.multiProcessorCount,
+            (double)prop.totalGlobalMem / (1 << 30), cudnnGetVersion(),
+            cuda.tf32 ? "TF32 allowed (DDPM_TF32=1)" : "strict fp32");
+}
+
+extern "C" const Backend *backend_cuda(void) {
+    static int state;   /* 0: not tried yet, 1: ready, -1: no usable device */
+    if (state == 0) {
+        int count = 0;
+        if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+            (void)cudaGetLastError();   /* no driver or no device: not an error here */
+            state = -1;
+        } else {
+            context_init();
+            state = 1;
+        }
+    }
+    return state > 0 ? &table : NULL;
+}

@@ -1,0 +1,163 @@
+/* GroupNorm over NHWC activations, optionally followed by SiLU, forward and backward.
+ *
+ * Forward: one block per (sample, group) reads the group's HW x C/G values three
+ * times: the mean, then the squared deviations from it (two passes avoid the
+ * cancellation of E[x^2] - E[x]^2), both summed in double with the fixed-order
+ * block_sum, then the normalized, affine and optionally SiLU output. mean and rstd
+ * are saved in float exactly as the CPU backend computes them.
+ *
+ * Backward recomputes the normalized value (and the pre-SiLU value when fused) from
+ * x, mean and rstd, as the CPU backend does:
+ *   dgamma, dshift: column sums over N*HW rows of dy_pre*xhat and dy_pre
+ *                   (column_sums.cuh, deterministic), run first so that dx may alias dy;
+ *   dx:             one block per (sample, group) forms the group means of gamma*dy_pre
+ *                   and gamma*dy_pre*xhat, then
+ *                   dx = beta*dx + rstd * (gamma*dy_pre - mean_g - xhat*mean_gx).
+ */
+#include "column_sums.cuh"
+#include "cuda_ops.cuh"
+
+/* Element i of group g of sample n: the group is an (HW, C/G) slice of (HW, C). */
+struct GroupView {
+    int hw, c, cg;
+    __device__ size_t offset(int n, int g, int i) const {
+        return ((size_t)n * hw + i / cg) * c + (size_t)g * cg + i % cg;
+    }
+    __device__ int channel(int g, int i) const { return g * cg + i % cg; }
+    __device__ int count() const { return hw * cg; }
+};
+
+/* Forward and backward share this, so they agree exactly. */
+__device__ __forceinline__ float normalized(float x, float mean, float rstd) {
+    return (x - mean) * rstd;
+}
+
+/* The gradient at the affine output: dy itself, or dy through the fused SiLU. */
+template <bool SILU>
+__device__ __forceinline__ float grad_before_silu(float dy, float xhat, const float *gamma,
+                                                  const float *shift, int ch) {
+    if (!SILU) return dy;
+    const float pre = xhat * gamma[ch] + shift[ch], sig = sigmoid(pre);
+    return dy * sig * (1.0f + pre * (1.0f - sig));
+}
+
+template <bool SILU>
+__global__ void groupnorm_forward_kernel(float *y, float *mean, float *rstd, const float *x,
+                                         const float *gamma, const float *shift, GroupView v,
+                                         int groups, float eps) {
+    const int g = blockIdx.x, n = blockIdx.y, count = v.count();
+    double sum = 0;
+    for (int i = threadIdx.x; i < count; i += THREADS) sum += x[v.offset(n, g, i)];
+    const double mu = block_sum(sum) / count;
+    double squares = 0;
+    for (int i = threadIdx.x; i < count; i += THREADS) {
+        const double d = (double)x[v.offset(n, g, i)] - mu;
+        squares += d * d;
+    }
+    const double var = block_sum(squares) / count;
+    const float m = (float)mu, r = (float)(1.0 / sqrt(var + (double)eps));
+    if (threadIdx.x == 0) {
+        mean[n * groups + g] = m;
+        rstd[n * groups + g] = r;
+    }
+    for (int i = threadIdx.x; i < count; i += THREADS) {
+        const size_t o = v.offset(n, g, i);
+        const int ch = v.channel(g, i);
+        float out = normalized(x[o], m, r) * gamma[ch] + shift[ch];
+        if (SILU) out = out * sigmoid(out);
+        y[o] = out;
+    }
+}
+
+template <bool SILU>
+__global__ void groupnorm_input_grad_kernel(float *dx, float beta, const float *dy, const float *x,
+                                            const float *mean, const float *rstd,
+                                            const float *gamma, const float *shift, GroupView v,
+                                            int groups) {
+    const int g = blockIdx.x, n = blockIdx.y, count = v.count();
+    const float m = mean[n * groups + g], r = rstd[n * groups + g];
+    double sum_g = 0, sum_gx = 0;
+    for (int i = threadIdx.x; i < count; i += THREADS) {
+        const size_t o = v.offset(n, g, i);
+        const int ch = v.channel(g, i);
+        const float xhat = normalized(x[o], m, r);
+        const double gd = (double)gamma[ch] * grad_before_silu<SILU>(dy[o], xhat, gamma, shift, ch);
+        sum_g += gd;
+        sum_gx += gd * xhat;
+    }
+    const float mean_g = (float)(block_sum(sum_g) / count);
+    const float mean_gx = (float)(block_sum(sum_gx) / count);
+    for (int i = threadIdx.x; i < count; i += THREADS) {
+        const size_t o = v.offset(n, g, i);
+        const int ch = v.channel(g, i);
+        const float xhat = normalized(x[o], m, r);
+        const float gd = grad_before_silu<SILU>(dy[o], xhat, gamma, shift, ch) * gamma[ch];
+        dx[o] = blend(dx[o], beta, r * (gd - mean_g - xhat * mean_gx));
+    }
+}
+
+/* Row r of the (N*HW, C) view, column ch: adds dy_pre*xhat (dgamma) and dy_pre (dshift). */
+template <bool SILU>
+struct ParamGradTerms {
+    const float *dy, *x, *mean, *rstd, *gamma, *shift;
+    int hw, c, cg, groups;
+    __device__ void operator()(Sums<2> &acc, int, long long r, int ch) const {
+        const size_t o = (size_t)r * c + ch, stat = (size_t)(r / hw) * groups + ch / cg;
+        const float xhat = normalized(x[o], mean[stat], rstd[stat]);
+        const float d = grad_before_silu<SILU>(dy[o], xhat, gamma, shift, ch);
+        acc.v[0] += (double)d * xhat;
+        acc.v[1] += d;
+    }
+};
+
+struct ParamGradStore {
+    float *dgamma, *dshift;   /* either may be NULL */
+    __device__ void operator()(int, int ch, const Sums<2> &s) const {
+        if (dgamma) dgamma[ch] = (float)s.v[0];
+        if (dshift) dshift[ch] = (float)s.v[1];
+    }
+};
+
+template <bool SILU>
+static void groupnorm_forward(float *y, float *mean, float *rstd, const float *x,
+                              const float *gamma, const float *shift, int n, int hw, int c,
+                              int groups, float eps) {
+    const GroupView v = {hw, c, c / groups};
+    groupnorm_forward_kernel<SILU><<<dim3(groups, n), THREADS, 0, cuda.stream>>>(
+        y, mean, rstd, x, gamma, shift, v, groups, eps);
+    cudaCheckLaunch();
+}
+
+template <bool SILU>
+static void groupnorm_backward(float *dx, float beta, float *dgamma, float *dshift,
+                               const float *dy, const float *x, const float *mean,
+                               const float *rstd, const float *gamma, const float *shift, int n,
+                               int hw, int c, int groups) {
+    const int cg = c / groups;
+    if (dgamma || dshift)
+        column_sums<2>(ParamGradTerms<SILU>{dy, x, mean, rstd, gamma, shift, hw, c, cg, groups},
+                       ParamGradStore{dgamma, dshift}, 1, (long long)n * hw, c);
+    if (!dx) return;
+    groupnorm_input_grad_kernel<SILU><<<dim3(groups, n), THREADS, 0, cuda.stream>>>(
+        dx, beta, dy, x, mean, rstd, gamma, shift, GroupView{hw, c, cg}, groups);
+    cudaCheckLaunch();
+}
+
+void cuda_groupnorm_forward(float *y, float *mean, float *rstd, const float *x,
+                            const float *gamma, const float *shift, int n, int hw, int c,
+                            int groups, float eps, int fuse_silu) {
+    if (fuse_silu) groupnorm_forward<true>(y, mean, rstd, x, gamma, shift, n, hw, c, groups, eps);
+    else groupnorm_forward<false>(y, mean, rstd, x, gamma, shift, n, hw, c, groups, eps);
+}
+
+void cuda_groupnorm_backward(float *dx, float beta, float *dgamma, float *dshift,
+                             const float *dy, const float *x, const float *mean,
+                             const float *rstd, const float *gamma, const float *shift, int n,
+                             int hw, int c, int groups, int fuse_silu) {
+    if (fuse_silu)
+        groupnorm_backward<true>(dx, beta, dgamma, dshift, dy, x, mean, rstd, gamma, shift, n, hw,
+                                 c, groups);
+    else
+        groupnorm_backward<false>(dx, beta, dgamma, dshift, dy, x, mean, rstd, gamma, shift, n,
+                                  hw, c, groups);
+}

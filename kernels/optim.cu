@@ -1,0 +1,60 @@
+/* Optimizer ops over the flat parameter buffers: the global gradient norm, AdamW and
+ * the EMA of the weights.
+ *
+ * global_norm is a deterministic two-pass reduction: a fixed grid of NORM_BLOCKS
+ * blocks (independent of the GPU) each sums the squares of a fixed strided share in
+ * double into cuda.scratch, then one block adds the partials in a fixed order. AdamW
+ * follows torch.optim.AdamW's order of operations, its scalars formed in double on
+ * the host as Python forms them, exactly as the CPU backend does. */
+#include "cuda_ops.cuh"
+
+enum { NORM_BLOCKS = 1024 };
+
+__global__ void sum_of_squares_kernel(double *partials, const float *g, size_t n) {
+    double sum = 0;
+    for (size_t i = (size_t)blockIdx.x * THREADS + threadIdx.x; i < n;
+         i += (size_t)NORM_BLOCKS * THREADS)
+        sum += (double)g[i] * g[i];
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+}
+
+__global__ void norm_of_partials_kernel(float *out, const double *partials) {
+    double sum = 0;
+    for (int i = threadIdx.x; i < NORM_BLOCKS; i += THREADS) sum += partials[i];
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) *out = (float)sqrt(sum);
+}
+
+void cuda_global_norm(float *out, const float *g, size_t n) {
+    if (cuda.scratch_doubles < NORM_BLOCKS) die("cuda: scratch too small for global_norm");
+    sum_of_squares_kernel<<<NORM_BLOCKS, THREADS, 0, cuda.stream>>>(cuda.scratch, g, n);
+    cudaCheckLaunch();
+    norm_of_partials_kernel<<<1, THREADS, 0, cuda.stream>>>(out, cuda.scratch);
+    cudaCheckLaunch();
+}
+
+/* torch.optim.AdamW (_single_tensor_adamw, not amsgrad):
+ *   p *= 1 - lr*wd;  m.lerp_(g, 1-b1);  v = v*b2 + (1-b2)*g*g;
+ *   denom = sqrt(v)/sqrt(bias_c2) + eps;  p += -(lr/bias_c1) * m/denom */
+void cuda_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
+                float b2, float eps, float wd, float bias_c1, float bias_c2, float grad_scale) {
+    const float decay = (float)(1.0 - (double)lr * wd);
+    const float m_weight = (float)(1.0 - b1), v_weight = (float)(1.0 - b2);
+    const float neg_step = (float)(-(double)lr / bias_c1);
+    const float bias_c2_sqrt = (float)sqrt((double)bias_c2);
+    launch_elementwise(n, [=] __device__(size_t i) {
+        const float grad = g[i] * grad_scale;
+        const float mi = m[i] + m_weight * (grad - m[i]);   /* lerp with weight < 0.5 */
+        const float vi = v[i] * b2 + v_weight * grad * grad;
+        const float denom = sqrtf(vi) / bias_c2_sqrt + eps;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * decay + neg_step * (mi / denom);
+    });
+}
+
+void cuda_ema_update(float *ema, const float *p, size_t n, float decay) {
+    const float keep = 1.0f - decay;
+    launch_elementwise(n, [=] __device__(size_t i) { ema[i] = decay * ema[i] + keep * p[i]; });
+}
