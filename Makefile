@@ -14,9 +14,10 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -fno-math-errno -Wall -Wextra -Wno-unused-para
 # spins its own threads against them and runs several times slower.
 comma         := ,
 MULTIARCH     := $(shell $(CC) -print-multiarch 2>/dev/null)
-OPENBLAS_OMP  := $(firstword $(wildcard /usr/lib/$(MULTIARCH)/openblas-openmp/libopenblas.so))
+OPENBLAS_DIR  ?= /usr/lib/$(MULTIARCH)/openblas-openmp
+OPENBLAS_OMP  := $(firstword $(wildcard $(OPENBLAS_DIR)/libopenblas.so))
 BLAS_LIBS     := $(if $(OPENBLAS_OMP),-L$(dir $(OPENBLAS_OMP)) -Wl$(comma)-rpath$(comma)$(dir $(OPENBLAS_OMP)),) -lopenblas
-LDLIBS  += $(BLAS_LIBS) -lcjson -lpng -lz -lzip -lm -fopenmp
+LDLIBS  += $(BLAS_LIBS) -lcjson -lpng -lz -lzip -lm -fopenmp -pthread
 BUILD   ?= build
 BIN     ?= bin
 
@@ -35,6 +36,19 @@ CUDNN_VER := $(if $(CUDNN_H),$(shell awk '/define CUDNN_MAJOR/{a=$$3}/define CUD
 NCCL_VER  := $(if $(NCCL_H),$(shell awk '/define NCCL_MAJOR/{a=$$3}/define NCCL_MINOR/{b=$$3}END{print a"."b}' $(NCCL_H)))
 NVCC_VER  := $(if $(NVCC),$(shell $(NVCC) --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'))
 
+# Data parallelism over MPI (the CPU backend's collectives, and NCCL's bootstrap) is
+# built when mpicc is found; MPI=0 turns it off.
+MPI ?= $(if $(MPICC),1,0)
+ifeq ($(MPI),1)
+ifeq ($(MPICC),)
+$(error MPI=1 but no mpicc was found: install libopenmpi-dev, or build with MPI=0)
+endif
+MPI_CFLAGS := $(shell $(MPICC) --showme:compile 2>/dev/null || $(MPICC) -compile_info 2>/dev/null | cut -d' ' -f2- | tr ' ' '\n' | grep '^-I' | tr '\n' ' ')
+MPI_LIBS   := $(shell $(MPICC) --showme:link 2>/dev/null || $(MPICC) -link_info 2>/dev/null | cut -d' ' -f2- | tr ' ' '\n' | grep '^-[lLW]' | tr '\n' ' ')
+CFLAGS  += -DDDPM_MPI $(MPI_CFLAGS)
+LDLIBS  += $(MPI_LIBS)
+endif
+
 # The CUDA backend (kernels/) is built when nvcc and cuDNN are found; CUDA=0 turns it off.
 CUDA ?= $(if $(and $(NVCC),$(CUDNN_H)),1,0)
 ifeq ($(CUDA),1)
@@ -50,8 +64,8 @@ all: detect $(BIN)/ddpm
 detect:
 	@echo "$(if $(NVCC),✓ CUDA toolkit $(NVCC_VER) ($(NVCC)),✗ CUDA toolkit (no nvcc; set CUDA_HOME))"
 	@echo "$(if $(CUDNN_H),✓ cuDNN $(CUDNN_VER) ($(dir $(CUDNN_H))),✗ cuDNN (no cudnn_version.h; set CUDNN_HOME))"
-	@echo "$(if $(NCCL_H),✓ NCCL $(NCCL_VER) ($(dir $(NCCL_H))),✗ NCCL (no nccl.h; set NCCL_HOME))"
-	@echo "$(if $(MPICC),✓ MPI ($(MPICC)),✗ MPI (no mpicc))"
+	@echo "$(if $(NCCL_H),✓ NCCL $(NCCL_VER) ($(dir $(NCCL_H))),✗ NCCL (no nccl.h; set NCCL_HOME): no multi-GPU training)"
+	@echo "$(if $(filter 1,$(MPI)),✓ MPI data parallelism ($(MPICC)),✗ MPI data parallelism (MPI=0 or no mpicc: install libopenmpi-dev))"
 	@echo "$(if $(OPENBLAS_OMP),✓ OpenBLAS OpenMP build ($(dir $(OPENBLAS_OMP))),✗ OpenBLAS OpenMP build (install libopenblas-openmp-dev: the pthread build is much slower here))"
 	@echo "✓ CPU backend (cJSON, libpng, zlib, libzip)"
 	@echo "$(if $(filter 1,$(CUDA)),✓ CUDA backend will be built,✗ CUDA backend not built (CUDA=0 or no nvcc/cuDNN))"

@@ -42,6 +42,9 @@ typedef struct {
     char out_dir[CONFIG_STR];
     int log_every, sample_every, sample_n, ckpt_every, keep_ckpts;
     int threads;                              /* CPU threads; 0: all cores */
+    /* data parallelism (dist.h): batch_size is the global batch, split over the ranks */
+    double bucket_mb;                         /* gradient all-reduce bucket size, MiB */
+    double dist_timeout;                      /* seconds a collective may take before the run stops */
 } Config;
 
 void config_defaults(Config *c);

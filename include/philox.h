@@ -4,7 +4,9 @@
  *   (seed, stream, step, sample, element)
  * so a run is reproducible on any backend and any split of the batch:
  *   key     = { seed low 32 bits, seed high 32 bits }
- *   counter = { element / 4, sample, step, stream }
+ *   counter = { element / 4, sample0 + sample, step, stream }
+ * sample0 is where an op's batch starts in the global batch: a data-parallel rank
+ * holding samples [sample0, sample0 + n) draws exactly what one process would.
  * One Philox call yields four 32-bit words; word (element % 4) serves the element.
  * Normals use Box-Muller on the word pairs (0,1) and (2,3), in float.
  * The CUDA backend computes the same words (cuRAND's Philox4x32-10 is the same
@@ -37,6 +39,7 @@ typedef struct {
     uint64_t seed;
     uint32_t stream;
     uint32_t step;
+    uint32_t sample0;   /* global index of the batch's first sample (0 on one process) */
 } RngKey;
 
 typedef struct { uint32_t v[4]; } Philox4;
@@ -61,7 +64,7 @@ DDPM_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
 }
 
 DDPM_HD Philox4 philox_block(RngKey key, uint32_t sample, uint64_t element) {
-    Philox4 ctr = {{(uint32_t)(element >> 2), sample, key.step, key.stream}};
+    Philox4 ctr = {{(uint32_t)(element >> 2), key.sample0 + sample, key.step, key.stream}};
     return philox4x32_10(ctr, (uint32_t)key.seed, (uint32_t)(key.seed >> 32));
 }
 

@@ -45,6 +45,10 @@ void sampler_run(const Backend *be, const SamplerPlan *plan, DenoiseFn denoise, 
  * n*H*W*C) is given. The same seed and batch size give the same images. */
 void sample_images(UNet *m, const SamplerPlan *plan, int n, uint64_t seed, const float *x_T,
                    float *out, int verbose);
+/* The chunks c (of m->max_batch images) with c % world_size == rank, into their places
+ * in out: world_size ranks together produce what one process does. */
+void sample_images_share(UNet *m, const SamplerPlan *plan, int n, uint64_t seed,
+                         const float *x_T, float *out, int verbose, int rank, int world_size);
 /* The x_T that sample_images draws for (n, seed) when none is given. */
 void sample_initial_noise(UNet *m, int n, uint64_t seed, float *out);
 /* The ancestral sampler over every timestep, for a config (training-time grids). */

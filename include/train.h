@@ -10,13 +10,20 @@
 #include "config.h"
 #include "data.h"
 #include "diffusion.h"
+#include "dist.h"
 #include "timestep_sampler.h"
 #include "unet.h"
 
+/* Data parallelism: cfg.batch_size is the global batch B; each of the W ranks runs
+ * B/W of its samples (global indices [sample0, sample0 + B/W)), and every rank holds
+ * the whole batch's timesteps and, after each step's all-gather, its losses. */
 typedef struct {
     Config cfg;
     const Backend *be;
-    UNet *model;
+    Dist *dist;                            /* NULL: one process */
+    int rank, world_size, local_batch;
+    uint32_t sample0;                      /* rank * local_batch */
+    UNet *model;                           /* for local_batch samples */
     GaussianDiffusion diffusion;
     Dataset data;
     TrainProgress progress;
@@ -25,20 +32,24 @@ typedef struct {
     TimestepSampler timestep_sampler;
     LossSpec loss;                         /* for the fused diffusion_loss (hybrid, kl) */
     int simple_loss;                       /* mse without learned variances: the plain MSE op */
-    float *target;                         /* (B, H, W, C) backend */
-    float *x0;                             /* (B, H, W, C) backend */
-    uint8_t *images;                       /* (B, H, W, C) backend: the batch's raw pixels */
-    float *loss_per_sample;                /* (B) backend: mse */
-    float *vb_per_sample;                  /* (B) backend: L_t in bits/dim */
-    float *sample_weight;                  /* (B) backend: 1/(T p_t) of the timestep sampler */
+    /* b = local_batch, B = cfg.batch_size, W = world_size */
+    float *target;                         /* (b, H, W, C) backend */
+    float *x0;                             /* (b, H, W, C) backend */
+    uint8_t *images;                       /* (b, H, W, C) backend: the batch's raw pixels */
+    float *step_stats;                     /* (W, 2b + 1) backend: per rank [mse | L_t | stop] */
+    float *loss_per_sample;                /* (b) backend, in this rank's step_stats block */
+    float *vb_per_sample;                  /* (b) backend: L_t in bits/dim, likewise */
+    float *sample_weight;                  /* (b) backend: 1/(T p_t) of the timestep sampler */
     float *grad_norm;                      /* (1) backend */
-    uint8_t *host_images;                  /* (B, H, W, C) */
+    uint8_t *host_images;                  /* (b, H, W, C) */
+    float *host_stats;                     /* (W, 2b + 1) */
     int32_t *host_t;                       /* (B) */
     float *host_loss;                      /* (B) the per-sample training loss */
     float *host_mse, *host_vb, *host_weight;   /* (B) */
     uint32_t *order;                       /* (data.count) permutation of the current epoch */
     long order_epoch;
     int bad_streak;
+    int stop_requested;    /* this rank was asked to stop (SIGTERM): shared at the next step */
     long fault_step;    /* test hook: DDPM_FAULT_NONFINITE_FROM_STEP makes losses NaN from there */
 } Trainer;
 
@@ -48,13 +59,15 @@ typedef struct {
     double vb;              /* batch mean of L_t in bits/dim (NaN for the plain MSE loss) */
     double grad_norm;       /* before clipping */
     double lr;
+    int stop;               /* some rank asked to stop: every rank stops after this step */
     const float *loss_per_sample;    /* (B) host */
     const int32_t *t;                /* (B) host */
 } StepResult;
 
 /* Sets up the model, optimizer state and schedule for cfg, with the data already
- * loaded (data is taken over). Weights are initialised from cfg->seed. */
-void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *data);
+ * loaded (data is taken over). Weights are initialised from cfg->seed, the same on
+ * every rank. dist: the data-parallel world, or NULL for one process. */
+void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *data, Dist *dist);
 void trainer_free(Trainer *tr);
 /* One training step on the batch for tr->progress.step; advances the step. */
 StepResult trainer_step(Trainer *tr);

@@ -32,6 +32,10 @@ typedef struct {
 typedef struct Node Node;
 typedef struct Tensor Tensor;
 
+/* Called during unet_backward each time more gradients are final: every gradient at a
+ * flat offset >= final_from will not change again this step (data-parallel buckets). */
+typedef void (*GradsReadyFn)(void *ctx, size_t final_from);
+
 typedef struct {
     const Backend *be;
     int image_size, in_channels, out_channels, ch, temb_dim, groups;
@@ -54,6 +58,10 @@ typedef struct {
     void *workspace;
     size_t workspace_bytes;
     int training;             /* dropout active */
+    size_t *final_from;       /* (n_nodes) grads at offsets >= final_from[i] are final once
+                                 node i's backward has run */
+    GradsReadyFn grads_ready; /* NULL, or the data-parallel gradient reducer */
+    void *grads_ready_ctx;
 } UNet;
 
 /* Builds the network for cfg and allocates everything for batches up to max_batch.

@@ -13,6 +13,9 @@
 #include <string.h>
 
 #include "cuda_ops.cuh"
+extern "C" {
+#include "dist.h"
+}
 
 CudaContext cuda;
 
@@ -96,9 +99,23 @@ static int env_flag(const char *name) {
     return value && strcmp(value, "1") == 0;
 }
 
-static void context_init(void) {
+/* One GPU per process: under a launcher the local rank picks it, unless only one is
+ * visible (srun --gpus-per-task and CUDA_VISIBLE_DEVICES leave each rank its own). */
+static void select_device(int count) {
+    DistEnv env;
+    char err[256];
+    if (dist_env_detect(&env, err, sizeof err) != 0) die("%s", err);
+    if (count == 1 || strcmp(env.launcher, "none") == 0) return;
+    if (env.local_rank >= count)
+        die("cuda: local rank %d (%s) but %d GPUs are visible on this node", env.local_rank,
+            env.launcher, count);
+    cudaCheck(cudaSetDevice(env.local_rank));
+}
+
+static void context_init(int count) {
     cudaDeviceProp prop;
     int device;
+    select_device(count);
     cudaCheck(cudaGetDevice(&device));
     cudaCheck(cudaGetDeviceProperties(&prop, device));
     cuda.tf32 = env_flag("DDPM_TF32");
@@ -132,7 +149,7 @@ extern "C" const Backend *backend_cuda(void) {
             (void)cudaGetLastError();   /* no driver or no device: not an error here */
             state = -1;
         } else {
-            context_init();
+            context_init(count);
             state = 1;
         }
     }

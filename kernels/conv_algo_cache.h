@@ -7,15 +7,26 @@
  * so that later runs reuse them (see "the choices on disk"). A call with a smaller n
  * finds no entry of its own; it derives one from the prepared entry of the same
  * geometry (same algorithms, recorded in ConvShape.algo), whose workspace the caller
- * already sized.
+ * already sized; a direction whose algorithm needs more workspace at the smaller n
+ * switches to another that fits.
  *
  * Asymmetric padding: cuDNN's convolution descriptor pads top and bottom (left and
  * right) by the same amount, but DDPM's downsampling conv pads only bottom and right.
  * Such a convolution runs on a copy of the input padded explicitly, (N, H + pad_top +
  * pad_bottom, W + pad_left + pad_right, C), kept at the start of the workspace, and
  * is described to cuDNN with padding 0; its input gradient is computed into the same
- * buffer and cropped back. The functions below give that geometry and the workspace
- * layout: [padded input, aligned][cuDNN workspace of the three directions, the max]. */
+ * buffer and cropped back.
+ *
+ * Backward data as a forward convolution ("the transposed method"): with stride 1
+ * and symmetric padding p <= K - 1, dx is the correlation of dy (N, OH, OW, OC) with
+ * the weight transposed and rotated by 180 degrees, W' (C, KH, KW, OC), padded by
+ * K - 1 - p. In strict fp32 cuDNN's own backward data can be far slower than its
+ * forward for the same sizes, so both are measured and the faster is kept; W' is
+ * written into the workspace before each use.
+ *
+ * The functions below give that geometry and the workspace layout:
+ * [padded input, aligned][W', aligned][cuDNN workspace of the three directions, the
+ * max]; each of the first two is present only when used. */
 #ifndef DDPM_CONV_ALGO_CACHE_H
 #define DDPM_CONV_ALGO_CACHE_H
 
@@ -35,7 +46,18 @@ enum {
     CONV_ALGO_CACHE_CAPACITY = 256,   /* distinct (shape, batch) pairs; a U-Net has ~30 shapes */
     CONV_WORKSPACE_ALIGN = 256,       /* bytes: cuDNN's preferred workspace alignment */
     CONV_FORWARD = 0, CONV_BACKWARD_DATA = 1, CONV_BACKWARD_FILTER = 2,   /* direction index */
+    /* algo[CONV_BACKWARD_DATA] = CONV_BWD_DATA_TRANSPOSED + a forward algorithm: the
+     * transposed method with that algorithm. Far above cuDNN's algorithm numbers, so
+     * the choices files keep their format and an old line still means what it did. */
+    CONV_BWD_DATA_TRANSPOSED = 1000,
 };
+
+/* Host and device: the CUDA kernel that writes W' and the CPU test share the index map. */
+#ifdef __CUDACC__
+#define CONV_HOST_DEVICE static inline __host__ __device__
+#else
+#define CONV_HOST_DEVICE static inline
+#endif
 
 /* Everything that defines the convolution; ints only, so memcmp compares keys. */
 typedef struct {
@@ -44,7 +66,8 @@ typedef struct {
 
 typedef struct {
     ConvKey key;
-    int algo[3];              /* cuDNN algorithm per direction (CONV_FORWARD, ...) */
+    int algo[3];              /* cuDNN algorithm per direction (CONV_FORWARD, ...); for
+                                 backward data possibly CONV_BWD_DATA_TRANSPOSED + n */
     int math[3];              /* the cudnnMathType_t each direction runs with */
     size_t algo_bytes[3];     /* the cuDNN workspace each direction needs */
 } ConvAlgoEntry;
@@ -110,11 +133,78 @@ static inline size_t conv_padded_input_bytes(const ConvShape *s) {
     return conv_align((size_t)s->n * conv_input_h(s) * conv_input_w(s) * s->c * sizeof(float));
 }
 
-/* The workspace a shape needs: the padded input, then the largest cuDNN workspace. */
+/* ---- backward data as a forward convolution (the transposed method) ---- */
+
+/* stride 1, symmetric padding no wider than the kernel less one: then every input
+ * position's gradient is a full correlation window of dy padded by K - 1 - p. */
+static inline int conv_transposed_applies(const ConvShape *s) {
+    return s->stride == 1 && !conv_needs_explicit_padding(s) && s->pad_top <= s->kh - 1 &&
+           s->pad_left <= s->kw - 1;
+}
+
+/* The forward convolution that computes dx: x' = dy (N, OH, OW, OC), w' = W'
+ * (C, KH, KW, OC), padding K - 1 - p, y' = dx (N, H, W, C). Only where it applies. */
+static inline ConvShape conv_transposed_shape(const ConvShape *s) {
+    ConvShape t;
+    memset(&t, 0, sizeof t);
+    t.n = s->n;
+    t.h = s->oh;
+    t.w = s->ow;
+    t.c = s->oc;
+    t.oc = s->c;
+    t.kh = s->kh;
+    t.kw = s->kw;
+    t.stride = 1;
+    t.pad_top = t.pad_bottom = s->kh - 1 - s->pad_top;
+    t.pad_left = t.pad_right = s->kw - 1 - s->pad_left;
+    t.oh = s->h;   /* OH + 2 (K - 1 - p) - K + 1 = H, since OH = H + 2p - K + 1 */
+    t.ow = s->w;
+    return t;
+}
+
+/* Element i of W' (C, KH, KW, OC) is W[oc][KH-1-kh][KW-1-kw][c] of W (OC, KH, KW, C):
+ * returns that element's index in W. */
+CONV_HOST_DEVICE size_t conv_transposed_weight_source(size_t i, int c, int kh, int kw, int oc) {
+    const size_t o = i % oc, x = i / oc % kw, y = i / oc / kw % kh, ci = i / oc / kw / kh;
+    return (((size_t)o * kh + (kh - 1 - y)) * kw + (kw - 1 - x)) * c + ci;
+}
+
+static inline int conv_bwd_data_is_transposed(int algo) {
+    return algo >= CONV_BWD_DATA_TRANSPOSED;
+}
+
+/* algo[CONV_BACKWARD_DATA] for the transposed method run with a forward algorithm. */
+static inline int conv_bwd_data_transposed(int forward_algo) {
+    return CONV_BWD_DATA_TRANSPOSED + forward_algo;
+}
+
+/* The cuDNN forward algorithm the transposed method runs with. */
+static inline int conv_transposed_forward_algo(int algo) {
+    return algo - CONV_BWD_DATA_TRANSPOSED;
+}
+
+/* Bytes of the workspace that hold W' (aligned). */
+static inline size_t conv_transposed_weight_bytes(const ConvShape *s) {
+    return conv_align((size_t)s->oc * s->kh * s->kw * s->c * sizeof(float));
+}
+
+/* ---- the workspace ---- */
+
+/* What comes before cuDNN's share: the padded input, then W' when backward data uses
+ * the transposed method. */
+static inline size_t conv_entry_fixed_bytes(const ConvAlgoEntry *e, const ConvShape *s) {
+    const size_t weight = conv_bwd_data_is_transposed(e->algo[CONV_BACKWARD_DATA])
+                              ? conv_transposed_weight_bytes(s)
+                              : 0;
+    return conv_padded_input_bytes(s) + weight;
+}
+
+/* The workspace a shape needs: the fixed part, then the largest cuDNN workspace (the
+ * directions run one after the other, so they share it). */
 static inline size_t conv_entry_workspace_bytes(const ConvAlgoEntry *e, const ConvShape *s) {
     size_t most = 0;
     for (int d = 0; d < 3; d++) most = e->algo_bytes[d] > most ? e->algo_bytes[d] : most;
-    return conv_padded_input_bytes(s) + most;
+    return conv_entry_fixed_bytes(e, s) + most;
 }
 
 /* ---- lookup ---- */
@@ -164,7 +254,13 @@ static inline ConvAlgoEntry *conv_algo_cache_add(ConvAlgoCache *cache, const Con
  * deterministic) algorithms that round differently, and a resumed run would not
  * reproduce the straight one. The choices are therefore also kept in a text file (one
  * per GPU model, cuDNN version and math mode); a shape found there is not measured
- * again. A line: the 12 key fields, then algo[3] and math[3]. */
+ * again. A line: the 12 key fields, then algo[3] and math[3]. The transposed method is
+ * written as its algo[1] encoding (CONV_BWD_DATA_TRANSPOSED + n), with the math type of
+ * that forward algorithm in math[1]. The version is part of the file's name: files
+ * of version 1 hold choices made without the transposed method, which must not be
+ * reused (they would keep a slow backward data), so they are not read. */
+
+enum { CONV_CHOICES_VERSION = 2 };
 
 static inline void conv_algo_line_format(char *line, size_t size, const ConvAlgoEntry *e) {
     const ConvKey *k = &e->key;

@@ -1,7 +1,7 @@
 # The CUDA backend's build, included by the Makefile when CUDA=1. It uses the
 # Makefile's CUDA_HOME, NVCC and CUDNN_H, and defines:
 #   CUDA_OBJ     the backend's objects, $(BUILD)/kernels/*.o
-#   CUDA_LDLIBS  cudart, cuBLAS and cuDNN (by path, with an rpath to each directory)
+#   CUDA_LDLIBS  cudart, cuBLAS, cuDNN and NCCL (by path, with an rpath to each directory)
 # and takes src/backend_cuda_stub.c's object out of LIB_OBJ (see below).
 # Headers and libraries are looked for in CUDNN_HOME, next to the cudnn_version.h the
 # Makefile found, in CUDA_HOME, in the system directories, and last in pip's nvidia-*
@@ -37,7 +37,13 @@ CUDNN_LIB  := $(call cuda_find_lib,cudnn,$(CUDNN_LIB_DIRS))
 $(foreach lib,CUDART_LIB CUBLAS_LIB CUDNN_LIB,$(if $($(lib)),,\
     $(error CUDA=1 but $(lib) was not found: set CUDA_HOME or CUDNN_HOME)))
 
-CUDA_LIBS   := $(abspath $(CUDART_LIB) $(CUBLAS_LIB) $(CUDNN_LIB))
+# NCCL, for data parallelism across GPUs: beside the nccl.h the Makefile found.
+NCCL_INC := $(if $(NCCL_H),$(patsubst %/,%,$(dir $(NCCL_H))))
+NCCL_LIB := $(if $(NCCL_H),$(call cuda_find_lib,nccl,$(if $(NCCL_HOME),$(NCCL_HOME)/lib64 \
+              $(NCCL_HOME)/lib) $(NCCL_INC)/../lib64 $(NCCL_INC)/../lib $(CUDA_LIB_DIRS)))
+NCCL_FLAGS := $(if $(NCCL_LIB),-DDDPM_NCCL -I$(NCCL_INC))
+
+CUDA_LIBS   := $(abspath $(CUDART_LIB) $(CUBLAS_LIB) $(CUDNN_LIB) $(NCCL_LIB))
 CUDA_RPATHS := $(foreach d,$(sort $(dir $(CUDA_LIBS))),-Wl$(cuda_comma)-rpath$(cuda_comma)$(d))
 CUDA_LDLIBS := $(CUDA_LIBS) $(CUDA_RPATHS) -lstdc++
 
@@ -49,7 +55,7 @@ CUDA_ARCHS  := $(sort 80 90 $(filter-out 80 90,$(CUDA_LOCAL_ARCHS)))
 NVCC_GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
                 -gencode arch=compute_90,code=compute_90
 NVCC_OPT   ?= -O3
-NVCC_FLAGS := $(NVCC_OPT) -std=c++17 --extended-lambda -Iinclude -Ikernels -I$(CUDNN_INC) \
+NVCC_FLAGS := $(NVCC_OPT) -std=c++17 --extended-lambda -Iinclude -Ikernels -I$(CUDNN_INC) $(NCCL_FLAGS) \
               $(NVCC_GENCODE) -Xcompiler -Wall,-Wextra,-Wno-unused-parameter -MMD -MP
 
 CUDA_OBJ := $(patsubst kernels/%.cu,$(BUILD)/kernels/%.o,$(wildcard kernels/*.cu))

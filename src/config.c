@@ -70,6 +70,8 @@ static const ConfigKey keys[] = {
     NUM(ckpt_every, KEY_INT, 0, 100000000, 0),
     NUM(keep_ckpts, KEY_INT, 1, 1000, 0),
     NUM(threads, KEY_INT, 0, 1024, 0),
+    NUM(bucket_mb, KEY_DOUBLE, 0.001, 4096, 0),
+    NUM(dist_timeout, KEY_DOUBLE, 1, 1e6, 0),
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -96,7 +98,7 @@ void config_defaults(Config *c) {
         .beta1 = 0.9, .beta2 = 0.999, .adam_eps = 1e-8, .weight_decay = 0.0,
         .grad_clip = 1.0, .ema_decay = 0.9999, .max_bad_steps = 10, .seed = 0,
         .log_every = 10, .sample_every = 0, .sample_n = 16, .ckpt_every = 0, .keep_ckpts = 3,
-        .threads = 0,
+        .threads = 0, .bucket_mb = 25, .dist_timeout = 300,
     };
     strcpy(c->beta_schedule, "linear");
     strcpy(c->prediction, "eps");

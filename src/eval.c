@@ -89,7 +89,7 @@ static void vb_terms(Evaluator *ev, int n, uint64_t seed, uint32_t noise_step) {
     UNet *m = ev->inf.model;
     const Backend *be = ev->be;
     be->to_device(m->timesteps, ev->host_t, (size_t)n * sizeof(int32_t));
-    RngKey eps_key = {seed, RNG_STREAM_EPS, noise_step}, no_flip = {0};
+    RngKey eps_key = {seed, RNG_STREAM_EPS, noise_step, 0}, no_flip = {0};
     be->q_sample_images(unet_input(m), ev->target, ev->x0, ev->images, m->timesteps,
                         ev->schedule.sqrt_ac, ev->schedule.sqrt_1m_ac, n, c->image_size,
                         c->image_size, c->in_channels, ev->inf.diffusion.pred, 0, no_flip, eps_key);
@@ -128,7 +128,7 @@ static void evaluate_batch(Evaluator *ev, const EvalArgs *a, int n, int batch_in
     } else {
         for (int k = 0; k < a->mc; k++) {
             uint32_t step = (uint32_t)(batch_index * a->mc + k);
-            RngKey t_key = {a->seed, RNG_STREAM_TIMESTEP, step};
+            RngKey t_key = {a->seed, RNG_STREAM_TIMESTEP, step, 0};
             for (int i = 0; i < n; i++) ev->host_t[i] = (int32_t)philox_below(t_key, (uint32_t)i, 0, (uint32_t)T);
             vb_terms(ev, n, a->seed, step);
             for (int i = 0; i < n; i++) bound[i] += (double)T * ev->host_vb[i] / a->mc;

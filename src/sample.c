@@ -91,7 +91,7 @@ void sampler_run(const Backend *be, const SamplerPlan *plan, DenoiseFn denoise, 
     for (int k = 0; k < plan->count; k++) {
         int i = plan->ascending ? k : plan->count - 1 - k;
         const float *out = denoise(ctx, x, n, plan->model_t[i]);
-        RngKey key = {z_key.seed, z_key.stream, (uint32_t)i};
+        RngKey key = {z_key.seed, z_key.stream, (uint32_t)i, 0};
         be->sample_update(x, out, n, d, plan->update[i], key);
         if (verbose && (k + 1) % 50 == 0) {
             double elapsed = now_seconds() - started;
@@ -119,7 +119,7 @@ static const float *unet_denoise(void *ctx, const float *x, int n, int model_t) 
 
 /* The chunk index is folded into the stream so that chunks draw distinct noise. */
 static RngKey chunk_key(uint64_t seed, uint32_t stream, int chunk) {
-    RngKey key = {seed, stream + ((uint32_t)chunk << 8), 0};
+    RngKey key = {seed, stream + ((uint32_t)chunk << 8), 0, 0};
     return key;
 }
 
@@ -132,14 +132,15 @@ void sample_initial_noise(UNet *m, int n, uint64_t seed, float *out) {
     }
 }
 
-void sample_images(UNet *m, const SamplerPlan *plan, int n, uint64_t seed, const float *x_T,
-                   float *out, int verbose) {
+void sample_images_share(UNet *m, const SamplerPlan *plan, int n, uint64_t seed,
+                         const float *x_T, float *out, int verbose, int rank, int world_size) {
     const Backend *be = m->be;
     size_t D = unet_sample_size(m);
     UNetDenoiser ctx = {m, xmalloc((size_t)m->max_batch * sizeof(int32_t))};
     int was_training = m->training;
     m->training = 0;
     for (int first = 0, chunk = 0; first < n; first += m->max_batch, chunk++) {
+        if (chunk % world_size != rank) continue;
         int count = n - first < m->max_batch ? n - first : m->max_batch;
         float *x = unet_input(m);
         if (x_T) be->to_device(x, x_T + (size_t)first * D, (size_t)count * D * sizeof(float));
@@ -151,6 +152,11 @@ void sample_images(UNet *m, const SamplerPlan *plan, int n, uint64_t seed, const
     }
     m->training = was_training;
     free(ctx.t_host);
+}
+
+void sample_images(UNet *m, const SamplerPlan *plan, int n, uint64_t seed, const float *x_T,
+                   float *out, int verbose) {
+    sample_images_share(m, plan, n, seed, x_T, out, verbose, 0, 1);
 }
 
 void sample_images_default(UNet *m, const GaussianDiffusion *d, int learned_var, int n,

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "checkpoint.h"
+#include "dist.h"
 #include "image_io.h"
 #include "npy.h"
 #include "sample.h"
@@ -153,6 +154,60 @@ static void make_plan(SamplerPlan *plan, Inference *inf, SampleArgs *a, int inve
     if (rc != 0) die("%s", err);
 }
 
+/* Under a launcher each rank samples its chunks (sample_images_share) and writes them,
+ * in chunk order, to DIR/part-RANK.npy; rank 0 then puts every part in its place.
+ * DIR must be on a filesystem all ranks see. */
+static void part_path(char *path, size_t size, const char *out_dir, int rank) {
+    snprintf(path, size, "%s/part-%05d.npy", out_dir, rank);
+}
+
+static int images_of_rank(int n, int batch, int rank, int world_size) {
+    int count = 0;
+    for (int first = 0, chunk = 0; first < n; first += batch, chunk++)
+        if (chunk % world_size == rank) count += n - first < batch ? n - first : batch;
+    return count;
+}
+
+/* Copies rank's chunks between the full array and its packed part (to_part: which way). */
+static void move_chunks(float *full, float *part, int n, int batch, size_t D, int rank,
+                        int world_size, int to_part) {
+    size_t at = 0;
+    for (int first = 0, chunk = 0; first < n; first += batch, chunk++) {
+        if (chunk % world_size != rank) continue;
+        size_t bytes = (size_t)(n - first < batch ? n - first : batch) * D * sizeof(float);
+        float *slot = full + (size_t)first * D;
+        memcpy(to_part ? part + at : slot, to_part ? slot : part + at, bytes);
+        at += bytes / sizeof(float);
+    }
+}
+
+static void gather_parts(Dist *dist, const SampleArgs *a, const Config *c, float *images,
+                         int batch, size_t D) {
+    const int rank = dist->env.rank, W = dist->env.world_size;
+    char path[1024], err[1024];
+    if (make_dirs(a->out_dir, err, sizeof err) != 0) die("%s", err);
+    if (rank != 0) {
+        int count = images_of_rank(a->n, batch, rank, W);
+        float *part = xmalloc((size_t)count * D * sizeof(float) + 1);
+        move_chunks(images, part, a->n, batch, D, rank, W, 1);
+        part_path(path, sizeof path, a->out_dir, rank);
+        write_npy_images(path, part, count, c);
+        free(part);
+    }
+    dist_barrier(dist);
+    for (int r = 1; r < W && rank == 0; r++) {
+        int count;
+        part_path(path, sizeof path, a->out_dir, r);
+        float *part = read_images_npy(path, c, &count);
+        if (count != images_of_rank(a->n, batch, r, W))
+            die("%s: %d images, expected %d from rank %d", path, count,
+                images_of_rank(a->n, batch, r, W), r);
+        move_chunks(images, part, a->n, batch, D, r, W, 0);
+        free(part);
+        remove(path);
+    }
+}
+
 int sample_main(int argc, char **argv, const Backend *be) {
     SampleArgs a = parse_args(argc, argv);
     Inference inf;
@@ -163,6 +218,8 @@ int sample_main(int argc, char **argv, const Backend *be) {
     if (checkpoint_read_config(a.ckpt, &peek, err, sizeof err) != 0) die("%s", err);
     if (a.noise) x_T = read_images_npy(a.noise, &peek, &a.n);
     int batch = a.batch ? a.batch : (a.n < 64 ? a.n : 64);
+    Dist *dist = dist_start(be, peek.dist_timeout);
+    const int rank = dist->env.rank, W = dist->env.world_size;
     inference_load(&inf, a.ckpt, be, batch);
     SamplerPlan plan;
     make_plan(&plan, &inf, &a, 0);
@@ -171,15 +228,21 @@ int sample_main(int argc, char **argv, const Backend *be) {
         x_T = xmalloc((size_t)a.n * D * sizeof(float));
         sample_initial_noise(inf.model, a.n, a.seed, x_T);
     }
-    if (a.save_noise) write_npy_images(a.save_noise, x_T, a.n, &inf.cfg);
-    fprintf(stderr, "sampling %d images: %s, %d steps, batch %d, seed %llu, backend %s\n", a.n,
-            a.sampler.kind, plan.count, batch, a.seed, be->name);
+    if (a.save_noise && rank == 0) write_npy_images(a.save_noise, x_T, a.n, &inf.cfg);
+    if (rank == 0)
+        fprintf(stderr, "sampling %d images: %s, %d steps, batch %d, seed %llu, backend %s%s\n",
+                a.n, a.sampler.kind, plan.count, batch, a.seed, be->name,
+                W > 1 ? ", chunks shared over the ranks" : "");
     float *images = xmalloc((size_t)a.n * D * sizeof(float));
     double started = now_seconds();
-    sample_images(inf.model, &plan, a.n, a.seed, x_T, images, 1);
-    fprintf(stderr, "sampled in %.1f s\n", now_seconds() - started);
-    write_outputs(a.out_dir, a.n, &inf.cfg, images);
+    sample_images_share(inf.model, &plan, a.n, a.seed, x_T, images, rank == 0, rank, W);
+    if (W > 1) gather_parts(dist, &a, &inf.cfg, images, batch, D);
+    if (rank == 0) {
+        fprintf(stderr, "sampled in %.1f s\n", now_seconds() - started);
+        write_outputs(a.out_dir, a.n, &inf.cfg, images);
+    }
     free(images);
+    dist_finalize(dist);
     free(x_T);
     sampler_plan_free(&plan);
     inference_free(&inf);

@@ -1,12 +1,17 @@
 /* `ddpm train`: sets up a run directory, trains with progress and CSV logging,
  * writes sample grids and checkpoints, and stops cleanly on SIGINT/SIGTERM with
- * a checkpoint of the last completed step. */
+ * a checkpoint of the last completed step.
+ *
+ * Under a launcher (dist.h) every rank trains its share of each batch; rank 0 alone
+ * logs, samples and writes checkpoints. A signal on any rank reaches all of them
+ * through the next step's statistics, so they stop after the same step. */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "dist.h"
 #include "image_io.h"
 #include "sample.h"
 #include "train.h"
@@ -152,54 +157,76 @@ static void resume_if_asked(Trainer *tr, int resume) {
 
 static int at_interval(long step, int every) { return every > 0 && step % every == 0; }
 
+static void announce(const Trainer *tr, const Config *cfg, const Backend *be) {
+    fprintf(stderr, "training %s on %s: %zu parameters, %d images, batch %d, %d steps, backend %s\n",
+            cfg->dataset, cfg->data_path, tr->model->num_parameters, tr->data.count,
+            cfg->batch_size, cfg->steps, be->name);
+    if (tr->world_size > 1 || tr->dist->ops.allreduce_mean_start)
+        fprintf(stderr, "data parallel: %d ranks (%s) x %d samples per step\n", tr->world_size,
+                tr->dist->env.launcher, tr->local_batch);
+}
+
+/* After each step: the log line, samples and checkpoints, on rank 0 only. */
+static int after_step(Trainer *tr, const StepResult *r, FILE *log, Interval *iv,
+                      long *saved_step) {
+    const Config *cfg = &tr->cfg;
+    long step = tr->progress.step;
+    if (tr->rank != 0) return 0;
+    if (r->skipped)
+        warn("step %ld: non-finite loss (%g) or gradient norm (%g); update skipped", step,
+             r->loss, r->grad_norm);
+    if (at_interval(step, cfg->log_every)) log_interval(log, tr, iv, r->lr);
+    if (at_interval(step, cfg->sample_every)) {
+        char name[64];
+        snprintf(name, sizeof name, "samples_%08ld.png", step);
+        write_samples(tr, name);
+    }
+    /* no checkpoints while steps are being skipped: the last one stays the last good one */
+    if (at_interval(step, cfg->ckpt_every) && tr->bad_streak == 0) {
+        *saved_step = step;
+        return save_checkpoint(tr);
+    }
+    return 0;
+}
+
 int train_main(const Config *cfg, const Backend *be, int resume) {
+    Dist *dist = dist_start(be, cfg->dist_timeout);
+    const int lead = dist->env.rank == 0;
     Dataset data;
     load_dataset(cfg, &data);
-    prepare_run_dir(cfg);
+    if (lead) prepare_run_dir(cfg);
     Trainer tr;
-    trainer_init(&tr, be, cfg, &data);
+    trainer_init(&tr, be, cfg, &data, dist);
     resume_if_asked(&tr, resume);
-    fprintf(stderr, "training %s on %s: %zu parameters, %d images, batch %d, %d steps, backend %s\n",
-            cfg->dataset, cfg->data_path, tr.model->num_parameters, tr.data.count,
-            cfg->batch_size, cfg->steps, be->name);
+    if (lead) announce(&tr, cfg, be);
     signal(SIGINT, request_stop);
     signal(SIGTERM, request_stop);
-    FILE *log = open_log(cfg);
+    FILE *log = lead ? open_log(cfg) : NULL;
     Interval iv = {.started = now_seconds()};
-    int status = 0;
+    int status = 0, agreed_stop = 0;
     long saved_step = -1;
-    while (tr.progress.step < cfg->steps && !stop_requested) {
+    while (tr.progress.step < cfg->steps && !agreed_stop) {
+        tr.stop_requested = stop_requested != 0;
         StepResult r = trainer_step(&tr);
+        agreed_stop = r.stop;
         interval_add(&iv, &r, cfg->batch_size, cfg->timesteps);
-        long step = tr.progress.step;
-        if (r.skipped)
-            warn("step %ld: non-finite loss (%g) or gradient norm (%g); update skipped", step,
-                 r.loss, r.grad_norm);
+        if (after_step(&tr, &r, log, &iv, &saved_step) != 0) status = 1;
         if (tr.bad_streak >= cfg->max_bad_steps) {
-            fprintf(stderr, "ddpm: %d consecutive non-finite steps (at step %ld): stopping; the "
-                            "last checkpoint in %s is kept\n", tr.bad_streak, step, cfg->out_dir);
+            if (lead)
+                fprintf(stderr, "ddpm: %d consecutive non-finite steps (at step %ld): stopping; "
+                        "the last checkpoint in %s is kept\n", tr.bad_streak, tr.progress.step,
+                        cfg->out_dir);
             status = 3;
             break;
         }
-        if (at_interval(step, cfg->log_every)) log_interval(log, &tr, &iv, r.lr);
-        if (at_interval(step, cfg->sample_every)) {
-            char name[64];
-            snprintf(name, sizeof name, "samples_%08ld.png", step);
-            write_samples(&tr, name);
-        }
-        /* no checkpoints while steps are being skipped: the last one stays the last good one */
-        if (at_interval(step, cfg->ckpt_every) && tr.bad_streak == 0) {
-            if (save_checkpoint(&tr) != 0) status = 1;
-            saved_step = step;
-        }
     }
-    fclose(log);
-    if (status != 3) {
-        if (stop_requested) fprintf(stderr, "stopping at step %ld on signal %d\n",
-                                    tr.progress.step, (int)stop_requested);
+    if (log) fclose(log);
+    if (status != 3 && lead) {
+        if (agreed_stop) fprintf(stderr, "stopping at step %ld on a signal\n", tr.progress.step);
         if (tr.progress.step != saved_step && save_checkpoint(&tr) != 0) status = 1;
-        if (!stop_requested) write_samples(&tr, "samples.png");
+        if (!agreed_stop) write_samples(&tr, "samples.png");
     }
     trainer_free(&tr);
+    dist_finalize(dist);
     return status;
 }

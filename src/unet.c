@@ -361,6 +361,34 @@ static void plan_gradient_sums(UNet *m) {
     free(reached);
 }
 
+/* End of the highest gradient range node writes (0 if it has no parameters). */
+static size_t node_params_end(const UNet *m, const Node *node) {
+    size_t end = 0;
+    for (int j = 0; j < 2; j++) {
+        if (node->param[j] < 0) continue;
+        const ParamInfo *p = &m->params[node->param[j]];
+        /* the fused qkv projection writes its three registered weights (or biases) */
+        size_t numel = node->op == OP_LINEAR ? (j == 0 ? (size_t)node->n * node->k
+                                                       : (size_t)node->n)
+                                             : p->numel;
+        if (p->offset + numel > end) end = p->offset + numel;
+    }
+    return end;
+}
+
+/* Backward runs nodes n-1 .. 0, and each gradient is written by one node only: after
+ * node i, the gradients no earlier node writes are final, i.e. those at or above the
+ * highest end written by nodes 0 .. i-1. */
+static void plan_final_gradients(UNet *m) {
+    m->final_from = xmalloc((size_t)(m->n_nodes > 0 ? m->n_nodes : 1) * sizeof(size_t));
+    size_t highest = 0;
+    for (int i = 0; i < m->n_nodes; i++) {
+        m->final_from[i] = highest;
+        size_t end = node_params_end(m, &m->nodes[i]);
+        if (end > highest) highest = end;
+    }
+}
+
 UNet *unet_create(const Backend *be, const Config *cfg, int max_batch) {
     UNet *m = xcalloc(1, sizeof *m);
     m->be = be;
@@ -375,6 +403,7 @@ UNet *unet_create(const Backend *be, const Config *cfg, int max_batch) {
     m->training = 1;
     build(m, cfg);
     plan_gradient_sums(m);
+    plan_final_gradients(m);
     size_t floats = plan_arena(m);
     m->arena = be->alloc(floats * sizeof(float));
     bind_arena(m);
@@ -393,6 +422,7 @@ void unet_free(UNet *m) {
     be->release(m->weights);
     be->release(m->grads);
     be->release(m->timesteps);
+    free(m->final_from);
     free(m->nodes);
     free(m->tensors);
     free(m->params);
@@ -526,7 +556,10 @@ void unet_forward(UNet *m, int n, RngKey dropout_key) {
 }
 
 void unet_backward(UNet *m, int n, RngKey dropout_key) {
-    for (int i = m->n_nodes - 1; i >= 0; i--) backward_node(m, &m->nodes[i], n, dropout_key);
+    for (int i = m->n_nodes - 1; i >= 0; i--) {
+        backward_node(m, &m->nodes[i], n, dropout_key);
+        if (m->grads_ready) m->grads_ready(m->grads_ready_ctx, m->final_from[i]);
+    }
 }
 
 float *unet_input(UNet *m) { return m->tensors[m->input].data; }
@@ -575,7 +608,7 @@ void unet_init_weights(UNet *m, uint64_t seed, float *host_weights) {
     for (int i = 0; i < m->n_params; i++) {
         const ParamInfo *p = &m->params[i];
         torch_order = realloc(torch_order, p->numel * sizeof(float));
-        RngKey key = {seed, RNG_STREAM_INIT, (uint32_t)i};
+        RngKey key = {seed, RNG_STREAM_INIT, (uint32_t)i, 0};
         float bound = p->fan_in ? 1.0f / sqrtf((float)p->fan_in) : 0.0f;
         for (size_t e = 0; e < p->numel; e++)
             torch_order[e] = p->fan_in ? bound * (2.0f * philox_uniform(key, 0, e) - 1.0f)

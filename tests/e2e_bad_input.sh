@@ -45,7 +45,7 @@ expect_error "4-byte checkpoint" "$WORK/tiny.safetensors" "$DDPM" sample --ckpt 
 expect_error "bad header length" "$WORK/len.safetensors" "$DDPM" sample --ckpt "$WORK/len.safetensors" --out "$WORK/s"
 { head -c 8 "$ckpt"; printf '{"broken'; tail -c +18 "$ckpt"; } >"$WORK/json.safetensors"
 expect_error "bad header JSON" "$WORK/json.safetensors" "$DDPM" sample --ckpt "$WORK/json.safetensors" --out "$WORK/s"
-/usr/bin/python3 - "$ckpt" "$WORK/offsets.safetensors" <<'PY'
+"$PY" - "$ckpt" "$WORK/offsets.safetensors" <<'PY'
 import json, struct, sys
 data = open(sys.argv[1], "rb").read()
 n = struct.unpack("<Q", data[:8])[0]
@@ -74,7 +74,7 @@ ok
 last=$(ls "$WORK/nan"/ckpt_*.safetensors | tail -1)
 "$DDPM" sample --ckpt "$last" --n 1 --out "$WORK/s2" 2>/dev/null >/dev/null
 [ $? -lt 128 ] || fail "the last checkpoint of the stopped run does not load"
-/usr/bin/python3 - "$last" <<'PY' || fail "last checkpoint unreadable"
+"$PY" - "$last" <<'PY' || fail "last checkpoint unreadable"
 import json, struct, sys
 data = open(sys.argv[1], "rb").read()
 n = struct.unpack("<Q", data[:8])[0]

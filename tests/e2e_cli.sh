@@ -38,7 +38,7 @@ ckpt="$run/ckpt_00000003.safetensors"
 "$DDPM" sample --ckpt "$ckpt" --n 3 --out "$WORK/s2" --seed 5 --batch 2 2>/dev/null || fail "sample"
 "$DDPM" sample --ckpt "$ckpt" --n 3 --out "$WORK/s3" --seed 6 2>/dev/null || fail "sample"
 [ -s "$WORK/s1/samples.png" ] || fail "sample grid"
-/usr/bin/python3 - "$WORK" <<'PY' || fail "samples.npz"
+"$PY" - "$WORK" <<'PY' || fail "samples.npz"
 import sys, numpy as np
 w = sys.argv[1]
 a, c = (np.load(f"{w}/{d}/samples.npz")["arr_0"] for d in ("s1", "s3"))

@@ -10,7 +10,7 @@ mkdir -p "$WORK/a" "$WORK/b"
 (cd "$WORK/a" && "$DDPM" train "${args[@]}" steps=16 2>/dev/null) || fail "16-step run"
 (cd "$WORK/b" && "$DDPM" train "${args[@]}" steps=8 sample_n=0 2>/dev/null) || fail "8-step run"
 (cd "$WORK/b" && "$DDPM" train "${args[@]}" steps=16 sample_n=0 --resume 2>/dev/null) || fail "resume"
-/usr/bin/python3 - "$WORK/a/run/ckpt_00000016.safetensors" "$WORK/b/run/ckpt_00000016.safetensors" <<'PY' || fail "resumed hybrid run differs"
+"$PY" - "$WORK/a/run/ckpt_00000016.safetensors" "$WORK/b/run/ckpt_00000016.safetensors" <<'PY' || fail "resumed hybrid run differs"
 import json, struct, sys
 def tensors(path):
     data = open(path, "rb").read()
@@ -43,7 +43,7 @@ ok
 
 "$DDPM" invert --ckpt "$ckpt" --images "$WORK/xT.npy" --out "$WORK/inv.npy" --steps 5 2>/dev/null ||
     fail "invert"
-/usr/bin/python3 -c "import numpy, sys; a = numpy.load(sys.argv[1]); assert a.shape == (3, 32, 32, 1) and a.dtype == numpy.float32 and numpy.isfinite(a).all()" "$WORK/inv.npy" ||
+"$PY" -c "import numpy, sys; a = numpy.load(sys.argv[1]); assert a.shape == (3, 32, 32, 1) and a.dtype == numpy.float32 and numpy.isfinite(a).all()" "$WORK/inv.npy" ||
     fail "inverted x_T"
 ok
 
@@ -51,7 +51,7 @@ test_set=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 out=$("$DDPM" eval --ckpt "$ckpt" --data "$test_set" --n 4 --csv "$WORK/terms.csv" 2>/dev/null) || fail "eval"
 grep -q "bound (every timestep): [0-9.]* bits/dim" <<<"$out" || fail "eval output: $out"
 [ "$(wc -l <"$WORK/terms.csv")" -eq 12 ] || fail "terms CSV: prior + 10 timesteps + header"
-/usr/bin/python3 - "$WORK/terms.csv" "$out" <<'PY' || fail "the CSV terms do not sum to the bound"
+"$PY" - "$WORK/terms.csv" "$out" <<'PY' || fail "the CSV terms do not sum to the bound"
 import csv, re, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
 total = sum(float(r["bits_per_dim"]) for r in rows)

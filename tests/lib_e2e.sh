@@ -3,6 +3,8 @@ set -u
 DDPM=$(realpath "${DDPM:-bin/ddpm}")
 ROOT=$(pwd)
 FASHION=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# Debian's python3 with python3-numpy; DDPM_TEST_PYTHON names another (a GPU machine's).
+PY=${DDPM_TEST_PYTHON:-/usr/bin/python3}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 checks=0

@@ -1,5 +1,7 @@
-/* The CUDA backend's convolution plan cache and explicit-padding geometry
- * (kernels/conv_algo_cache.h): plain host code, checked on any machine. */
+/* The CUDA backend's convolution plan cache, explicit-padding geometry and the
+ * transposed backward-data method's geometry and weight map (kernels/conv_algo_cache.h):
+ * plain host code, checked on any machine. */
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -189,10 +191,231 @@ static void test_choices_file(void) {
     free(cache);
 }
 
+/* ---- the transposed backward-data method ---- */
+
+/* stride 1, padding (pad_h, pad_w) on both sides, kernels and images possibly not square */
+static ConvShape shape_hw(int n, int h, int w, int c, int oc, int kh, int kw, int pad_h,
+                          int pad_w) {
+    ConvShape s = {.n = n, .h = h, .w = w, .c = c, .oc = oc, .kh = kh, .kw = kw, .stride = 1,
+                   .pad_top = pad_h, .pad_left = pad_w, .pad_bottom = pad_h,
+                   .pad_right = pad_w};
+    conv_shape_finish(&s);
+    return s;
+}
+
+static void test_transposed_applies(void) {
+    CHECK(conv_transposed_applies(&(ConvShape){.stride = 1, .kh = 3, .kw = 3, .pad_top = 1,
+                                               .pad_left = 1, .pad_bottom = 1, .pad_right = 1}),
+          "3x3 pad 1 stride 1");
+    ConvShape s = shape(2, 8, 4, 6, 3, 1, 1, 1);
+    CHECK(conv_transposed_applies(&s), "3x3 same");
+    s = shape(2, 8, 4, 6, 1, 1, 0, 0);
+    CHECK(conv_transposed_applies(&s), "1x1");
+    s = shape(2, 8, 4, 6, 3, 1, 0, 0);
+    CHECK(conv_transposed_applies(&s), "3x3 pad 0 (valid)");
+    s = shape(2, 8, 4, 6, 3, 1, 2, 2);
+    CHECK(conv_transposed_applies(&s), "3x3 pad 2 = K - 1");
+    s = shape(2, 8, 4, 6, 3, 1, 3, 3);
+    CHECK(!conv_transposed_applies(&s), "pad 3 > K - 1: the transposed padding would be < 0");
+    s = shape(2, 8, 4, 6, 3, 2, 1, 1);
+    CHECK(!conv_transposed_applies(&s), "stride 2");
+    s = shape(2, 8, 4, 6, 3, 2, 0, 1);
+    CHECK(!conv_transposed_applies(&s), "the downsampling conv");
+    s = shape(2, 8, 4, 6, 3, 1, 0, 1);
+    CHECK(!conv_transposed_applies(&s), "asymmetric padding at stride 1");
+    s = shape_hw(2, 7, 9, 4, 6, 3, 1, 1, 0);
+    CHECK(conv_transposed_applies(&s), "3x1 kernel, pad (1, 0)");
+    s = shape_hw(2, 7, 9, 4, 6, 3, 1, 1, 1);
+    CHECK(!conv_transposed_applies(&s), "3x1 kernel, pad 1 across a width-1 kernel");
+}
+
+/* The transposed shape maps dy back to dx's size, and its padding is K - 1 - p. */
+static void test_transposed_shape(void) {
+    const ConvShape cases[] = {shape(4, 8, 5, 7, 3, 1, 1, 1), shape(2, 6, 3, 9, 1, 1, 0, 0),
+                               shape(2, 9, 4, 4, 3, 1, 0, 0), shape(3, 5, 2, 6, 3, 1, 2, 2),
+                               shape_hw(2, 7, 9, 4, 6, 3, 1, 1, 0),
+                               shape_hw(2, 6, 10, 3, 5, 5, 3, 1, 2)};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const ConvShape *s = &cases[i];
+        ConvShape t = conv_transposed_shape(s);
+        const int oh = t.oh, ow = t.ow;
+        conv_shape_finish(&t);   /* what cuDNN computes from the transposed geometry */
+        CHECK(t.oh == oh && t.ow == ow && t.oh == s->h && t.ow == s->w,
+              "case %zu: transposed output %dx%d (recorded %dx%d), input %dx%d", i, t.oh, t.ow,
+              oh, ow, s->h, s->w);
+        CHECK(t.n == s->n && t.h == s->oh && t.w == s->ow && t.c == s->oc && t.oc == s->c &&
+                  t.kh == s->kh && t.kw == s->kw && t.stride == 1,
+              "case %zu: dy (N, OH, OW, OC) in, dx (N, H, W, C) out", i);
+        CHECK(t.pad_top == s->kh - 1 - s->pad_top && t.pad_bottom == t.pad_top &&
+                  t.pad_left == s->kw - 1 - s->pad_left && t.pad_right == t.pad_left &&
+                  !conv_needs_explicit_padding(&t),
+              "case %zu: symmetric padding K - 1 - p", i);
+    }
+}
+
+/* Small integers: every sum below is exact in float, so the two ways must agree bit
+ * for bit whatever their order of additions. */
+static float *small_integers(size_t n, unsigned seed) {
+    float *v = malloc(n * sizeof(float));
+    unsigned state = seed * 2654435761u + 1;
+    for (size_t i = 0; i < n; i++) {
+        state = state * 1103515245u + 12345u;
+        v[i] = (float)((int)(state >> 16 & 7) - 3);
+    }
+    return v;
+}
+
+/* y (N, OH, OW, OC) = the correlation of x with w (OC, KH, KW, C), zeros outside x */
+static void reference_forward(float *y, const float *x, const float *w, const ConvShape *s) {
+    for (int b = 0; b < s->n; b++)
+        for (int oy = 0; oy < s->oh; oy++)
+            for (int ox = 0; ox < s->ow; ox++)
+                for (int o = 0; o < s->oc; o++) {
+                    float sum = 0.0f;
+                    for (int ky = 0; ky < s->kh; ky++)
+                        for (int kx = 0; kx < s->kw; kx++) {
+                            const int iy = oy * s->stride - s->pad_top + ky;
+                            const int ix = ox * s->stride - s->pad_left + kx;
+                            if (iy < 0 || iy >= s->h || ix < 0 || ix >= s->w) continue;
+                            for (int c = 0; c < s->c; c++)
+                                sum += x[((size_t)(b * s->h + iy) * s->w + ix) * s->c + c] *
+                                       w[((size_t)(o * s->kh + ky) * s->kw + kx) * s->c + c];
+                        }
+                    y[((size_t)(b * s->oh + oy) * s->ow + ox) * s->oc + o] = sum;
+                }
+}
+
+/* dx (N, H, W, C): each dy element sent back along the weights to the inputs it read,
+ * straight from the definition of the forward (not the gather the identity gives). */
+static void reference_backward_data(float *dx, const float *dy, const float *w,
+                                    const ConvShape *s) {
+    memset(dx, 0, (size_t)s->n * s->h * s->w * s->c * sizeof(float));
+    for (int b = 0; b < s->n; b++)
+        for (int oy = 0; oy < s->oh; oy++)
+            for (int ox = 0; ox < s->ow; ox++)
+                for (int o = 0; o < s->oc; o++) {
+                    const float g = dy[((size_t)(b * s->oh + oy) * s->ow + ox) * s->oc + o];
+                    for (int ky = 0; ky < s->kh; ky++)
+                        for (int kx = 0; kx < s->kw; kx++) {
+                            const int iy = oy * s->stride - s->pad_top + ky;
+                            const int ix = ox * s->stride - s->pad_left + kx;
+                            if (iy < 0 || iy >= s->h || ix < 0 || ix >= s->w) continue;
+                            for (int c = 0; c < s->c; c++)
+                                dx[((size_t)(b * s->h + iy) * s->w + ix) * s->c + c] +=
+                                    g * w[((size_t)(o * s->kh + ky) * s->kw + kx) * s->c + c];
+                        }
+                }
+}
+
+/* Backward data = the forward conv of dy with W' (conv_transposed_weight_source) on the
+ * transposed shape: the identity the CUDA backend relies on, on the CPU. */
+static void check_transposed_identity(const char *name, const ConvShape *s) {
+    const size_t x_n = (size_t)s->n * s->h * s->w * s->c, y_n = (size_t)s->n * s->oh * s->ow * s->oc;
+    const size_t w_n = (size_t)s->oc * s->kh * s->kw * s->c;
+    float *dy = small_integers(y_n, 1), *w = small_integers(w_n, 2);
+    float *wt = malloc(w_n * sizeof(float));
+    float *expected = malloc(x_n * sizeof(float)), *got = malloc(x_n * sizeof(float));
+    int is_permutation = 1;
+    char *seen = calloc(w_n, 1);
+    for (size_t i = 0; i < w_n; i++) {
+        const size_t from = conv_transposed_weight_source(i, s->c, s->kh, s->kw, s->oc);
+        if (from >= w_n || seen[from]) is_permutation = 0;
+        else seen[from] = 1;
+        wt[i] = from < w_n ? w[from] : NAN;
+    }
+    CHECK(is_permutation, "%s: W' takes every weight once", name);
+    reference_backward_data(expected, dy, w, s);
+    const ConvShape t = conv_transposed_shape(s);
+    reference_forward(got, dy, wt, &t);
+    size_t differ = 0;
+    for (size_t i = 0; i < x_n; i++) differ += got[i] != expected[i];
+    CHECK(differ == 0, "%s: the transposed forward differs from backward data in %zu of %zu",
+          name, differ, x_n);
+    free(dy);
+    free(w);
+    free(wt);
+    free(expected);
+    free(got);
+    free(seen);
+}
+
+static void test_transposed_identity(void) {
+    ConvShape s = shape(2, 6, 5, 7, 3, 1, 1, 1);
+    check_transposed_identity("3x3 pad 1, C 5 != OC 7", &s);
+    s = shape(3, 5, 7, 4, 1, 1, 0, 0);
+    check_transposed_identity("1x1 pad 0", &s);
+    s = shape(2, 7, 3, 4, 3, 1, 0, 0);
+    check_transposed_identity("3x3 pad 0", &s);
+    s = shape(2, 4, 3, 2, 3, 1, 2, 2);
+    check_transposed_identity("3x3 pad 2", &s);
+    s = shape_hw(2, 5, 8, 3, 4, 3, 1, 1, 0);
+    check_transposed_identity("3x1 kernel on 5x8", &s);
+    s = shape_hw(1, 6, 7, 2, 3, 5, 3, 2, 1);
+    check_transposed_identity("5x3 kernel, pad (2, 1), on 6x7", &s);
+}
+
+/* W' has its own aligned share of the workspace, only with the transposed method. */
+static void test_transposed_workspace(void) {
+    ConvShape s = shape(2, 8, 5, 7, 3, 1, 1, 1);
+    const size_t weight = conv_transposed_weight_bytes(&s);
+    CHECK(weight == conv_align((size_t)7 * 3 * 3 * 5 * sizeof(float)), "W' bytes %zu", weight);
+    ConvAlgoEntry e = {.algo = {1, 1, 1}, .algo_bytes = {100, 5000, 300}};
+    CHECK(conv_entry_fixed_bytes(&e, &s) == 0, "cuDNN's backward data: no fixed part");
+    e.algo[CONV_BACKWARD_DATA] = conv_bwd_data_transposed(1);
+    CHECK(conv_bwd_data_is_transposed(e.algo[CONV_BACKWARD_DATA]) &&
+              conv_transposed_forward_algo(e.algo[CONV_BACKWARD_DATA]) == 1,
+          "the encoding round-trips");
+    CHECK(!conv_bwd_data_is_transposed(0) && !conv_bwd_data_is_transposed(5) &&
+              conv_bwd_data_is_transposed(conv_bwd_data_transposed(0)),
+          "cuDNN's own algorithm numbers are not the transposed method");
+    CHECK(conv_entry_fixed_bytes(&e, &s) == weight, "fixed part = W'");
+    CHECK(conv_entry_workspace_bytes(&e, &s) == weight + 5000, "W' + the largest: %zu",
+          conv_entry_workspace_bytes(&e, &s));
+    ConvShape down = shape(2, 8, 4, 4, 3, 2, 0, 1);
+    e.algo[CONV_BACKWARD_DATA] = 1;
+    CHECK(conv_entry_fixed_bytes(&e, &down) == conv_padded_input_bytes(&down),
+          "explicit padding alone");
+}
+
+/* A transposed choice goes through the file and back, and leads to its prepared entry. */
+static void test_transposed_choice(void) {
+    ConvShape s = shape(128, 32, 256, 256, 3, 1, 1, 1);
+    ConvAlgoEntry e = {.algo = {0, conv_bwd_data_transposed(1), 1}, .math = {3, 3, 3}};
+    e.key = conv_key(&s);
+    char line[256];
+    conv_algo_line_format(line, sizeof line, &e);
+    ConvAlgoEntry back;
+    CHECK(conv_algo_line_parse(line, &back) && back.algo[CONV_BACKWARD_DATA] == 1001 &&
+              memcmp(back.algo, e.algo, sizeof e.algo) == 0,
+          "a transposed choice round-trips: %s", line);
+    CHECK(conv_algo_line_parse("128 32 32 256 256 3 3 1 1 1 1 1  0 0 1  3 3 3\n", &back) &&
+              back.algo[CONV_BACKWARD_DATA] == 0 &&
+              !conv_bwd_data_is_transposed(back.algo[CONV_BACKWARD_DATA]),
+          "a line of the old kind still parses, as cuDNN's backward data");
+
+    ConvAlgoCache *cache = calloc(1, sizeof *cache);
+    ConvAlgoEntry *prepared = conv_algo_cache_add(cache, &s);
+    memcpy(prepared->algo, e.algo, sizeof e.algo);
+    ConvShape run = s;
+    run.n = 1;
+    memcpy(run.algo, e.algo, sizeof e.algo);
+    CHECK(conv_algo_cache_find_prepared(cache, &run) == prepared,
+          "a smaller batch finds its transposed parent");
+    run.algo[CONV_BACKWARD_DATA] = 1;
+    CHECK(conv_algo_cache_find_prepared(cache, &run) == NULL,
+          "cuDNN's algorithm 1 is not the transposed method with forward algorithm 1");
+    free(cache);
+}
+
 int main(void) {
     test_padding_geometry();
     test_workspace_size();
     test_lookup();
     test_choices_file();
+    test_transposed_applies();
+    test_transposed_shape();
+    test_transposed_identity();
+    test_transposed_workspace();
+    test_transposed_choice();
     return test_summary("conv_algo_cache");
 }

@@ -16,7 +16,7 @@
 #define FD_ATOL 1e-2
 #define FD_MAX_SCORE 1e-2
 
-static const RngKey data_key = {12345, 99, 0};
+static const RngKey data_key = {12345, 99, 0, 0};
 
 static float *new_floats(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
 
@@ -344,7 +344,7 @@ static void test_add_bias(void) {
 }
 
 static void test_dropout(void) {
-    RngKey key = {42, RNG_STREAM_DROPOUT + 3, 17};
+    RngKey key = {42, RNG_STREAM_DROPOUT + 3, 17, 0};
     int n = 3, hw = 7, c = 45;  /* 315 per sample: over one 256-element run, not a multiple of 4 */
     size_t per = (size_t)hw * c, total = (size_t)n * per;
     EltCase e = {.x = random_floats(total, 0.5f, 1.5f, 18), .dy = random_floats(total, -1, 1, 19),
@@ -517,7 +517,7 @@ static void test_q_sample(void) {
     static QSampleCase q;
     qsample_case_init(&q);
     size_t per = QS_H * QS_W * QS_C, total = QS_N * per;
-    RngKey flip_key = {7, RNG_STREAM_FLIP, 3}, eps_key = {7, RNG_STREAM_EPS, 3};
+    RngKey flip_key = {7, RNG_STREAM_FLIP, 3, 0}, eps_key = {7, RNG_STREAM_EPS, 3, 0};
     float *x_t = new_floats(total), *target = new_floats(total);
     float *ex = new_floats(per), *et = new_floats(per);
     float *x0 = new_floats(total);
@@ -599,7 +599,7 @@ static void test_mse(void) {
 static void test_sample_update(void) {
     int n = 3;
     size_t d = 101, total = n * d;
-    RngKey z_key = {5, RNG_STREAM_SAMPLE_Z, 500};
+    RngKey z_key = {5, RNG_STREAM_SAMPLE_Z, 500, 0};
     float *x0_init = random_floats(total, -2, 2, 40), *out = random_floats(total, -3, 3, 41);
     float *x = new_floats(total);
 
@@ -651,7 +651,7 @@ static void test_sample_update(void) {
 static void test_philox_moments(void) {
     int n = 4;
     size_t d = 250000, total = n * d;
-    RngKey key = {2024, RNG_STREAM_SAMPLE_XT, 0};
+    RngKey key = {2024, RNG_STREAM_SAMPLE_XT, 0, 0};
     float *z = new_floats(total);
     cpu_normal_fill(z, n, d, key);
     int exact = 1;

@@ -5,7 +5,8 @@
  * gradient it reads, shows up), runs the op on both and compares: relative error
  * (max |gpu - cpu| / max |cpu|) at most 1e-5 in strict fp32 (DDPM_TF32 is unset
  * here). Backward ops run with beta 0 (poisoned gradient) and beta 1 (the same
- * random gradient on both). The noise of the fused ops is checked to be the CPU's:
+ * random gradient on both). Convolutions also run prepared at a larger batch than
+ * they run at, and with each backward-data method forced (DDPM_CONV_BWD_DATA). The noise of the fused ops is checked to be the CPU's:
  * dropout masks exactly, Gaussian draws to 1e-6 (the device's logf/sinf/cosf may
  * differ from glibc's in the last ulp).
  *
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/conv_algo_cache.h"
 #include "backend.h"
 #include "testing.h"
 #include "util.h"
@@ -59,7 +61,7 @@ static void upload(void *const at[2], const void *host, size_t bytes) {
 static Pair pair_random(size_t n, uint32_t seed, float lo, float hi) {
     Pair p = pair_alloc(n);
     float *host = xmalloc(n * sizeof(float));
-    RngKey key = {0x5eed, 77, seed};
+    RngKey key = {0x5eed, 77, seed, 0};
     for (size_t i = 0; i < n; i++) host[i] = lo + (hi - lo) * philox_uniform(key, 0, i);
     upload((void *const *)p.at, host, n * sizeof(float));
     free(host);
@@ -106,7 +108,31 @@ typedef struct {
     const char *name;
     int n, run_n, h, c, oc, k, stride, pad_lo, pad_hi;
     int bias, bias_grad, input_grad;
+    const char *bwd_data;   /* DDPM_CONV_BWD_DATA while the GPU prepares it, or NULL */
 } ConvCase;
+
+/* Prepares both sides; the GPU's under DDPM_CONV_BWD_DATA=method when one is given
+ * (the variable is read when a shape is first prepared), restored afterwards. */
+static void prepare_both(ConvShape shapes[2], const char *method) {
+    const char *outer = getenv("DDPM_CONV_BWD_DATA");
+    char *saved = outer ? strdup(outer) : NULL;
+    if (method) setenv("DDPM_CONV_BWD_DATA", method, 1);
+    for (int side = CPU; side <= GPU; side++) be[side]->conv2d_prepare(&shapes[side]);
+    if (saved) setenv("DDPM_CONV_BWD_DATA", saved, 1);
+    else unsetenv("DDPM_CONV_BWD_DATA");
+    free(saved);
+}
+
+/* A forced method is used where it applies; elsewhere cuDNN's backward data is. */
+static void expect_bwd_data_method(const ConvCase *cc, const ConvShape *gpu_shape) {
+    if (!cc->bwd_data) return;
+    const int want =
+        strcmp(cc->bwd_data, "transposed") == 0 && conv_transposed_applies(gpu_shape);
+    const int got = conv_bwd_data_is_transposed(gpu_shape->algo[CONV_BACKWARD_DATA]);
+    if (dry_run) needs_gpu++;
+    else CHECK(got == want, "conv %s: backward data by %s, expected %s", cc->name,
+               got ? "the transposed method" : "cuDNN", want ? "the transposed method" : "cuDNN");
+}
 
 static void test_conv(const ConvCase *cc) {
     ConvShape s = {.n = cc->n, .h = cc->h, .w = cc->h, .c = cc->c, .oc = cc->oc, .kh = cc->k,
@@ -114,9 +140,10 @@ static void test_conv(const ConvCase *cc) {
                    .pad_left = cc->pad_lo, .pad_bottom = cc->pad_hi, .pad_right = cc->pad_hi};
     conv_shape_finish(&s);
     ConvShape shapes[2] = {s, s};
+    prepare_both(shapes, cc->bwd_data);
+    expect_bwd_data_method(cc, &shapes[GPU]);
     void *workspace[2];
     for (int side = CPU; side <= GPU; side++) {
-        be[side]->conv2d_prepare(&shapes[side]);
         shapes[side].n = cc->run_n;   /* as the U-Net runs a prepared conv on a smaller batch */
         workspace[side] = be[side]->alloc(shapes[side].workspace_bytes);
     }
@@ -145,18 +172,36 @@ static void test_conv(const ConvCase *cc) {
     for (int side = CPU; side <= GPU; side++) be[side]->release(workspace[side]);
 }
 
+/* Each case's shape (batch included) is its own: the plan cache keeps the first choice
+ * made for a shape, so a forced method must not meet a shape prepared before. */
 static void test_convs(void) {
+    static const char T[] = "transposed", CUDNN[] = "cudnn";
     static const ConvCase cases[] = {
-        /* name            n run h   c  oc k s lo hi bias db dx */
-        {"3x3",            2, 2, 8,  8, 16, 3, 1, 1, 1, 1, 1, 1},
-        {"3x3 in=3",       2, 2, 8,  3,  8, 3, 1, 1, 1, 1, 1, 0},
-        {"3x3 out=3",      2, 2, 8, 16,  3, 3, 1, 1, 1, 1, 1, 1},
-        {"1x1 shortcut",   2, 2, 8, 16,  8, 1, 1, 0, 0, 1, 1, 1},
-        {"downsample",     2, 2, 8,  8,  8, 3, 2, 0, 1, 1, 1, 1},
-        {"3x3 smaller n",  4, 2, 8,  8, 16, 3, 1, 1, 1, 1, 1, 1},
-        {"down smaller n", 4, 3, 8,  8,  8, 3, 2, 0, 1, 1, 1, 1},
-        {"3x3 no bias",    2, 2, 8,  8,  8, 3, 1, 1, 1, 0, 0, 1},
-        {"3x3 16x16 c32",  3, 3, 16, 32, 32, 3, 1, 1, 1, 1, 1, 1},
+        /* name                  n run h   c  oc k s lo hi bias db dx  bwd data */
+        {"3x3",                  2, 2, 8,  8, 16, 3, 1, 1, 1, 1, 1, 1, NULL},
+        {"3x3 in=3",             2, 2, 8,  3,  8, 3, 1, 1, 1, 1, 1, 0, NULL},
+        {"3x3 out=3",            2, 2, 8, 16,  3, 3, 1, 1, 1, 1, 1, 1, NULL},
+        {"1x1 shortcut",         2, 2, 8, 16,  8, 1, 1, 0, 0, 1, 1, 1, NULL},
+        {"downsample",           2, 2, 8,  8,  8, 3, 2, 0, 1, 1, 1, 1, NULL},
+        {"3x3 smaller n",        4, 2, 8,  8, 16, 3, 1, 1, 1, 1, 1, 1, NULL},
+        {"down smaller n",       4, 3, 8,  8,  8, 3, 2, 0, 1, 1, 1, 1, NULL},
+        {"3x3 no bias",          2, 2, 8,  8,  8, 3, 1, 1, 1, 0, 0, 1, NULL},
+        {"3x3 16x16 c32",        3, 3, 16, 32, 32, 3, 1, 1, 1, 1, 1, 1, NULL},
+        /* prepared at batch 2, run at 1 (`ddpm sample --n 3 --batch 2` died on the first) */
+        {"3x3 oc=1 batch 2->1",  2, 1, 32, 16,  1, 3, 1, 1, 1, 1, 1, 1, NULL},
+        {"3x3 batch 2->1",       2, 1, 12, 16, 16, 3, 1, 1, 1, 1, 1, 1, NULL},
+        /* backward data as the forward conv of dy with W' */
+        {"3x3 transposed",       3, 3, 10,  8, 12, 3, 1, 1, 1, 1, 1, 1, T},
+        {"3x3 transposed c>oc",  2, 2, 9,  16,  6, 3, 1, 1, 1, 1, 1, 1, T},
+        {"1x1 transposed",       2, 2, 8,  12, 20, 1, 1, 0, 0, 1, 1, 1, T},
+        {"3x3 pad 0 transposed", 2, 2, 10,  4,  6, 3, 1, 0, 0, 1, 1, 1, T},
+        {"3x3 pad 2 transposed", 2, 2, 7,   5,  3, 3, 1, 2, 2, 1, 1, 1, T},
+        {"transposed 3->1",      3, 1, 12,  8, 16, 3, 1, 1, 1, 1, 1, 1, T},
+        {"1x1 transposed 2->1",  2, 1, 6,  24,  8, 1, 1, 0, 0, 1, 1, 1, T},
+        /* where it does not apply, cuDNN's backward data runs instead */
+        {"down, transposed asked", 2, 2, 10, 8, 8, 3, 2, 0, 1, 1, 1, 1, T},
+        {"stride 1 asymmetric, transposed asked", 2, 2, 9, 6, 6, 3, 1, 0, 1, 1, 1, 1, T},
+        {"3x3 cudnn forced",     2, 2, 11,  8, 12, 3, 1, 1, 1, 1, 1, 1, CUDNN},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_conv(&cases[i]);
 }
@@ -240,7 +285,7 @@ static void test_dropout(void) {
     const int n = 3;
     const size_t per_sample = 7 * 5 * 3;   /* not a multiple of 4 */
     const size_t count = n * per_sample;
-    RngKey key = {42, RNG_STREAM_DROPOUT + 5, 9};
+    RngKey key = {42, RNG_STREAM_DROPOUT + 5, 9, 0};
     Pair x = pair_random(count, 40, -1, 1), y = pair_poisoned(count);
     for (int side = CPU; side <= GPU; side++)
         be[side]->dropout_forward(y.at[side], x.at[side], n, per_sample, 0.3f, key);
@@ -365,7 +410,7 @@ static void test_q_sample(void) {
     const int n = 4, h = 6, w = 5, c = 3, T = 1000;
     const size_t per_sample = (size_t)h * w * c, count = n * per_sample;
     uint8_t *images = xmalloc(count);
-    RngKey pixel_key = {7, 99, 0};
+    RngKey pixel_key = {7, 99, 0, 0};
     for (size_t i = 0; i < count; i++) images[i] = (uint8_t)(philox_word(pixel_key, 0, i) >> 24);
     const int32_t t[4] = {0, 17, 500, 999};
     float sqrt_ac[1000], sqrt_1m_ac[1000];
@@ -385,7 +430,7 @@ static void test_q_sample(void) {
     upload(t_dev, t, sizeof t);
     upload(sa, sqrt_ac, sizeof sqrt_ac);
     upload(s1, sqrt_1m_ac, sizeof sqrt_1m_ac);
-    RngKey flip_key = {3, RNG_STREAM_FLIP, 11}, eps_key = {3, RNG_STREAM_EPS, 11};
+    RngKey flip_key = {3, RNG_STREAM_FLIP, 11, 0}, eps_key = {3, RNG_STREAM_EPS, 11, 0};
     for (int pred = PRED_EPS; pred <= PRED_V; pred++) {
         for (int flip = 0; flip < 2; flip++) {
             Pair x_t = pair_poisoned(count), target = pair_poisoned(count);
@@ -434,7 +479,7 @@ static void test_mse_loss(void) {
 static void test_sample_update_and_normal_fill(void) {
     const int n = 3;
     const size_t d = 2 * 8 * 8 + 1;
-    RngKey key = {5, RNG_STREAM_SAMPLE_Z, 123};
+    RngKey key = {5, RNG_STREAM_SAMPLE_Z, 123, 0};
     SampleUpdate updates[2] = {
         {.x0_from_xt = 1.3f, .x0_from_out = -0.7f, .coef_x0 = 0.4f, .coef_xt = 0.55f,
          .sigma = 0.2f, .clip_x0 = 1},

@@ -19,7 +19,6 @@
 #include "testing.h"
 
 #define FASHION_DIR "/usr/share/datasets/fashion-mnist"
-#define PYTHON "/usr/bin/python3"
 
 static char tmp_dir[] = "/tmp/ddpm_test_data_XXXXXX";
 
@@ -458,19 +457,27 @@ static uint8_t *make_ramp(size_t count) {
     return bytes;
 }
 
+/* Debian's python3 with python3-numpy; DDPM_TEST_PYTHON names another (a GPU machine's). */
+static const char *test_python(void) {
+    const char *python = getenv("DDPM_TEST_PYTHON");
+    return python && *python ? python : "/usr/bin/python3";
+}
+
 static int python_has_numpy(void) {
-    return system(PYTHON " -c 'import numpy' >/dev/null 2>&1") == 0;
+    char command[512];
+    snprintf(command, sizeof command, "%s -c 'import numpy' >/dev/null 2>&1", test_python());
+    return system(command) == 0;
 }
 
 /* numpy.load must see uint8 of the given shape holding the ramp i * 7 mod 256. */
 static void check_npz_with_numpy(const char *path, int n, int h, int w, int c) {
     char command[1024];
     snprintf(command, sizeof command,
-             PYTHON " -c \"import numpy, sys; a = numpy.load(sys.argv[1])['arr_0']; "
+             "%s -c \"import numpy, sys; a = numpy.load(sys.argv[1])['arr_0']; "
                     "ok = a.dtype == numpy.uint8 and a.shape == (%d, %d, %d, %d) and "
                     "(a.reshape(-1) == numpy.arange(a.size) * 7 %% 256).all(); "
                     "sys.exit(0 if ok else 1)\" '%s'",
-             n, h, w, c, path);
+             test_python(), n, h, w, c, path);
     CHECK(system(command) == 0, "numpy.load of %s: wrong dtype, shape or values", path);
 }
 
@@ -510,7 +517,7 @@ static void test_npz(void) {
     check_npz_with_libzip(path, gray, 3 * 4 * 4,
                           "{'descr': '|u1', 'fortran_order': False, 'shape': (3, 4, 4, 1), }");
     /* python3-numpy is a test dependency (tools/debian-packages.txt): its absence fails */
-    CHECK(python_has_numpy(), "%s has no numpy: install python3-numpy", PYTHON);
+    CHECK(python_has_numpy(), "%s has no numpy: install python3-numpy", test_python());
     check_npz_with_numpy(path, 3, 4, 4, 1);
     check_npz_with_numpy(rgb_path, 2, 3, 5, 3);
     const char *bad = tmp_path("bad.npz");

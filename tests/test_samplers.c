@@ -40,7 +40,7 @@ static void run(const GaussianDiffusion *base, const SamplerOptions *opt, float 
     int rc = inversion ? sampler_plan_inversion(&plan, base, opt, err, sizeof err)
                        : sampler_plan_init(&plan, base, opt, err, sizeof err);
     if (rc != 0) die("%s", err);
-    sampler_run(backend_cpu(), &plan, toy_denoise, &toy, x, 1, D, (RngKey){9, z_stream, 0}, 0);
+    sampler_run(backend_cpu(), &plan, toy_denoise, &toy, x, 1, D, (RngKey){9, z_stream, 0, 0}, 0);
     sampler_plan_free(&plan);
 }
 
@@ -52,7 +52,7 @@ static void moments(const float *x, double *mean, double *var) {
 }
 
 static void start_noise(float *x, uint32_t stream) {
-    cpu_normal_fill(x, 1, D, (RngKey){4, stream, 0});
+    cpu_normal_fill(x, 1, D, (RngKey){4, stream, 0, 0});
 }
 
 int main(void) {
@@ -97,7 +97,7 @@ int main(void) {
 
     /* Inversion uses the prediction at t for the step to t+1, a first-order scheme: the
      * round trip's error shrinks in proportion to the step count. */
-    cpu_normal_fill(x0, 1, D, (RngKey){4, 99, 0});
+    cpu_normal_fill(x0, 1, D, (RngKey){4, 99, 0, 0});
     for (int i = 0; i < D; i++) x0[i] = (float)(MU + S * x0[i]);
     const char *spacings[2] = {"ddim50", "1000"};
     double bounds[2] = {0.08, 0.005}, rms[2];
@@ -131,7 +131,7 @@ int main(void) {
     double want_low = 0.125 * 0.999 + 0.001 / 4, want_high = 0.375 * 0.999 + 0.001 / 4;
     CHECK(fabs(probs[0] - want_low) < 1e-12 && fabs(probs[2] - want_high) < 1e-12,
           "probabilities follow sqrt(E[loss^2]) with the floor: %g %g", probs[0], probs[2]);
-    timestep_sampler_draw(&ts, (RngKey){1, RNG_STREAM_TIMESTEP, 0}, 4000, t, w);
+    timestep_sampler_draw(&ts, (RngKey){1, RNG_STREAM_TIMESTEP, 0, 0}, 4000, t, w);
     int high = 0;
     double weighted = 0;
     for (int i = 0; i < 4000; i++) high += t[i] >= 2, weighted += w[i];

@@ -13,6 +13,11 @@
  * that predicts eps = 0 scores 1.0; the run measured about 0.06 when this was set. */
 #define LOSS_BOUND 0.10
 #define STEPS 300
+/* Under the sanitizers (DDPM_SANITIZE=1, the second pass of `make test`), which look
+ * for memory errors and undefined behaviour rather than for learning, and run the step
+ * about twice as slowly: 60 steps, whose last 10 must average below half the first 10
+ * (about 0.1 of it measured). The bound above is checked by the plain pass. */
+#define SANITIZE_STEPS 60
 
 static Config tiny_config(void) {
     Config cfg;
@@ -55,21 +60,27 @@ int main(void) {
     if (dataset_load_idx(&data, cfg.data_path, cfg.image_size, cfg.data_limit, err, sizeof err))
         die("%s", err);
     Trainer tr;
-    trainer_init(&tr, backend_cpu(), &cfg, &data);
+    trainer_init(&tr, backend_cpu(), &cfg, &data, NULL);
+    const int sanitized = getenv("DDPM_SANITIZE") != NULL;
+    const int steps = sanitized ? SANITIZE_STEPS : STEPS, tail = sanitized ? 10 : 50;
     double first = 0, last = 0;
     int skipped = 0;
-    for (int step = 0; step < STEPS; step++) {
+    for (int step = 0; step < steps; step++) {
         StepResult r = trainer_step(&tr);
         skipped += r.skipped;
         if (step < 10) first += r.loss / 10;
-        if (step >= STEPS - 50) last += r.loss / 50;
+        if (step >= steps - tail) last += r.loss / tail;
     }
-    printf("  mean loss: first 10 steps %.4f, last 50 steps %.4f (bound %.2f)\n", first, last,
-           LOSS_BOUND);
+    printf("  mean loss: first 10 steps %.4f, last %d of %d steps %.4f\n", first, tail, steps,
+           last);
     CHECK(skipped == 0, "%d steps skipped", skipped);
-    CHECK(last < LOSS_BOUND, "loss %.4f not below %.2f", last, LOSS_BOUND);
-    CHECK(last < 0.2 * first, "loss fell only from %.4f to %.4f", first, last);
-    CHECK(tr.progress.step == STEPS && tr.progress.adam_steps == STEPS, "step counters");
+    if (sanitized) {
+        CHECK(last < 0.5 * first, "loss fell only from %.4f to %.4f", first, last);
+    } else {
+        CHECK(last < LOSS_BOUND, "loss %.4f not below %.2f", last, LOSS_BOUND);
+        CHECK(last < 0.2 * first, "loss fell only from %.4f to %.4f", first, last);
+    }
+    CHECK(tr.progress.step == steps && tr.progress.adam_steps == steps, "step counters");
     check_samples(&tr);
     trainer_free(&tr);
     return test_summary("train");

@@ -191,7 +191,7 @@ static void check_single_point_bound(void) {
     double engine = prior_bpd(&d, x0, D);
     LossSpec spec = {.vb_weight = 1.0f};
     for (int t = 0; t < T; t++) {
-        RngKey key = {3, RNG_STREAM_EPS, (uint32_t)t};
+        RngKey key = {3, RNG_STREAM_EPS, (uint32_t)t, 0};
         for (int i = 0; i < D; i++) noise[i] = philox_normal(key, 0, (uint64_t)i);
         q_sample(&d, x0, t, noise, xt, D);
         int32_t tt = t;

@@ -61,7 +61,7 @@ static inline void bench_random_dataset(Dataset *d, const Config *c, int count) 
     d->channels = c->in_channels;
     size_t bytes = (size_t)count * c->image_size * c->image_size * c->in_channels;
     d->images = xmalloc(bytes);
-    RngKey key = {12345, 99, 0};
+    RngKey key = {12345, 99, 0, 0};
     for (size_t i = 0; i < bytes; i++) d->images[i] = (uint8_t)(philox_word(key, 0, i) >> 24);
 }
 

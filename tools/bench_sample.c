@@ -18,7 +18,7 @@ int main(int argc, char **argv) {
     unet_init_weights(m, c->seed, NULL);
     m->training = 0;
     size_t D = unet_sample_size(m);
-    a.be->normal_fill(unet_input(m), B, D, (RngKey){c->seed, RNG_STREAM_SAMPLE_XT, 0});
+    a.be->normal_fill(unet_input(m), B, D, (RngKey){c->seed, RNG_STREAM_SAMPLE_XT, 0, 0});
     int32_t *t_host = xmalloc((size_t)B * sizeof(int32_t));
     double *ms = xmalloc((size_t)a.iters * sizeof(double));
     for (int i = 0; i < a.warmup + a.iters; i++) {
@@ -28,7 +28,7 @@ int main(int argc, char **argv) {
         a.be->to_device(m->timesteps, t_host, (size_t)B * sizeof(int32_t));
         unet_forward(m, B, (RngKey){0});
         a.be->sample_update(unet_input(m), unet_output(m), B, D, p_sample_update(&d, t, 1),
-                            (RngKey){c->seed, RNG_STREAM_SAMPLE_Z, (uint32_t)t});
+                            (RngKey){c->seed, RNG_STREAM_SAMPLE_Z, (uint32_t)t, 0});
         a.be->synchronize();
         if (i >= a.warmup) ms[i - a.warmup] = (now_seconds() - start) * 1e3;
     }

@@ -10,8 +10,14 @@
 #    (strict fp32 and DDPM_TF32=1), and the PyTorch peer when .yardstick/ exists;
 # then writes every JSON line to docs/perf-logs/<date>-<gpu>.jsonl and prints a table.
 # Steps that fail are reported in the table; the script goes on with the next one.
+# STAGES (default "ops suite train dist bench") picks the parts after the build, e.g.
+#   STAGES="ops train" bash tools/gpu_check.sh
+# Where the machine lacks OpenBLAS/cJSON/libpng/libzip, the .deb files that
+# `bash tools/gpu_sysroot.sh download` put in .gpudeps/ are used (carry .gpudeps).
 set -u
 cd "$(dirname "$0")/.." || exit 1
+STAGES=" ${STAGES:-ops suite train dist bench} "
+want() { [[ $STAGES == *" $1 "* ]]; }
 JOBS=${JOBS:-16}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -57,35 +63,31 @@ for pattern in cudnn_version.h nccl.h 'libcudnn.so*' 'libcublas.so*' 'libnccl.so
     printf '%-16s %s\n' "$pattern" "${found:-(not found)}" | sed '2,$s/^/                 /'
 done
 [ -n "$PIP_NVIDIA" ] && echo "pip nvidia-* packages in $PIP_NVIDIA:" "$PIP_NVIDIA"/*/
+for tool in gcc mpirun mpicc torchrun srun python3; do
+    printf '%-16s %s\n' "$tool" "$(command -v "$tool" || echo '(not found)')"
+done
 
 # ---------------------------------------------------------------- 2. build
 section "build"
+for header in cblas.h cjson/cJSON.h png.h zip.h zlib.h; do
+    if ! echo "#include <$header>" | gcc -E -xc - >/dev/null 2>&1 && [ -d .gpudeps ]; then
+        echo "no $header here"
+        source tools/gpu_sysroot.sh
+        break
+    fi
+done
 TEST_BINS=()
 for f in tests/test_*.c; do f=${f#tests/}; TEST_BINS+=("bin/${f%.c}"); done
-run_step build 900 make -s CUDA=1 -j"$JOBS" all bin/test_cuda_ops bin/bench_train "${TEST_BINS[@]}"
+LOCAL_ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)
+build=(make -s CUDA=1 ${LOCAL_ARCH:+CUDA_ARCHS=$LOCAL_ARCH} -j"$JOBS" all bin/test_cuda_ops
+       bin/bench_train bin/bench_sample "${TEST_BINS[@]}")
+# MPI only bootstraps NCCL on a GPU machine: without a working mpicc, build without it
+run_step build 900 "${build[@]}" || { make -s clean; run_step build_without_mpi 900 "${build[@]}" MPI=0; }
 bin/ddpm backends
-
-# ---------------------------------------------------------------- 3. ops
-section "test_cuda_ops"
-run_step test_cuda_ops 600 bin/test_cuda_ops
-if grep -q "SKIP" "$WORK/test_cuda_ops.log"; then
-    SUMMARY[-1]=$(printf '%-44s %s' test_cuda_ops "SKIPPED: no usable CUDA device")
-fi
-
-# ---------------------------------------------------------------- 4. suite and training
-section "test suite (bin/ddpm uses the GPU where the tests do not name a device)"
-run_step test_suite 900 bash tests/run_tests.sh bin
-
-# Hook: tests/test_torch_reference.c checks the U-Net against PyTorch on the CPU backend
-# only; once it can take a backend (e.g. DDPM_DEVICE=cuda), run it here on the GPU.
-if grep -q "DDPM_DEVICE" tests/test_torch_reference.c 2>/dev/null; then
-    run_step torch_reference_gpu 300 env DDPM_DEVICE=cuda bin/test_torch_reference
-else
-    record torch_reference_gpu "not run: test_torch_reference is CPU-only today"
-fi
 
 # A Fashion-MNIST-shaped IDX file: the real one when installed, else random images.
 DATA=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+[ -f "$DATA" ] || DATA=$PWD/.gpudeps/fashion-mnist/train-images-idx3-ubyte.gz
 if [ ! -f "$DATA" ]; then
     DATA=$WORK/images-idx3-ubyte
     python3 - "$DATA" <<'EOF'
@@ -95,6 +97,37 @@ with open(sys.argv[1], "wb") as f:
     f.write(struct.pack(">IIII", 0x803, n, 28, 28) + os.urandom(n * 28 * 28))
 EOF
 fi
+
+# ---------------------------------------------------------------- 3. ops
+if want ops; then
+section "test_cuda_ops"
+run_step test_cuda_ops 600 bin/test_cuda_ops
+if grep -q "SKIP" "$WORK/test_cuda_ops.log"; then
+    SUMMARY[-1]=$(printf '%-44s %s' test_cuda_ops "SKIPPED: no usable CUDA device")
+fi
+
+fi
+
+# ---------------------------------------------------------------- 4. suite and training
+if want suite; then
+section "test suite (bin/ddpm uses the GPU where the tests do not name a device)"
+# The suite reads Fashion-MNIST from Debian's path and numpy from a python3 with numpy.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -d .gpudeps/fashion-mnist ] && [ -w /usr/share ]; then
+    mkdir -p /usr/share/datasets && cp -r .gpudeps/fashion-mnist /usr/share/datasets/
+fi
+DDPM_TEST_PYTHON=$(command -v python3) run_step test_suite 900 bash tests/run_tests.sh bin
+
+# Hook: tests/test_torch_reference.c checks the U-Net against PyTorch on the CPU backend
+# only; once it can take a backend (e.g. DDPM_DEVICE=cuda), run it here on the GPU.
+if grep -q "DDPM_DEVICE" tests/test_torch_reference.c 2>/dev/null; then
+    run_step torch_reference_gpu 300 env DDPM_DEVICE=cuda bin/test_torch_reference
+else
+    record torch_reference_gpu "not run: test_torch_reference is CPU-only today"
+fi
+fi
+
+if want train; then
+
 train() {   # train DIR DEVICE: 8 logged steps of configs/tiny
     (mkdir -p "$WORK/$1" && cd "$WORK/$1" &&
      "$OLDPWD/bin/ddpm" train --config "$OLDPWD/configs/tiny" --device "$2" data_path="$DATA" \
@@ -126,11 +159,60 @@ else
     tail -n 5 "$WORK"/train_*.log
     record cpu_vs_gpu_step1 "FAILED: a training run did not finish"
 fi
+fi
+
+# ---------------------------------------------------------------- data parallel
+# World size 1 through each launcher's environment goes through NCCL and must train
+# exactly as a run without a launcher.
+if want dist; then
+section "data parallel at world size 1 (NCCL)"
+dp_args=(--config "$PWD/configs/tiny" --device cuda data_path="$DATA" data_limit=256 steps=20
+         log_every=5 ckpt_every=0 sample_n=0 dropout=0.1 out_dir=run)
+dp_train() {   # dp_train NAME [launcher command and env...]: trains in $WORK/dp_NAME
+    local name=$1
+    shift
+    mkdir -p "$WORK/dp_$name"
+    (cd "$WORK/dp_$name" && timeout 300 "$@" "$OLDPWD/bin/ddpm" train "${dp_args[@]}") \
+        >"$WORK/dp_$name.log" 2>&1
+}
+same_as_plain() {   # same_as_plain NAME: every tensor of its checkpoint equals the plain run's
+    python3 - "$WORK/dp_plain/run/ckpt_00000020.safetensors" \
+        "$WORK/dp_$1/run/ckpt_00000020.safetensors" <<'EOF'
+import sys
+sys.path.insert(0, "tools")
+import st_io
+a, b = (st_io.read(p)[0] for p in sys.argv[1:3])
+differ = [k for k in a if a[k].tobytes() != b[k].tobytes()]
+print(f"{len(a)} tensors, {len(differ)} differ {differ[:3]}")
+sys.exit(1 if differ else 0)
+EOF
+}
+dp_train plain env
+port=29600
+for launcher in torchrun-env openmpi-env slurm-env torchrun mpirun; do
+    port=$((port + 2))
+    case $launcher in
+    torchrun-env) cmd=(env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port) ;;
+    openmpi-env) cmd=(env OMPI_COMM_WORLD_RANK=0 OMPI_COMM_WORLD_SIZE=1 OMPI_COMM_WORLD_LOCAL_RANK=0) ;;
+    slurm-env) cmd=(env SLURM_PROCID=0 SLURM_STEP_NUM_TASKS=1 SLURM_LOCALID=0) ;;
+    torchrun) cmd=(torchrun --nproc-per-node 1 --master-port $port --no-python) ;;
+    mpirun) cmd=(mpirun --allow-run-as-root -np 1) ;;
+    esac
+    if dp_train "$launcher" "${cmd[@]}" && grep -q "data parallel: 1 ranks" "$WORK/dp_$launcher.log" &&
+       same_as_plain "$launcher"; then
+        record "dp_world1_$launcher" "ok: NCCL, bit-identical to the plain run"
+    else
+        tail -5 "$WORK/dp_$launcher.log"
+        record "dp_world1_$launcher" "FAILED"
+    fi
+done
+fi
 
 # ---------------------------------------------------------------- 5. throughput
+JSONL=docs/perf-logs/$(date +%Y-%m-%d)-$GPU_TAG.jsonl
+if want bench; then
 section "throughput"
 mkdir -p docs/perf-logs
-JSONL=docs/perf-logs/$(date +%Y-%m-%d)-$GPU_TAG.jsonl
 bench() {   # bench NAME COMMAND...: keeps its JSON lines, labelled "run": NAME
     local name=$1
     shift
@@ -140,13 +222,35 @@ bench() {   # bench NAME COMMAND...: keeps its JSON lines, labelled "run": NAME
 bench bench_ddpm_fp32 bin/bench_train --config configs/cifar10_ddpm --device cuda batch_size=128
 bench bench_ddpm_tf32 env DDPM_TF32=1 bin/bench_train --config configs/cifar10_ddpm --device cuda \
     batch_size=128
-if [ -f .yardstick/bench_torch.py ]; then
-    for compile in none default; do
-        bench "bench_torch_tf32_$compile" python3 .yardstick/bench_torch.py train --config cifar10 \
-            --batch 128 --precision tf32 --compile "$compile"
-    done
+# the all-reduce's fixed cost: NCCL at world size 1 (torchrun's variables) against none
+bench bench_ddpm_tf32_nccl1 env DDPM_TF32=1 RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 \
+    MASTER_ADDR=127.0.0.1 MASTER_PORT=29650 bin/bench_train --config configs/cifar10_ddpm \
+    --device cuda batch_size=128
+for batch in 8 16 32 64; do   # step time against the per-GPU batch, for the scaling model
+    bench "bench_ddpm_tf32_b$batch" env DDPM_TF32=1 bin/bench_train --config configs/cifar10_ddpm \
+        --device cuda batch_size=$batch
+done
+for batch in 256 2; do
+    bench "sample_ddpm_tf32_b$batch" env DDPM_TF32=1 bin/bench_sample --config configs/cifar10_ddpm \
+        --device cuda batch_size=$batch
+done
+if [ "${PEERS:-all}" = none ]; then
+    record bench_torch "not run: PEERS=none"
+elif [ -f .yardstick/bench_torch.py ]; then
+    peer() { bench "$1" python3 tools/run_yardstick.py "${@:2}"; }
+    peer torch_train_fp32_none train --config cifar10 --batch 128 --precision fp32 --compile none
+    peer torch_train_tf32_none train --config cifar10 --batch 128 --precision tf32 --compile none
+    if [ "${PEERS:-all}" = all ]; then   # PEERS=eager skips the compiled peers (minutes each)
+        peer torch_train_tf32_default train --config cifar10 --batch 128 --precision tf32 \
+            --compile default
+        for batch in 256 2; do   # the peer fails at batch 1 (a squeeze in its sampler)
+            peer "torch_sample_tf32_b$batch" sample --config cifar10 --batch $batch \
+                --precision tf32 --compile reduce-overhead
+        done
+    fi
 else
-    record bench_torch "not run: no .yardstick/bench_torch.py"
+    record bench_torch "not run: no .yardstick/bench_torch.py (cp -r ../shared/yardstick .yardstick)"
+fi
 fi
 
 # ---------------------------------------------------------------- summary
