@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Data-parallel training on the CPU backend over MPI (mpirun -np 2 --oversubscribe):
-#   - 2 ranks at batch B/2 each reach the weights of 1 process at batch B (1e-5);
+#   - 2 ranks at batch B/2 each reach the weights of 1 process at batch B after 12 steps (1e-5);
 #   - buckets of any size give the same bits as one bucket at the end;
 #   - rank 0 is found at MASTER_ADDR (torchrun's and srun's way) as well as over MPI;
 #   - a 2-rank checkpoint resumes bit-identically on 2 ranks, and on 1 rank to 1e-5;
@@ -63,17 +63,17 @@ assert not differ, differ[:5]
 PY
 }
 
-run one 1 steps=20 2>"$WORK/one.log" || fail "1-process run: $(tail -3 "$WORK/one.log")"
-run two 2 steps=20 2>"$WORK/two.log" || fail "2-rank run: $(tail -3 "$WORK/two.log")"
+run one 1 steps=12 2>"$WORK/one.log" || fail "1-process run: $(tail -3 "$WORK/one.log")"
+run two 2 steps=12 2>"$WORK/two.log" || fail "2-rank run: $(tail -3 "$WORK/two.log")"
 grep -q "data parallel: 2 ranks (Open MPI) x 4 samples per step" "$WORK/two.log" ||
     fail "the 2-rank run did not say how it splits the batch: $(head -5 "$WORK/two.log")"
-close "$WORK/one/run/ckpt_00000020.safetensors" "$WORK/two/run/ckpt_00000020.safetensors" ||
+close "$WORK/one/run/ckpt_00000012.safetensors" "$WORK/two/run/ckpt_00000012.safetensors" ||
     fail "2 ranks at batch 4 each differ from 1 process at batch 8"
 ok
 "$PY" - "$WORK/one/run/log.csv" "$WORK/two/run/log.csv" <<'PY' || fail "logged losses differ"
 import csv, sys
 one, two = ([float(r["loss"]) for r in csv.DictReader(open(p))] for p in sys.argv[1:3])
-assert len(one) == len(two) == 20, (len(one), len(two))
+assert len(one) == len(two) == 12, (len(one), len(two))
 worst = max(abs(a - b) / abs(a) for a, b in zip(one, two))
 assert worst < 1e-4, worst
 PY
@@ -82,33 +82,33 @@ ok
 # the control connection at MASTER_ADDR:MASTER_PORT+1, as under torchrun and srun
 (cd "$WORK" && mkdir -p master && cd master &&
  timeout 120 mpirun -np 2 --oversubscribe -x MASTER_ADDR=127.0.0.1 -x MASTER_PORT=29733 "$DDPM" \
-     train "${args[@]}" out_dir=run steps=20 2>"$WORK/master.log") ||
+     train "${args[@]}" out_dir=run steps=12 2>"$WORK/master.log") ||
     fail "2 ranks meeting at MASTER_ADDR: $(tail -3 "$WORK/master.log")"
-same_tensors "$WORK/two/run/ckpt_00000020.safetensors" "$WORK/master/run/ckpt_00000020.safetensors" ||
+same_tensors "$WORK/two/run/ckpt_00000012.safetensors" "$WORK/master/run/ckpt_00000012.safetensors" ||
     fail "the run that met at MASTER_ADDR differs"
 ok
 
-run buckets 2 steps=20 bucket_mb=0.05 2>"$WORK/buckets.log" || fail "small-bucket run"
-same_tensors "$WORK/two/run/ckpt_00000020.safetensors" "$WORK/buckets/run/ckpt_00000020.safetensors" ||
+run buckets 2 steps=12 bucket_mb=0.05 2>"$WORK/buckets.log" || fail "small-bucket run"
+same_tensors "$WORK/two/run/ckpt_00000012.safetensors" "$WORK/buckets/run/ckpt_00000012.safetensors" ||
     fail "14 buckets during backward differ from one bucket at the end"
 ok
 
-run resumed 2 steps=10 2>/dev/null || fail "10-step 2-rank run"
-run resumed 2 steps=20 --resume 2>"$WORK/resumed.log" || fail "resumed 2-rank run"
-grep -q "resumed from run/ckpt_00000010.safetensors at step 10" "$WORK/resumed.log" ||
+run resumed 2 steps=6 2>/dev/null || fail "6-step 2-rank run"
+run resumed 2 steps=12 --resume 2>"$WORK/resumed.log" || fail "resumed 2-rank run"
+grep -q "resumed from run/ckpt_00000006.safetensors at step 6" "$WORK/resumed.log" ||
     fail "the 2-rank run did not resume: $(head -5 "$WORK/resumed.log")"
-cmp "$WORK/two/run/ckpt_00000020.safetensors" "$WORK/resumed/run/ckpt_00000020.safetensors" ||
+cmp "$WORK/two/run/ckpt_00000012.safetensors" "$WORK/resumed/run/ckpt_00000012.safetensors" ||
     fail "a resumed 2-rank run differs from the straight one"
 ok
 mkdir -p "$WORK/regrown/run"
-cp "$WORK/resumed/run/ckpt_00000010.safetensors" "$WORK/regrown/run/"
-run regrown 1 steps=20 --resume 2>/dev/null || fail "resuming a 2-rank checkpoint on 1 process"
-close "$WORK/two/run/ckpt_00000020.safetensors" "$WORK/regrown/run/ckpt_00000020.safetensors" ||
+cp "$WORK/resumed/run/ckpt_00000006.safetensors" "$WORK/regrown/run/"
+run regrown 1 steps=12 --resume 2>/dev/null || fail "resuming a 2-rank checkpoint on 1 process"
+close "$WORK/two/run/ckpt_00000012.safetensors" "$WORK/regrown/run/ckpt_00000012.safetensors" ||
     fail "a 2-rank checkpoint resumed on 1 process drifts"
 ok
 
 # sampling shared over 2 ranks: the images one process makes with the same batch
-ckpt="$WORK/two/run/ckpt_00000020.safetensors"
+ckpt="$WORK/two/run/ckpt_00000012.safetensors"
 sample=(sample --ckpt "$ckpt" --device cpu --n 5 --batch 2 --seed 3 --sampler ddim --steps ddim4)
 "$DDPM" "${sample[@]}" --out "$WORK/s1" 2>/dev/null || fail "1-process sampling"
 timeout 120 mpirun -np 2 --oversubscribe "$DDPM" "${sample[@]}" --out "$WORK/s2" \
@@ -139,9 +139,9 @@ wait_for() {
     return 1
 }
 
-run term 2 steps=100000 ckpt_every=5 2>"$WORK/term.log" &
+run term 2 steps=100000 ckpt_every=3 2>"$WORK/term.log" &
 launcher=$!
-wait_for "$WORK/term/run/ckpt_00000005.safetensors" || fail "the SIGTERM run wrote no checkpoint"
+wait_for "$WORK/term/run/ckpt_00000003.safetensors" || fail "the SIGTERM run wrote no checkpoint"
 kill -TERM "$(rank_pid term 1)" || fail "no rank 1 to signal"
 wait "$launcher" || fail "SIGTERM on rank 1: exit status $?: $(tail -5 "$WORK/term.log")"
 stop=$(sed -n 's/^stopping at step \([0-9]*\) on a signal$/\1/p' "$WORK/term.log")
@@ -150,9 +150,9 @@ stop=$(sed -n 's/^stopping at step \([0-9]*\) on a signal$/\1/p' "$WORK/term.log
     fail "no checkpoint at the agreed step $stop"
 ok
 
-run kill 2 steps=100000 ckpt_every=5 dist_timeout=20 2>"$WORK/kill.log" &
+run kill 2 steps=100000 ckpt_every=3 dist_timeout=20 2>"$WORK/kill.log" &
 launcher=$!
-wait_for "$WORK/kill/run/ckpt_00000010.safetensors" || fail "the kill run wrote no checkpoint"
+wait_for "$WORK/kill/run/ckpt_00000006.safetensors" || fail "the kill run wrote no checkpoint"
 started=$SECONDS
 kill -KILL "$(rank_pid kill 1)" || fail "no rank 1 to kill"
 wait "$launcher" && fail "the run went on without rank 1"
