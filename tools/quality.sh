@@ -27,5 +27,5 @@ for sampler in "ancestral 1000" "ancestral 100" "ddim ddim50"; do
     bin/ddpm sample --ckpt "$ckpt" --n 16 --seed 0 --sampler "$1" --steps "$2" \
         --out "$out/samples_$1_$2" 2>/dev/null
     end=$(date +%s.%N)
-    echo "sampling $1 $2 steps, 16 images: $(echo "$end - $start" | bc) s" | tee -a "$out/timing.txt"
+    echo "sampling $1 $2 steps, 16 images: $(awk "BEGIN { printf \"%.1f\", $end - $start }") s" | tee -a "$out/timing.txt"
 done
