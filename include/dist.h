@@ -58,7 +58,6 @@ struct Dist {
     float *grads;
     size_t num_grads, bucket_floats;
     size_t pending_lo;      /* grads [pending_lo, num_grads) are started or being started */
-    int buckets_started;
     float *barrier_buf;     /* (world_size) backend, for dist_barrier */
 };
 

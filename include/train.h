@@ -50,6 +50,7 @@ typedef struct {
     long order_epoch;
     int bad_streak;
     int stop_requested;    /* this rank was asked to stop (SIGTERM): shared at the next step */
+    int stop_sent;         /* the value last written to this rank's flag in step_stats */
     long fault_step;    /* test hook: DDPM_FAULT_NONFINITE_FROM_STEP makes losses NaN from there */
 } Trainer;
 

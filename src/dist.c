@@ -145,13 +145,11 @@ void dist_attach_grads(Dist *d, float *grads, size_t num_grads, double bucket_mb
     size_t floats = (size_t)(bucket_mb * (1 << 20) / sizeof(float));
     d->bucket_floats = floats > 0 ? floats : 1;
     d->pending_lo = num_grads;
-    d->buckets_started = 0;
 }
 
 static void start_bucket(Dist *d, size_t lo) {
     d->ops.allreduce_mean_start(d, d->grads + lo, d->pending_lo - lo);
     d->pending_lo = lo;
-    d->buckets_started++;
 }
 
 void dist_grads_ready(void *dist, size_t final_from) {
@@ -170,7 +168,6 @@ void dist_grads_finish(Dist *d) {
         d->ops.allreduce_wait(d);
     }
     d->pending_lo = d->num_grads;
-    d->buckets_started = 0;
 }
 
 void dist_allgather(Dist *d, float *buf, size_t per_rank) {

@@ -87,6 +87,7 @@ static void alloc_step_stats(Trainer *tr) {
     tr->loss_per_sample = tr->step_stats + (size_t)tr->rank * block;
     tr->vb_per_sample = tr->loss_per_sample + tr->local_batch;
     tr->host_stats = xmalloc(W * block * sizeof(float));
+    tr->be->fill(tr->step_stats, 0.0f, W * block);   /* every stop flag starts at 0 */
 }
 
 void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *data, Dist *dist) {
@@ -198,8 +199,11 @@ static void apply_update(Trainer *tr, double grad_norm, double lr) {
 static int share_step_stats(Trainer *tr) {
     const int b = tr->local_batch;
     const size_t block = 2 * (size_t)b + 1;
-    const float stop = (float)tr->stop_requested;
-    tr->be->to_device(tr->loss_per_sample + 2 * b, &stop, sizeof stop);
+    if (tr->stop_requested != tr->stop_sent) {   /* a copy only when the flag changes */
+        const float stop = (float)tr->stop_requested;
+        tr->be->to_device(tr->loss_per_sample + 2 * b, &stop, sizeof stop);
+        tr->stop_sent = tr->stop_requested;
+    }
     if (tr->dist) dist_allgather(tr->dist, tr->step_stats, block);
     tr->be->to_host(tr->host_stats, tr->step_stats, (size_t)tr->world_size * block * sizeof(float));
     int any_stop = 0;
