@@ -21,8 +21,9 @@ LDLIBS  += $(BLAS_LIBS) -lcjson -lpng -lz -lzip -lm -fopenmp -pthread
 BUILD   ?= build
 BIN     ?= bin
 
-SRC        := $(wildcard src/*.c)
-LIB_OBJ    := $(patsubst src/%.c,$(BUILD)/%.o,$(filter-out src/main.c,$(SRC)))
+# src/ has one folder per layer (nn, cpu, diffusion, train, dist, io, cli); see README.
+SRC        := $(wildcard src/*.c src/*/*.c)
+LIB_OBJ    := $(patsubst src/%.c,$(BUILD)/%.o,$(filter-out src/cli/main.c,$(SRC)))
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BINS  := $(patsubst tests/%.c,$(BIN)/%,$(TEST_SRC))
 
@@ -71,13 +72,14 @@ detect:
 	@echo "$(if $(filter 1,$(CUDA)),✓ CUDA backend will be built,✗ CUDA backend not built (CUDA=0 or no nvcc/cuDNN))"
 
 $(BUILD)/%.o: src/%.c | $(BUILD)
+	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD)/tests/%.o: tests/%.c | $(BUILD)
 	@mkdir -p $(BUILD)/tests
-	$(CC) $(CFLAGS) -Itests -c $< -o $@
+	$(CC) $(CFLAGS) -Itests -Isrc/cpu -c $< -o $@
 
-$(BIN)/ddpm: $(BUILD)/main.o $(LIB_OBJ) | $(BIN)
+$(BIN)/ddpm: $(BUILD)/cli/main.o $(LIB_OBJ) | $(BIN)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BIN)/test_%: $(BUILD)/tests/test_%.o $(LIB_OBJ) | $(BIN)
@@ -105,7 +107,7 @@ run: $(BIN)/ddpm
 clean:
 	rm -rf build build-san bin bin-san
 
--include $(wildcard $(BUILD)/*.d $(BUILD)/tests/*.d)
+-include $(wildcard $(BUILD)/*.d $(BUILD)/*/*.d)
 
 # Benchmarks (tools/): built like the tests, run by hand or by tools/bench_cpu.sh.
 $(BIN)/bench_%: $(BUILD)/tools/bench_%.o $(LIB_OBJ) | $(BIN)
