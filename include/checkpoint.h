@@ -9,7 +9,7 @@
 
 #include "config.h"
 #include "safetensors.h"
-#include "unet.h"
+#include "graph.h"
 
 typedef struct {
     long step;            /* training steps taken, skipped ones included */
@@ -31,7 +31,7 @@ typedef struct {
 } CheckpointExtra;
 
 /* bufs[i]: backend buffers of m->num_parameters floats; NULL entries are skipped. */
-int checkpoint_write(const char *path, const UNet *m, const Config *cfg,
+int checkpoint_write(const char *path, const Net *m, const Config *cfg,
                      float *const bufs[CKPT_BUFFERS], const TrainProgress *progress,
                      const CheckpointExtra *extras, int n_extras, char *err, size_t err_size);
 /* Fills extras present in the file (which must match in dtype and shape); returns the
@@ -41,7 +41,7 @@ int checkpoint_read_extras(const char *path, CheckpointExtra *extras, int n_extr
 /* Loads the buffers whose bufs[i] is non-NULL, checking every shape against m.
  * A file without "ema." tensors (e.g. exported weights) loads its plain weights
  * into an EMA request. progress may be NULL. */
-int checkpoint_read(const char *path, const UNet *m, float *const bufs[CKPT_BUFFERS],
+int checkpoint_read(const char *path, const Net *m, float *const bufs[CKPT_BUFFERS],
                     TrainProgress *progress, char *err, size_t err_size);
 /* Reads the config stored in a checkpoint over cfg. */
 int checkpoint_read_config(const char *path, Config *cfg, char *err, size_t err_size);

@@ -6,6 +6,12 @@
 #include <stddef.h>
 
 #define CONFIG_MAX_LEVELS 8
+
+/* The enum keys, in the order of their names in src/io/config.c's table. Prediction and
+ * variance use PredictionType (backend.h) and VarianceType (diffusion.h). */
+typedef enum { LOSS_MSE = 0, LOSS_HYBRID = 1, LOSS_KL = 2 } LossKind;
+typedef enum { TIMESTEPS_UNIFORM = 0, TIMESTEPS_LOSS_SECOND_MOMENT = 1 } TimestepSamplerKind;
+typedef enum { DATASET_FASHION_MNIST = 0, DATASET_MNIST = 1, DATASET_CIFAR10 = 2 } DatasetKind;
 #define CONFIG_STR 256
 
 typedef struct {
@@ -20,14 +26,16 @@ typedef struct {
     /* diffusion */
     int timesteps;
     char beta_schedule[CONFIG_STR];           /* linear | cosine | quadratic | sigmoid */
-    char prediction[CONFIG_STR];              /* eps | x0 | v */
-    char variance[CONFIG_STR];                /* fixedsmall | fixedlarge (when not learned) */
+    int prediction;                           /* PredictionType (backend.h): eps | x0 | v */
+    int variance;                             /* VarianceType (diffusion.h): fixedsmall |
+                                                 fixedlarge (when not learned) */
     int learn_sigma;                          /* the model also outputs v: out_channels = 2 x in */
-    char loss[CONFIG_STR];                    /* mse | hybrid (mse + T/1000 L_vlb) | kl (T L_t) */
-    char timestep_sampler[CONFIG_STR];        /* uniform | loss_second_moment */
+    int loss;                                 /* LossKind: mse | hybrid (mse + T/1000 L_vlb) |
+                                                 kl (T L_t) */
+    int timestep_sampler;                     /* TimestepSamplerKind: uniform | loss_second_moment */
     int clip_denoised;                        /* clamp predicted x0 to [-1, 1] when sampling */
     /* data */
-    char dataset[CONFIG_STR];                 /* fashion_mnist | mnist | cifar10 */
+    int dataset;                              /* DatasetKind: fashion_mnist | mnist | cifar10 */
     char data_path[CONFIG_STR];               /* IDX images file, or CIFAR-10 batches directory */
     int data_limit;                           /* 0: all images */
     int hflip;
@@ -61,5 +69,7 @@ int config_validate(const Config *c, char *err, size_t err_size);
 char *config_to_json(const Config *c);
 /* Just the model-defining keys, as JSON (stored in checkpoints); caller frees. */
 char *config_model_json(const Config *c);
+/* The name of an enum key's value, e.g. ("loss", LOSS_HYBRID) -> "hybrid". */
+const char *config_enum_name(const char *key, int value);
 
 #endif

@@ -1,5 +1,6 @@
-/* Image datasets held in memory as uint8 NHWC: MNIST/Fashion-MNIST IDX files
- * (gzipped or raw) and CIFAR-10 binary batches. */
+/* Datasets held in memory: uint8 NHWC images from MNIST/Fashion-MNIST IDX files
+ * (gzipped or raw) and CIFAR-10 binary batches, with their class labels when the
+ * source has them; or float NHWC data (cached latents) instead of images. */
 #ifndef DDPM_DATA_H
 #define DDPM_DATA_H
 
@@ -7,21 +8,30 @@
 #include <stdint.h>
 
 typedef struct {
-    uint8_t *images;     /* (count, height, width, channels) */
+    uint8_t *images;     /* (count, height, width, channels), or NULL for float data */
+    float *values;       /* (count, height, width, channels) float data, or NULL */
+    int32_t *labels;     /* (count) class of each sample in [0, num_classes), or NULL */
+    int num_classes;     /* 0 without labels */
     int count, height, width, channels;
 } Dataset;
 
 /* IDX3 image file (magic 0x00000803), optionally gzip-compressed; the images are
  * zero-padded symmetrically to pad_to x pad_to (pad_to 0 keeps the size).
- * limit > 0 keeps only the first `limit` images.
+ * limit > 0 keeps only the first `limit` images. The labels are read from the IDX1
+ * file beside it, named with "labels-idx1" for "images-idx3" (as MNIST and
+ * Fashion-MNIST ship them), when that file exists; its count must equal the images'.
  * Returns 0, or -1 with err = "<path>: <problem>" (truncated, wrong magic, ...). */
 int dataset_load_idx(Dataset *d, const char *path, int pad_to, int limit, char *err,
                      size_t err_size);
 /* CIFAR-10 binary batches: files data_batch_1.bin .. data_batch_5.bin in dir
  * (or test_batch.bin when test != 0), records of 1 label byte + 3072 bytes CHW.
+ * The labels are kept (10 classes).
  * Returns 0, or -1 with err naming the file and the problem. */
 int dataset_load_cifar10(Dataset *d, const char *dir, int test, int limit, char *err,
                          size_t err_size);
+/* The labels file that goes with an IDX image file ("...images-idx3..." ->
+ * "...labels-idx1..."); returns 0, or -1 when the name has no "images-idx3". */
+int idx_labels_path(const char *images_path, char *out, size_t out_size);
 void dataset_free(Dataset *d);
 
 #endif

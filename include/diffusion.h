@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include "backend.h"
+#include "config.h"
 
 typedef enum { VAR_FIXED_SMALL = 0, VAR_FIXED_LARGE = 1 } VarianceType;
 
@@ -85,11 +86,11 @@ double prior_bpd(const GaussianDiffusion *d, const float *x0, size_t n);
 int space_timesteps(int num_timesteps, const char *spec, int *keep, char *err, size_t err_size);
 /* A process over the kept timesteps only: betas recomputed from the kept alphas_cumprod,
  * timestep_map pointing at the base process's timesteps. */
-int diffusion_respace(GaussianDiffusion *out, const GaussianDiffusion *base, const int *keep,
-                      int count, char *err, size_t err_size);
+void diffusion_respace(GaussianDiffusion *out, const GaussianDiffusion *base, const int *keep,
+                       int count);
 
-PredictionType prediction_from_name(const char *name);   /* eps | x0 | v; -1 if unknown */
-VarianceType variance_from_name(const char *name);       /* fixedsmall | fixedlarge; -1 */
+/* The process a config describes (beta_schedule, timesteps, prediction, variance). */
+int diffusion_from_config(GaussianDiffusion *d, const Config *cfg, char *err, size_t err_size);
 
 /* Float copies of the per-timestep arrays the backend gathers by t, in backend memory. */
 typedef struct {

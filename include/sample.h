@@ -1,70 +1,84 @@
-/* Samplers: ancestral (Ho et al. 2020, Algorithm 2), respaced ancestral (Nichol &
- * Dhariwal 2021) and DDIM (Song et al. 2021) with its inversion. A sampler is a plan
- * of steps, each a model call and one fused backend update; the same loop runs them all. */
+/* Samplers over a denoiser (denoiser.h): ancestral (Ho et al. 2020, Algorithm 2),
+ * respaced ancestral (Nichol & Dhariwal 2021) and DDIM (Song et al. 2021) with its
+ * inversion. A sampler is a plan: per step, the model's time and a step function
+ * that calls the denoiser (once or more) and updates x; one loop runs every plan. */
 #ifndef DDPM_SAMPLE_H
 #define DDPM_SAMPLE_H
 
 #include <stdint.h>
 
+#include "config.h"
+#include "denoiser.h"
 #include "diffusion.h"
-#include "unet.h"
+#include "graph.h"
+
+typedef enum { SAMPLER_ANCESTRAL = 0, SAMPLER_DDIM = 1 } SamplerKind;
 
 typedef struct {
-    const char *kind;        /* "ancestral" or "ddim" */
+    SamplerKind kind;
     const char *spacing;     /* NULL or "": every timestep; else "50", "ddim50", "10,10,20" */
     double eta;              /* DDIM noise, in [0, 1] */
     int clip_denoised;
-    int learned_var, channels;   /* the model outputs [prediction | v] per pixel */
 } SamplerOptions;
 
-typedef struct {
+/* "ancestral" or "ddim"; returns -1 for anything else. */
+int sampler_kind_from_name(const char *name, SamplerKind *kind);
+
+typedef struct SamplerPlan SamplerPlan;
+/* One step i of a plan on x (n, D) in place; z_key is that step's noise key. */
+typedef void (*SamplerStepFn)(const SamplerPlan *plan, int i, Denoiser *den, float *x, int n,
+                              RngKey z_key);
+
+struct SamplerPlan {
     GaussianDiffusion process;   /* the (respaced) process the steps run on */
     int count;
     int ascending;               /* inversion runs t = 0 .. count-1 */
     int *model_t;                /* (count) the model's timestep at step i */
-    SampleUpdate *update;        /* (count) */
-} SamplerPlan;
+    SampleUpdate *update;        /* (count) the fused update of an affine step */
+    SamplerStepFn step;
+};
 
+/* The plan for a model whose output is laid out as `model` says (its parameterisation
+ * decides how x0 is recovered). */
 int sampler_plan_init(SamplerPlan *plan, const GaussianDiffusion *base, const SamplerOptions *opt,
-                      char *err, size_t err_size);
+                      const ModelOutput *model, char *err, size_t err_size);
 /* DDIM inversion x0 -> x_T over the same spacing. */
 int sampler_plan_inversion(SamplerPlan *plan, const GaussianDiffusion *base,
-                           const SamplerOptions *opt, char *err, size_t err_size);
+                           const SamplerOptions *opt, const ModelOutput *model, char *err,
+                           size_t err_size);
 void sampler_plan_free(SamplerPlan *plan);
 
-/* The model: returns its output (backend memory) for x (n, d) at model timestep t. */
-typedef const float *(*DenoiseFn)(void *ctx, const float *x, int n, int model_t);
+/* Runs the plan on x (n, d) in place; the noise of step i is philox_normal with key
+ * {z_key.seed, z_key.stream, i}. */
+void sampler_run(const SamplerPlan *plan, Denoiser *den, float *x, int n, RngKey z_key,
+                 int verbose);
 
-/* Runs the plan on x (n, d) in place; the noise of step i is philox_normal with
- * key {z_key.seed, z_key.stream, i}. */
-void sampler_run(const Backend *be, const SamplerPlan *plan, DenoiseFn denoise, void *ctx,
-                 float *x, int n, size_t d, RngKey z_key, int verbose);
-
-/* Generates n images into out (n, H, W, C) host floats with the U-Net's current weights,
- * in chunks of at most m->max_batch. x_T is drawn from (seed, chunk) unless x_T (host,
- * n*H*W*C) is given. The same seed and batch size give the same images. */
-void sample_images(UNet *m, const SamplerPlan *plan, int n, uint64_t seed, const float *x_T,
-                   float *out, int verbose);
-/* The chunks c (of m->max_batch images) with c % world_size == rank, into their places
+/* Generates n images into out (n, H, W, C) host floats, in chunks of at most
+ * den->max_batch. x_T is drawn from (seed, chunk) unless x_T (host, n*D) is given.
+ * The same seed and batch size give the same images. */
+void sample_images(Denoiser *den, const SamplerPlan *plan, int n, uint64_t seed,
+                   const float *x_T, float *out, int verbose);
+/* The chunks c (of max_batch images) with c % world_size == rank, into their places
  * in out: world_size ranks together produce what one process does. */
-void sample_images_share(UNet *m, const SamplerPlan *plan, int n, uint64_t seed,
+void sample_images_share(Denoiser *den, const SamplerPlan *plan, int n, uint64_t seed,
                          const float *x_T, float *out, int verbose, int rank, int world_size);
 /* The x_T that sample_images draws for (n, seed) when none is given. */
-void sample_initial_noise(UNet *m, int n, uint64_t seed, float *out);
-/* The ancestral sampler over every timestep, for a config (training-time grids). */
-void sample_images_default(UNet *m, const GaussianDiffusion *d, int learned_var, int n,
-                           uint64_t seed, int clip_denoised, float *out);
+void sample_initial_noise(Denoiser *den, int n, uint64_t seed, float *out);
+/* The ancestral sampler over every timestep, for a U-Net with the given weights
+ * (training-time grids). */
+void sample_images_default(Net *net, const float *weights, const GaussianDiffusion *d,
+                           int learned_var, int n, uint64_t seed, int clip_denoised, float *out);
 
 /* `ddpm sample`. */
 int sample_main(int argc, char **argv, const Backend *be);
 
-#endif
-
-/* A checkpoint's config, process and EMA weights, ready for sampling or evaluation. */
+/* A checkpoint's config, process, U-Net and its EMA weights as a denoiser, ready for
+ * sampling or evaluation. */
 typedef struct {
     Config cfg;
     GaussianDiffusion diffusion;
-    UNet *model;
+    Net *model;
+    NetDenoiser denoiser;
 } Inference;
 
 /* Loads ckpt for batches up to `batch`; dies with a message naming the file on error. */
@@ -73,3 +87,5 @@ void inference_free(Inference *inf);
 
 /* `ddpm invert`: DDIM inversion of images (a float32 .npy in [-1, 1]) to x_T. */
 int invert_main(int argc, char **argv, const Backend *be);
+
+#endif

@@ -1,6 +1,8 @@
-/* Training: the DDPM objective L_simple with AdamW, gradient clipping, LR warmup
- * and an EMA of the weights. Every random draw is keyed by (seed, step, sample),
- * so a run resumed from a checkpoint continues bit-identically. */
+/* The trainer: what every model's training has in common. The data order, AdamW with
+ * clipping and warmup, the EMA of the weights, the non-finite step skip, data
+ * parallelism and checkpoints live here; what a step computes is an objective
+ * (objective.h). Every random draw is keyed by (seed, step, sample), so a run resumed
+ * from a checkpoint continues bit-identically. */
 #ifndef DDPM_TRAIN_H
 #define DDPM_TRAIN_H
 
@@ -9,43 +11,32 @@
 #include "checkpoint.h"
 #include "config.h"
 #include "data.h"
-#include "diffusion.h"
 #include "dist.h"
-#include "timestep_sampler.h"
-#include "unet.h"
+#include "graph.h"
+#include "objective.h"
 
 /* Data parallelism: cfg.batch_size is the global batch B; each of the W ranks runs
- * B/W of its samples (global indices [sample0, sample0 + B/W)), and every rank holds
- * the whole batch's timesteps and, after each step's all-gather, its losses. */
+ * B/W of its samples (global indices [sample0, sample0 + B/W)), and every rank sees,
+ * after each step's all-gather, the whole batch's statistics. */
 typedef struct {
     Config cfg;
     const Backend *be;
     Dist *dist;                            /* NULL: one process */
     int rank, world_size, local_batch;
     uint32_t sample0;                      /* rank * local_batch */
-    UNet *model;                           /* for local_batch samples */
-    GaussianDiffusion diffusion;
+    Net *model;                            /* for local_batch samples */
+    Objective *objective;
     Dataset data;
     TrainProgress progress;
     float *ema, *adam_m, *adam_v;          /* (P) backend */
-    DeviceSchedule schedule;               /* per-timestep tables in backend memory */
-    TimestepSampler timestep_sampler;
-    LossSpec loss;                         /* for the fused diffusion_loss (hybrid, kl) */
-    int simple_loss;                       /* mse without learned variances: the plain MSE op */
-    /* b = local_batch, B = cfg.batch_size, W = world_size */
-    float *target;                         /* (b, H, W, C) backend */
-    float *x0;                             /* (b, H, W, C) backend */
+    /* b = local_batch, B = cfg.batch_size, W = world_size, K = objective stats_per_sample */
     uint8_t *images;                       /* (b, H, W, C) backend: the batch's raw pixels */
-    float *step_stats;                     /* (W, 2b + 1) backend: per rank [mse | L_t | stop] */
-    float *loss_per_sample;                /* (b) backend, in this rank's step_stats block */
-    float *vb_per_sample;                  /* (b) backend: L_t in bits/dim, likewise */
-    float *sample_weight;                  /* (b) backend: 1/(T p_t) of the timestep sampler */
+    float *step_stats;                     /* (W, K*b + 1) backend: per rank [K blocks | stop] */
+    float *own_stats;                      /* this rank's block in step_stats */
     float *grad_norm;                      /* (1) backend */
     uint8_t *host_images;                  /* (b, H, W, C) */
-    float *host_stats;                     /* (W, 2b + 1) */
-    int32_t *host_t;                       /* (B) */
-    float *host_loss;                      /* (B) the per-sample training loss */
-    float *host_mse, *host_vb, *host_weight;   /* (B) */
+    float *host_stats;                     /* (W, K*b + 1) */
+    float **stats_by_kind;                 /* (K) host arrays of (B): every rank's, in order */
     uint32_t *order;                       /* (data.count) permutation of the current epoch */
     long order_epoch;
     int bad_streak;
@@ -57,15 +48,16 @@ typedef struct {
 typedef struct {
     int skipped;            /* non-finite loss or gradient: no update */
     double loss;            /* batch mean of the per-sample losses */
-    double vb;              /* batch mean of L_t in bits/dim (NaN for the plain MSE loss) */
+    double vb;              /* the objective's second statistic: DDPM's L_t in bits/dim
+                               (NaN for the plain MSE loss) */
     double grad_norm;       /* before clipping */
     double lr;
     int stop;               /* some rank asked to stop: every rank stops after this step */
     const float *loss_per_sample;    /* (B) host */
-    const int32_t *t;                /* (B) host */
+    const int32_t *t;                /* (B) host, or NULL when the objective has no timesteps */
 } StepResult;
 
-/* Sets up the model, optimizer state and schedule for cfg, with the data already
+/* Sets up the model, the objective, the optimizer state for cfg, with the data already
  * loaded (data is taken over). Weights are initialised from cfg->seed, the same on
  * every rank. dist: the data-parallel world, or NULL for one process. */
 void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *data, Dist *dist);
@@ -74,6 +66,7 @@ void trainer_free(Trainer *tr);
 StepResult trainer_step(Trainer *tr);
 int trainer_save(Trainer *tr, const char *path, char *err, size_t err_size);
 int trainer_load(Trainer *tr, const char *path, char *err, size_t err_size);
+void objective_free(Objective *o);
 
 /* The learning rate at an optimizer step: linear warmup, then constant. */
 double learning_rate(const Config *cfg, long adam_steps);

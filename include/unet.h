@@ -1,93 +1,20 @@
-/* The DDPM U-Net (diffusers UNet2DModel, as for google/ddpm-cifar10-32), defined once.
- *
- * unet_create() builds the network as a tape of backend ops over NHWC tensors,
- * allocating every activation, gradient and workspace buffer up front for
- * max_batch. unet_forward() runs the tape, unet_backward() runs it in reverse.
- * The same tape runs on every backend.
- *
- * Parameters live in one flat buffer, in registration order, under diffusers
- * state-dict names. Conv weights are stored (OC, KH, KW, IC) internally and
- * converted to PyTorch's (OC, IC, KH, KW) at the checkpoint boundary. */
+/* The DDPM U-Net (diffusers UNet2DModel, as for google/ddpm-cifar10-32): a builder
+ * over the graph (graph.h). Inputs "sample" (H, W, in_channels) and "timestep"
+ * (one per sample); output "sample" (H, W, out_channels). */
 #ifndef DDPM_UNET_H
 #define DDPM_UNET_H
 
-#include <stddef.h>
-#include <stdint.h>
-
-#include "backend.h"
 #include "config.h"
+#include "graph.h"
 
-typedef enum { PARAM_PLAIN = 0, PARAM_CONV = 1 } ParamLayout;
+/* Builds and plans the network for cfg for batches up to max_batch. input_grad: also
+ * compute the gradient with respect to the "sample" input. Weights start at zero. */
+Net *unet_build(const Backend *be, const Config *cfg, int max_batch, int input_grad);
 
-typedef struct {
-    char name[96];          /* diffusers state-dict key */
-    int ndim;
-    int64_t shape[4];       /* PyTorch layout */
-    size_t offset, numel;   /* in the flat parameter buffer */
-    ParamLayout layout;
-    int fan_in;             /* for PyTorch's default init; 0 for norm parameters */
-    int is_norm_weight;     /* GroupNorm weights start at 1 */
-} ParamInfo;
-
-typedef struct Node Node;
-typedef struct Tensor Tensor;
-
-/* Called during unet_backward each time more gradients are final: every gradient at a
- * flat offset >= final_from will not change again this step (data-parallel buckets). */
-typedef void (*GradsReadyFn)(void *ctx, size_t final_from);
-
-typedef struct {
-    const Backend *be;
-    int image_size, in_channels, out_channels, ch, temb_dim, groups;
-    float dropout;
-    int max_batch;
-
-    ParamInfo *params;
-    int n_params;
-    size_t num_parameters;
-    float *weights;           /* (num_parameters) backend memory */
-    float *grads;             /* (num_parameters) backend memory */
-
-    Node *nodes;
-    int n_nodes, cap_nodes;
-    Tensor *tensors;
-    int n_tensors, cap_tensors;
-    int input, output;        /* tensor ids of x_t (B,H,W,in) and the output (B,H,W,out) */
-    int32_t *timesteps;       /* (max_batch) backend memory */
-    void *arena;              /* every activation, gradient and saved statistic */
-    void *workspace;
-    size_t workspace_bytes;
-    int training;             /* dropout active */
-    size_t *final_from;       /* (n_nodes) grads at offsets >= final_from[i] are final once
-                                 node i's backward has run */
-    GradsReadyFn grads_ready; /* NULL, or the data-parallel gradient reducer */
-    void *grads_ready_ctx;
-} UNet;
-
-/* Builds the network for cfg and allocates everything for batches up to max_batch.
- * Weights are zero until unet_init_weights or a checkpoint load. */
-UNet *unet_create(const Backend *be, const Config *cfg, int max_batch);
-void unet_free(UNet *m);
-/* PyTorch's default initialisation, drawn from Philox so that it is the same on
- * every backend: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for conv and linear weights and
- * biases, 1 and 0 for GroupNorm. Writes host_weights when non-NULL, else m->weights. */
-void unet_init_weights(UNet *m, uint64_t seed, float *host_weights);
-
-float *unet_input(UNet *m);          /* x_t (max_batch, H, W, in_channels) */
-float *unet_output(UNet *m);         /* (max_batch, H, W, out_channels) */
-float *unet_output_grad(UNet *m);    /* dL/doutput, filled by the loss */
-size_t unet_sample_size(const UNet *m);          /* H*W*in_channels */
-size_t unet_output_sample_size(const UNet *m);   /* H*W*out_channels */
-
-/* Runs the network on the first n samples of the input with timesteps m->timesteps.
- * dropout_key: key for the dropout masks (training); ignored when !m->training. */
-void unet_forward(UNet *m, int n, RngKey dropout_key);
-/* Gradients of the loss whose output gradient is in unet_output_grad, into m->grads. */
-void unet_backward(UNet *m, int n, RngKey dropout_key);
-
-const ParamInfo *unet_find_param(const UNet *m, const char *name);
-/* Layout conversion of one parameter between the internal and the PyTorch layout (host). */
-void param_to_torch(const ParamInfo *p, const float *internal, float *torch);
-void param_from_torch(const ParamInfo *p, const float *torch, float *internal);
+/* The U-Net's encoder half on an existing graph: the time embedding of t, conv_in, the
+ * down blocks and the middle block over x. Returns the middle block's output. Shared
+ * by the U-Net and by networks that stop halfway (a noisy classifier). */
+int unet_encoder(Net *net, const Config *cfg, int x, int t, int *temb_out, int *skips,
+                 int *n_skips);
 
 #endif

@@ -44,7 +44,8 @@ static int contains(const char *haystack, const char *needle) {
 }
 
 static int dataset_is_empty(const Dataset *d) {
-    return d->images == NULL && d->count == 0 && d->height == 0 && d->width == 0;
+    return d->images == NULL && d->labels == NULL && d->count == 0 && d->height == 0 &&
+           d->width == 0;
 }
 
 /* ---- Fashion-MNIST slice ---- */
@@ -267,6 +268,68 @@ static void test_idx_synthetic(void) {
     expect_idx_error(raw, 4, 0, "cannot pad 5 x 4 images to 4 x 4: smaller than the image");
 }
 
+/* ---- labels beside IDX images ---- */
+
+static void write_labels(const char *path, uint32_t magic, uint32_t count, int n_bytes) {
+    unsigned char bytes[8 + 16];
+    put_be32(bytes, magic);
+    put_be32(bytes + 4, count);
+    for (int i = 0; i < n_bytes; i++) bytes[8 + i] = (unsigned char)(7 - i);
+    write_bytes(path, bytes, 8 + (size_t)n_bytes);
+}
+
+static void expect_label_error(const char *images, const char *phrase) {
+    Dataset d;
+    char err[512] = "", labels[512];
+    CHECK(idx_labels_path(images, labels, sizeof labels) == 0, "labels path of %s", images);
+    CHECK(dataset_load_idx(&d, images, 0, 0, err, sizeof err) != 0, "bad labels accepted");
+    CHECK(contains(err, labels) && contains(err, phrase), "error \"%s\" lacks %s / \"%s\"", err,
+          labels, phrase);
+    CHECK(dataset_is_empty(&d), "a failed load leaves the dataset empty");
+}
+
+/* The real Fashion-MNIST labels, against an independent read; synthetic bad label files. */
+static void test_labels(void) {
+    enum { N = 200 };
+    const char *path = FASHION_DIR "/train-images-idx3-ubyte.gz";
+    Dataset d;
+    char err[512] = "";
+    CHECK(dataset_load_idx(&d, path, 32, N, err, sizeof err) == 0, "load: %s", err);
+    uint8_t *raw = NULL;
+    gzFile gz = gzopen(FASHION_DIR "/train-labels-idx1-ubyte.gz", "rb");
+    unsigned char header[8];
+    if (gz && gzread(gz, header, 8) == 8) {
+        raw = malloc(N);
+        if (gzread(gz, raw, N) != N) free(raw), raw = NULL;
+    }
+    if (gz) gzclose(gz);
+    CHECK(raw && d.labels && d.num_classes == 10, "labels %s, %d classes",
+          d.labels ? "present" : "missing", d.num_classes);
+    int mismatch = 0;
+    for (int i = 0; i < N && raw && d.labels; i++) mismatch += d.labels[i] != raw[i];
+    CHECK(mismatch == 0, "%d of %d labels differ from the label file", mismatch, N);
+    free(raw);
+    dataset_free(&d);
+
+    char name[4][64] = {"a-images-idx3-ubyte", "a-labels-idx1-ubyte", "plain.idx", "x"};
+    write_good_idx(tmp_path(name[0]), 0);
+    write_labels(tmp_path(name[1]), 0x801, IDX_N, IDX_N);
+    CHECK(dataset_load_idx(&d, tmp_path(name[0]), 0, 0, err, sizeof err) == 0, "%s", err);
+    CHECK(d.labels && d.labels[0] == 7 && d.labels[2] == 5 && d.num_classes == 8,
+          "synthetic labels read");
+    dataset_free(&d);
+    write_labels(tmp_path(name[1]), 0x801, IDX_N + 1, IDX_N + 1);
+    expect_label_error(tmp_path(name[0]), "4 labels for 3 images");
+    write_labels(tmp_path(name[1]), 0x803, IDX_N, IDX_N);
+    expect_label_error(tmp_path(name[0]), "not an IDX1 label file");
+    write_labels(tmp_path(name[1]), 0x801, IDX_N, IDX_N - 1);
+    expect_label_error(tmp_path(name[0]), "truncated: 2 of 3 labels");
+    write_good_idx(tmp_path(name[2]), 0);   /* no labels file beside it: no labels */
+    CHECK(dataset_load_idx(&d, tmp_path(name[2]), 0, 0, err, sizeof err) == 0 && !d.labels &&
+              d.num_classes == 0, "images without a labels file");
+    dataset_free(&d);
+}
+
 /* ---- synthetic CIFAR-10 ---- */
 
 enum { CIFAR_PLANE = 1024, CIFAR_RECORD = 3073 };
@@ -275,13 +338,13 @@ static uint8_t cifar_value(int image, int ch, int pixel) {
     return (uint8_t)(image * 31 + ch * 80 + pixel * 7);
 }
 
-/* Writes records for global image indices first .. first + n - 1 (label = index). */
+/* Writes records for global image indices first .. first + n - 1 (label = index % 10). */
 static void write_cifar_file(const char *name, int first, int n, int extra_bytes) {
     size_t size = (size_t)n * CIFAR_RECORD + (size_t)extra_bytes;
     unsigned char *bytes = calloc(1, size + 1);
     for (int r = 0; r < n; r++) {
         unsigned char *record = bytes + (size_t)r * CIFAR_RECORD;
-        record[0] = (unsigned char)(first + r);
+        record[0] = (unsigned char)((first + r) % 10);
         for (int ch = 0; ch < 3; ch++)
             for (int p = 0; p < CIFAR_PLANE; p++)
                 record[1 + ch * CIFAR_PLANE + p] = cifar_value(first + r, ch, p);
@@ -314,6 +377,11 @@ static void check_cifar_images(const Dataset *d, int first, int count) {
                 mismatches += d->images[((size_t)i * CIFAR_PLANE + p) * 3 + ch] !=
                               cifar_value(first + i, ch, p);
     CHECK(mismatches == 0, "%d CIFAR values differ from the NHWC conversion", mismatches);
+    int wrong_labels = 0;
+    for (int i = 0; i < count && d->labels; i++) wrong_labels += d->labels[i] != (first + i) % 10;
+    CHECK(d->labels && d->num_classes == 10 && wrong_labels == 0,
+          "CIFAR labels: %s, %d classes, %d wrong", d->labels ? "present" : "missing",
+          d->num_classes, wrong_labels);
 }
 
 static void expect_cifar_error(int test, const char *file, const char *phrase) {
@@ -340,6 +408,9 @@ static void test_cifar(void) {
     CHECK(dataset_load_cifar10(&d, tmp_dir, 1, 0, err, sizeof err) == 0, "test batch: %s", err);
     check_cifar_images(&d, 100, 1);
     dataset_free(&d);
+    unsigned char bad_label[CIFAR_RECORD] = {11};
+    write_bytes(tmp_path("test_batch.bin"), bad_label, sizeof bad_label);
+    expect_cifar_error(1, "test_batch.bin", "record 0 has label 11, outside [0, 10)");
 
     write_cifar_file("data_batch_2.bin", 2, 1, 1);
     expect_cifar_error(0, "data_batch_2.bin",
@@ -553,6 +624,7 @@ int main(void) {
     }
     test_fashion_mnist();
     test_idx_synthetic();
+    test_labels();
     test_cifar();
     test_png();
     test_npz();

@@ -124,12 +124,13 @@ static void fill(float *x, size_t n, uint32_t seed) {
 static void test_buckets(void) {
     Config cfg = tiny_config();
     const int B = 2;
-    UNet *m = unet_create(backend_cpu(), &cfg, B);
-    unet_init_weights(m, 1, NULL);
-    fill(unet_input(m), (size_t)B * unet_sample_size(m), 2);
-    for (int i = 0; i < B; i++) m->timesteps[i] = 100 + 400 * i;
-    unet_forward(m, B, (RngKey){0, 0, 0, 0});
-    fill(unet_output_grad(m), (size_t)B * unet_output_sample_size(m), 3);
+    Net *m = unet_build(backend_cpu(), &cfg, B, 0);
+    net_init_weights(m, 1, NULL);
+    fill(net_input_data(m, "sample"), (size_t)B * net_per_sample(m, net_input(m, "sample")), 2);
+    int32_t *t = net_input_data(m, "timestep");
+    for (int i = 0; i < B; i++) t[i] = 100 + 400 * i;
+    net_forward(m, B, NULL, (RngKey){0, 0, 0, 0});
+    fill(net_output_grad(m, "sample"), (size_t)B * net_per_sample(m, net_output(m, "sample")), 3);
 
     Dist d = {.env = {.world_size = 2, .launcher = "test"}, .control_fd = -1};
     d.ops.allreduce_mean_start = record_start;
@@ -138,7 +139,7 @@ static void test_buckets(void) {
     dist_attach_grads(&d, m->grads, P, 0.05);   /* 13107 floats: 14 buckets */
     m->grads_ready = dist_grads_ready;
     m->grads_ready_ctx = &d;
-    unet_backward(m, B, (RngKey){0, 0, 0, 0});
+    net_backward(m, B, (RngKey){0, 0, 0, 0});
     recorder.backward_done = 1;
     dist_grads_finish(&d);
 
@@ -161,7 +162,7 @@ static void test_buckets(void) {
           "%d of %d buckets started during backward (the overlap)", r->started_during_backward,
           r->started);
     printf("  %d buckets, %d started during backward\n", r->started, r->started_during_backward);
-    unet_free(m);
+    net_free(m);
 }
 
 int main(void) {

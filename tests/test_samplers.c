@@ -19,13 +19,14 @@
 #define D 5000
 
 typedef struct {
-    const GaussianDiffusion *base;   /* the model's timesteps index the base process */
+    Denoiser base;
+    const GaussianDiffusion *process;   /* the model's timesteps index the base process */
     float out[D];
 } ToyModel;
 
-static const float *toy_denoise(void *ctx, const float *x, int n, int model_t) {
-    ToyModel *toy = ctx;
-    double ab = toy->base->alphas_cumprod[model_t];
+static const float *toy_denoise(Denoiser *self, const float *x, int n, float model_t) {
+    ToyModel *toy = (ToyModel *)self;
+    double ab = toy->process->alphas_cumprod[(int)model_t];
     double k = sqrt(1 - ab) / (ab * S * S + 1 - ab);
     for (size_t i = 0; i < (size_t)n * D; i++) toy->out[i] = (float)(k * (x[i] - sqrt(ab) * MU));
     return toy->out;
@@ -34,13 +35,15 @@ static const float *toy_denoise(void *ctx, const float *x, int n, int model_t) {
 static void run(const GaussianDiffusion *base, const SamplerOptions *opt, float *x, int inversion,
                 uint32_t z_stream) {
     static ToyModel toy;
-    toy.base = base;
+    toy.base = (Denoiser){.predict = toy_denoise, .be = backend_cpu(), .max_batch = 1,
+                          .sample_size = D, .output = {.prediction = PRED_EPS, .channels = 1}};
+    toy.process = base;
     SamplerPlan plan;
     char err[256];
-    int rc = inversion ? sampler_plan_inversion(&plan, base, opt, err, sizeof err)
-                       : sampler_plan_init(&plan, base, opt, err, sizeof err);
+    int rc = inversion ? sampler_plan_inversion(&plan, base, opt, &toy.base.output, err, sizeof err)
+                       : sampler_plan_init(&plan, base, opt, &toy.base.output, err, sizeof err);
     if (rc != 0) die("%s", err);
-    sampler_run(backend_cpu(), &plan, toy_denoise, &toy, x, 1, D, (RngKey){9, z_stream, 0, 0}, 0);
+    sampler_run(&plan, &toy.base, x, 1, (RngKey){9, z_stream, 0, 0}, 0);
     sampler_plan_free(&plan);
 }
 
@@ -61,7 +64,7 @@ int main(void) {
     if (diffusion_init(&d, "linear", 1000, PRED_EPS, VAR_FIXED_SMALL, err, sizeof err)) die("%s", err);
     static float a[D], b[D], x0[D], back[D];
 
-    SamplerOptions plain = {.kind = "ancestral"}, spaced = {.kind = "ancestral", .spacing = "1000"};
+    SamplerOptions plain = {.kind = SAMPLER_ANCESTRAL}, spaced = {.kind = SAMPLER_ANCESTRAL, .spacing = "1000"};
     start_noise(a, 1), start_noise(b, 1);
     run(&d, &plain, a, 0, 1);
     run(&d, &spaced, b, 0, 1);
@@ -69,7 +72,7 @@ int main(void) {
 
     double ma, va, mb, vb;
     moments(a, &ma, &va);
-    SamplerOptions ddim1 = {.kind = "ddim", .eta = 1.0};
+    SamplerOptions ddim1 = {.kind = SAMPLER_DDIM, .eta = 1.0};
     start_noise(b, 2);
     run(&d, &ddim1, b, 0, 2);
     moments(b, &mb, &vb);
@@ -82,14 +85,14 @@ int main(void) {
 
     /* with 100 steps the posterior variance (fixedsmall) is the low end of the right
      * variance, so the samples come out narrower (Nichol & Dhariwal 2021, sec. 3.1) */
-    SamplerOptions respaced = {.kind = "ancestral", .spacing = "100"};
+    SamplerOptions respaced = {.kind = SAMPLER_ANCESTRAL, .spacing = "100"};
     start_noise(b, 3);
     run(&d, &respaced, b, 0, 3);
     moments(b, &mb, &vb);
     printf("  100 respaced ancestral steps: mean %.4f var %.4f\n", mb, vb);
     CHECK(fabs(mb - MU) < 0.025 && vb > 0.8 * S * S && vb < S * S, "100 respaced steps");
 
-    SamplerOptions ddim0 = {.kind = "ddim", .eta = 0.0, .spacing = "ddim50"};
+    SamplerOptions ddim0 = {.kind = SAMPLER_DDIM, .eta = 0.0, .spacing = "ddim50"};
     start_noise(a, 4), start_noise(b, 4);
     run(&d, &ddim0, a, 0, 4);
     run(&d, &ddim0, b, 0, 5);   /* other z keys must not matter */
@@ -102,7 +105,7 @@ int main(void) {
     const char *spacings[2] = {"ddim50", "1000"};
     double bounds[2] = {0.08, 0.005}, rms[2];
     for (int k = 0; k < 2; k++) {
-        SamplerOptions o = {.kind = "ddim", .spacing = spacings[k]};
+        SamplerOptions o = {.kind = SAMPLER_DDIM, .spacing = spacings[k]};
         memcpy(back, x0, sizeof x0);
         run(&d, &o, back, 1, 6);   /* x0 -> x_T */
         run(&d, &o, back, 0, 6);   /* x_T -> x0 */

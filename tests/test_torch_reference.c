@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "checkpoint.h"
+#include "diffusion.h"
 #include "safetensors.h"
 #include "testing.h"
 #include "train.h"
@@ -33,7 +34,7 @@ static float *copy_floats(const StTensor *t) {
  * whose gradient is zero in exact arithmetic (softmax ignores a shift shared by a row)
  * and is rounding noise below 1e-9 on both sides; every other gradient tensor
  * here has max |b| above 3e-4, so the floor of 1e-5 loosens nothing else. */
-static void compare_params(const UNet *m, const StFile *f, const float *internal,
+static void compare_params(const Net *m, const StFile *f, const float *internal,
                            const char *prefix, const char *what, double tol, double floor) {
     double worst = 0;
     const char *worst_name = "";
@@ -69,12 +70,12 @@ static Config reference_config(const StFile *f) {
 }
 
 /* One forward + loss + backward on the reference batch; returns the loss. */
-static double loss_and_grads(UNet *m, const float *target_dev, float *loss_dev, int B) {
+static double loss_and_grads(Net *m, const float *target_dev, float *loss_dev, int B) {
     RngKey none = {0};
-    size_t D = unet_output_sample_size(m);
-    unet_forward(m, B, none);
-    m->be->mse_loss(loss_dev, unet_output_grad(m), unet_output(m), target_dev, B, D);
-    unet_backward(m, B, none);
+    size_t D = net_per_sample(m, net_output(m, "sample"));
+    net_forward(m, B, NULL, none);
+    m->be->mse_loss(loss_dev, net_output_grad(m, "sample"), net_output_data(m, "sample"), target_dev, B, D);
+    net_backward(m, B, none);
     float losses[64];
     m->be->to_host(losses, loss_dev, (size_t)B * sizeof(float));
     double loss = 0;
@@ -95,20 +96,20 @@ static void check_learned_sigma(void) {
     const Backend *be = backend_cpu();
     const StTensor *x_t = need(&f, "input.x_t"), *t = need(&f, "input.t");
     int B = (int)x_t->shape[0], HW = cfg.image_size * cfg.image_size, C = cfg.in_channels;
-    UNet *m = unet_create(be, &cfg, B);
+    Net *m = unet_build(be, &cfg, B, 0);
     float *bufs[CKPT_BUFFERS] = {m->weights, NULL, NULL, NULL};
     CHECK(checkpoint_read(REF_SIGMA, m, bufs, NULL, err, sizeof err) == 0, "load: %s", err);
-    be->to_device(unet_input(m), x_t->data, x_t->nbytes);
-    be->to_device(m->timesteps, t->data, t->nbytes);
-    unet_forward(m, B, (RngKey){0});
+    be->to_device(net_input_data(m, "sample"), x_t->data, x_t->nbytes);
+    be->to_device(net_input_data(m, "timestep"), t->data, t->nbytes);
+    net_forward(m, B, NULL, (RngKey){0});
     float *ref_out = copy_floats(need(&f, "output"));
-    double e = rel_error(unet_output(m), ref_out, unet_output_sample_size(m) * B, 1e-12);
+    double e = rel_error(net_output_data(m, "sample"), ref_out, net_per_sample(m, net_output(m, "sample")) * B, 1e-12);
     printf("  learned sigma: output relative error %.3g\n", e);
     CHECK(e <= TOL, "learned-sigma output: relative error %.3g", e);
 
     GaussianDiffusion d;
     DeviceSchedule sched;
-    diffusion_init(&d, cfg.beta_schedule, cfg.timesteps, PRED_EPS, VAR_FIXED_SMALL, err, sizeof err);
+    diffusion_from_config(&d, &cfg, err, sizeof err);
     device_schedule_init(&sched, be, &d);
     float *x0 = copy_floats(need(&f, "input.x0")), *eps = copy_floats(need(&f, "input.eps"));
     float mse[8], vb[8];
@@ -119,22 +120,22 @@ static void check_learned_sigma(void) {
         {"kl.loss", "kl.grad.", {.learned_var = 1, .vb_weight = (float)cfg.timesteps, .vb_trains_mean = 1}, 1e-3}};
     for (int k = 0; k < 2; k++) {
         LossSpec spec = objectives[k].spec;
-        be->diffusion_loss(mse, vb, unet_output_grad(m), unet_output(m), eps, x0, unet_input(m),
-                           m->timesteps, NULL, B, HW, C, spec, sched.tables);
+        be->diffusion_loss(mse, vb, net_output_grad(m, "sample"), net_output_data(m, "sample"), eps, x0, net_input_data(m, "sample"),
+                           net_input_data(m, "timestep"), NULL, B, HW, C, spec, sched.tables);
         double loss = 0;
         for (int i = 0; i < B; i++) loss += (spec.mse_weight * mse[i] + spec.vb_weight * vb[i]) / B;
         float ref_loss;
         memcpy(&ref_loss, need(&f, objectives[k].loss_name)->data, sizeof ref_loss);
         printf("  %s: %.9g (reference %.9g)\n", objectives[k].loss_name, loss, ref_loss);
         CHECK(fabs(loss - ref_loss) <= TOL * fabs(ref_loss), "%s", objectives[k].loss_name);
-        unet_backward(m, B, (RngKey){0});
+        net_backward(m, B, (RngKey){0});
         compare_params(m, &f, m->grads, objectives[k].grad_prefix, objectives[k].grad_prefix, TOL,
                        objectives[k].floor);
     }
     free(ref_out), free(x0), free(eps);
     device_schedule_free(&sched);
     diffusion_free(&d);
-    unet_free(m);
+    net_free(m);
     st_free(&f);
 }
 
@@ -146,18 +147,18 @@ int main(void) {
     const Backend *be = backend_cpu();
     const StTensor *x_t = need(&f, "input.x_t"), *t = need(&f, "input.t");
     int B = (int)x_t->shape[0];
-    UNet *m = unet_create(be, &cfg, B);
+    Net *m = unet_build(be, &cfg, B, 0);
     float *bufs[CKPT_BUFFERS] = {m->weights, NULL, NULL, NULL};
     CHECK(checkpoint_read(REF, m, bufs, NULL, err, sizeof err) == 0, "load: %s", err);
     printf("  reference model: %zu parameters\n", m->num_parameters);
-    be->to_device(unet_input(m), x_t->data, x_t->nbytes);
-    be->to_device(m->timesteps, t->data, t->nbytes);
+    be->to_device(net_input_data(m, "sample"), x_t->data, x_t->nbytes);
+    be->to_device(net_input_data(m, "timestep"), t->data, t->nbytes);
     float *target = be->alloc(x_t->nbytes), *loss_dev = be->alloc((size_t)B * sizeof(float));
     be->to_device(target, need(&f, "input.target")->data, x_t->nbytes);
 
     double loss = loss_and_grads(m, target, loss_dev, B);
     float *ref_out = copy_floats(need(&f, "output"));
-    double out_err = rel_error(unet_output(m), ref_out, unet_output_sample_size(m) * B, 1e-12);
+    double out_err = rel_error(net_output_data(m, "sample"), ref_out, net_per_sample(m, net_output(m, "sample")) * B, 1e-12);
     printf("  output relative error %.3g\n", out_err);
     CHECK(out_err <= TOL, "output: relative error %.3g", out_err);
     float ref_loss;
@@ -195,7 +196,7 @@ int main(void) {
     be->release(adam_v);
     be->release(target);
     be->release(loss_dev);
-    unet_free(m);
+    net_free(m);
     st_free(&f);
     check_learned_sigma();
     return test_summary("torch_reference");

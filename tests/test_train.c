@@ -31,20 +31,23 @@ static Config tiny_config(void) {
 
 /* spacing: NULL for every timestep (the training-time sampler), or a respacing. */
 static void check_samples(Trainer *tr, const char *spacing) {
-    UNet *m = tr->model;
+    Net *m = tr->model;
     int n = 4;
-    size_t D = unet_sample_size(m);
+    size_t D = net_per_sample(m, net_input(m, "sample"));
     float *images = xmalloc((size_t)n * D * sizeof(float));
-    SamplerOptions opt = {.kind = "ancestral", .spacing = spacing, .clip_denoised = 1,
-                          .channels = m->in_channels};
-    SamplerPlan plan;
+    SamplerOptions opt = {.kind = SAMPLER_ANCESTRAL, .spacing = spacing, .clip_denoised = 1};
+    GaussianDiffusion d;
     char err[256];
-    if (sampler_plan_init(&plan, &tr->diffusion, &opt, err, sizeof err) != 0) die("%s", err);
-    float *weights = m->weights;
-    m->weights = tr->ema;
-    sample_images(m, &plan, n, 7, NULL, images, 0);
-    m->weights = weights;
+    if (diffusion_from_config(&d, &tr->cfg, err, sizeof err) != 0) die("%s", err);
+    ModelOutput output = {.prediction = d.pred, .channels = tr->cfg.in_channels};
+    NetDenoiser den;
+    net_denoiser_init(&den, m, tr->ema, output);
+    SamplerPlan plan;
+    if (sampler_plan_init(&plan, &d, &opt, &output, err, sizeof err) != 0) die("%s", err);
+    sample_images(&den.base, &plan, n, 7, NULL, images, 0);
     sampler_plan_free(&plan);
+    net_denoiser_free(&den);
+    diffusion_free(&d);
     int finite = 1, in_range = 1;
     double sum = 0, sum_sq = 0;
     for (size_t i = 0; i < n * D; i++) {

@@ -136,7 +136,7 @@ static void check_prior_and_spacing(const StFile *f) {
     }
     int count = space_timesteps(1000, "10,10,20", keep, err, sizeof err);
     GaussianDiffusion r;
-    diffusion_respace(&r, &d, keep, count, err, sizeof err);
+    diffusion_respace(&r, &d, keep, count);
     double *betas = ref_doubles(f, "respace.linear.T1000.s10_10_20.betas", NULL);
     CHECK(rel_error_d(r.betas, betas, (size_t)count, 1e-300) < 1e-12, "respaced betas");
     CHECK(space_timesteps(1000, "ddim300", keep, err, sizeof err) == -1, "ddim300 has no stride");
@@ -155,7 +155,7 @@ static void check_ddim(const StFile *f) {
     int keep[1000];
     diffusion_init(&d, "linear", 1000, PRED_EPS, VAR_FIXED_SMALL, err, sizeof err);
     int count = space_timesteps(1000, "ddim50", keep, err, sizeof err);
-    diffusion_respace(&r, &d, keep, count, err, sizeof err);
+    diffusion_respace(&r, &d, keep, count);
     for (int eta = 0; eta <= 1; eta++) {
 #define DDIM(field) (snprintf(name, sizeof name, "ddim.linear.T1000.ddim50.eta%d.%s", eta, field), ref_doubles(f, name, NULL))
         double *cx0 = DDIM("coef_x0"), *ceps = DDIM("coef_eps"), *sigma = DDIM("sigma");

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "data.h"
+#include "eval.h"
 #include "sample.h"
 #include "util.h"
 
@@ -24,6 +25,7 @@ typedef struct {
     uint8_t *images;            /* (B, H, W, C) backend */
     float *target, *x0;         /* (B, D) backend */
     float *mse, *vb;            /* (B) backend */
+    int32_t *t;                 /* (B) backend: the timesteps the loss gathers by */
     float *host_x0, *host_vb, *host_mse;
     int32_t *host_t;
     double *vb_sum, *mse_sum;   /* (T) sums over images of L_t and the MSE, full bound */
@@ -74,7 +76,7 @@ static EvalArgs parse_args(int argc, char **argv) {
 
 static void load_test_set(Dataset *d, const Config *c, const char *path, int n) {
     char err[1024];
-    int rc = strcmp(c->dataset, "cifar10") == 0
+    int rc = c->dataset == DATASET_CIFAR10
                  ? dataset_load_cifar10(d, path, 1, n, err, sizeof err)
                  : dataset_load_idx(d, path, c->image_size, n, err, sizeof err);
     if (rc != 0) die("%s", err);
@@ -86,24 +88,27 @@ static void load_test_set(Dataset *d, const Config *c, const char *path, int n) 
 /* L_t in bits/dim (and the MSE) for each sample of the batch at timesteps host_t. */
 static void vb_terms(Evaluator *ev, int n, uint64_t seed, uint32_t noise_step) {
     const Config *c = &ev->inf.cfg;
-    UNet *m = ev->inf.model;
+    Net *m = ev->inf.model;
     const Backend *be = ev->be;
-    be->to_device(m->timesteps, ev->host_t, (size_t)n * sizeof(int32_t));
+    float *x_t = net_data(m, net_input(m, "sample"));
+    be->to_device(ev->t, ev->host_t, (size_t)n * sizeof(int32_t));
+    be->to_device(net_data(m, net_input(m, "timestep")), ev->host_t, (size_t)n * sizeof(int32_t));
     RngKey eps_key = {seed, RNG_STREAM_EPS, noise_step, 0}, no_flip = {0};
-    be->q_sample_images(unet_input(m), ev->target, ev->x0, ev->images, m->timesteps,
-                        ev->schedule.sqrt_ac, ev->schedule.sqrt_1m_ac, n, c->image_size,
-                        c->image_size, c->in_channels, ev->inf.diffusion.pred, 0, no_flip, eps_key);
-    unet_forward(m, n, (RngKey){0});
+    be->q_sample_images(x_t, ev->target, ev->x0, ev->images, ev->t, ev->schedule.sqrt_ac,
+                        ev->schedule.sqrt_1m_ac, n, c->image_size, c->image_size, c->in_channels,
+                        ev->inf.diffusion.pred, 0, no_flip, eps_key);
+    m->training = 0;
+    net_forward(m, n, NULL, (RngKey){0});
     LossSpec spec = {.learned_var = c->learn_sigma, .clip_x0 = 1, .vb_weight = 1};
-    be->diffusion_loss(ev->mse, ev->vb, NULL, unet_output(m), ev->target, ev->x0, unet_input(m),
-                       m->timesteps, NULL, n, c->image_size * c->image_size, c->in_channels, spec,
-                       ev->schedule.tables);
+    be->diffusion_loss(ev->mse, ev->vb, NULL, net_data(m, net_output(m, "sample")), ev->target,
+                       ev->x0, x_t, ev->t, NULL, n, c->image_size * c->image_size, c->in_channels,
+                       spec, ev->schedule.tables);
     be->to_host(ev->host_vb, ev->vb, (size_t)n * sizeof(float));
     be->to_host(ev->host_mse, ev->mse, (size_t)n * sizeof(float));
 }
 
 static void priors(Evaluator *ev, int n, double *prior) {
-    size_t D = unet_sample_size(ev->inf.model);
+    size_t D = ev->inf.denoiser.base.sample_size;
     for (int i = 0; i < n; i++) ev->host_t[i] = 0;
     vb_terms(ev, n, 0, 0);
     ev->be->to_host(ev->host_x0, ev->x0, (size_t)n * D * sizeof(float));
@@ -158,8 +163,9 @@ static void evaluator_init(Evaluator *ev, const Backend *be, const char *ckpt, i
     ev->be = be;
     inference_load(&ev->inf, ckpt, be, batch);
     device_schedule_init(&ev->schedule, be, &ev->inf.diffusion);
-    size_t D = unet_sample_size(ev->inf.model);
+    size_t D = ev->inf.denoiser.base.sample_size;
     int T = ev->inf.diffusion.num_timesteps;
+    ev->t = be->alloc((size_t)batch * sizeof(int32_t));
     ev->images = be->alloc((size_t)batch * D);
     ev->target = be->alloc((size_t)batch * D * sizeof(float));
     ev->x0 = be->alloc((size_t)batch * D * sizeof(float));
@@ -180,6 +186,7 @@ static void evaluator_free(Evaluator *ev) {
     be->release(ev->x0);
     be->release(ev->mse);
     be->release(ev->vb);
+    be->release(ev->t);
     free(ev->host_x0);
     free(ev->host_vb);
     free(ev->host_mse);
@@ -197,7 +204,7 @@ int eval_main(int argc, char **argv, const Backend *be) {
     evaluator_init(&ev, be, a.ckpt, batch);
     Dataset data;
     load_test_set(&data, &ev.inf.cfg, a.data, a.n);
-    size_t D = unet_sample_size(ev.inf.model);
+    size_t D = ev.inf.denoiser.base.sample_size;
     double started = now_seconds();
     for (int first = 0, b = 0; first < data.count; first += batch, b++) {
         int n = data.count - first < batch ? data.count - first : batch;

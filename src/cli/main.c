@@ -1,4 +1,5 @@
-/* bin/ddpm: the command line. `ddpm train`, `ddpm sample`, `ddpm schedule`, `ddpm info`. */
+/* bin/ddpm: the command line. Dispatches `ddpm train`, `sample`, `invert`, `eval`,
+ * `schedule`, `info` and `backends`; picks the backend and the thread count. */
 #include <cblas.h>
 #include <getopt.h>
 #include <omp.h>
@@ -8,12 +9,11 @@
 
 #include "config.h"
 #include "diffusion.h"
+#include "eval.h"
 #include "sample.h"
 #include "train.h"
 #include "unet.h"
 #include "util.h"
-
-int eval_main(int argc, char **argv, const Backend *be);   /* src/eval.c */
 
 static void usage(FILE *to) {
     fprintf(to,
@@ -81,10 +81,7 @@ static int schedule_main(int argc, char **argv) {
     ConfigArgs a = parse_config_args(argc, argv);
     GaussianDiffusion d;
     char err[512];
-    if (diffusion_init(&d, a.cfg.beta_schedule, a.cfg.timesteps,
-                       prediction_from_name(a.cfg.prediction), variance_from_name(a.cfg.variance),
-                       err, sizeof err) != 0)
-        die("%s", err);
+    if (diffusion_from_config(&d, &a.cfg, err, sizeof err) != 0) die("%s", err);
     int count;
     const char *const *names = diffusion_array_names(&count);
     printf("t");
@@ -101,7 +98,7 @@ static int schedule_main(int argc, char **argv) {
 
 static int info_main(int argc, char **argv) {
     ConfigArgs a = parse_config_args(argc, argv);
-    UNet *m = unet_create(backend_cpu(), &a.cfg, 1);
+    Net *m = unet_build(backend_cpu(), &a.cfg, 1, 0);
     for (int i = 0; i < m->n_params; i++) {
         const ParamInfo *p = &m->params[i];
         printf("%-60s [", p->name);
@@ -109,7 +106,7 @@ static int info_main(int argc, char **argv) {
         printf("]\n");
     }
     printf("parameters: %zu\n", m->num_parameters);
-    unet_free(m);
+    net_free(m);
     return 0;
 }
 

@@ -9,6 +9,7 @@
 #include "image_io.h"
 #include "npy.h"
 #include "sample.h"
+#include "unet.h"
 #include "util.h"
 
 void inference_load(Inference *inf, const char *ckpt, const Backend *be, int batch) {
@@ -17,17 +18,18 @@ void inference_load(Inference *inf, const char *ckpt, const Backend *be, int bat
     if (checkpoint_read_config(ckpt, &inf->cfg, err, sizeof err) != 0) die("%s", err);
     if (config_validate(&inf->cfg, err, sizeof err) != 0) die("%s: %s", ckpt, err);
     const Config *c = &inf->cfg;
-    if (diffusion_init(&inf->diffusion, c->beta_schedule, c->timesteps,
-                       prediction_from_name(c->prediction), variance_from_name(c->variance), err,
-                       sizeof err) != 0)
-        die("%s: %s", ckpt, err);
-    inf->model = unet_create(be, c, batch);
+    if (diffusion_from_config(&inf->diffusion, c, err, sizeof err) != 0) die("%s: %s", ckpt, err);
+    inf->model = unet_build(be, c, batch, 0);
     float *bufs[CKPT_BUFFERS] = {NULL, inf->model->weights, NULL, NULL};
     if (checkpoint_read(ckpt, inf->model, bufs, NULL, err, sizeof err) != 0) die("%s", err);
+    ModelOutput output = {.prediction = inf->diffusion.pred, .learned_var = c->learn_sigma,
+                          .channels = c->in_channels};
+    net_denoiser_init(&inf->denoiser, inf->model, NULL, output);
 }
 
 void inference_free(Inference *inf) {
-    unet_free(inf->model);
+    net_denoiser_free(&inf->denoiser);
+    net_free(inf->model);
     diffusion_free(&inf->diffusion);
 }
 
@@ -64,7 +66,8 @@ static double parse_double_arg(const char *flag, const char *text) {
 }
 
 static SampleArgs parse_args(int argc, char **argv) {
-    SampleArgs a = {.out_dir = "samples", .n = 16, .clip = -1, .sampler = {.kind = "ancestral"}};
+    SampleArgs a = {.out_dir = "samples", .n = 16, .clip = -1,
+                    .sampler = {.kind = SAMPLER_ANCESTRAL}};
     static const struct option options[] = {
         {"ckpt", required_argument, 0, 'c'},    {"n", required_argument, 0, 'n'},
         {"out", required_argument, 0, 'o'},     {"seed", required_argument, 0, 's'},
@@ -84,7 +87,10 @@ static SampleArgs parse_args(int argc, char **argv) {
         case 's': a.seed = (unsigned long long)parse_int_arg("--seed", optarg, 0, 1L << 62); break;
         case 'b': a.batch = (int)parse_int_arg("--batch", optarg, 1, 65536); break;
         case 'l': a.clip = (int)parse_int_arg("--clip", optarg, 0, 1); break;
-        case 'k': a.sampler.kind = optarg; break;
+        case 'k':
+            if (sampler_kind_from_name(optarg, &a.sampler.kind) != 0)
+                die("--sampler: unknown sampler '%s' (ancestral or ddim)", optarg);
+            break;
         case 'p': a.sampler.spacing = optarg; break;
         case 'e': a.sampler.eta = parse_double_arg("--eta", optarg); break;
         case 'z': a.noise = optarg; break;
@@ -147,10 +153,10 @@ static void write_outputs(const char *out_dir, int n, const Config *cfg, const f
 static void make_plan(SamplerPlan *plan, Inference *inf, SampleArgs *a, int inversion) {
     char err[512];
     a->sampler.clip_denoised = a->clip >= 0 ? a->clip : inf->cfg.clip_denoised;
-    a->sampler.learned_var = inf->cfg.learn_sigma;
-    a->sampler.channels = inf->cfg.in_channels;
-    int rc = inversion ? sampler_plan_inversion(plan, &inf->diffusion, &a->sampler, err, sizeof err)
-                       : sampler_plan_init(plan, &inf->diffusion, &a->sampler, err, sizeof err);
+    const ModelOutput *model = &inf->denoiser.base.output;
+    int rc = inversion
+                 ? sampler_plan_inversion(plan, &inf->diffusion, &a->sampler, model, err, sizeof err)
+                 : sampler_plan_init(plan, &inf->diffusion, &a->sampler, model, err, sizeof err);
     if (rc != 0) die("%s", err);
 }
 
@@ -223,19 +229,20 @@ int sample_main(int argc, char **argv, const Backend *be) {
     inference_load(&inf, a.ckpt, be, batch);
     SamplerPlan plan;
     make_plan(&plan, &inf, &a, 0);
-    size_t D = unet_sample_size(inf.model);
+    Denoiser *den = &inf.denoiser.base;
+    size_t D = den->sample_size;
     if (!x_T && a.save_noise) {
         x_T = xmalloc((size_t)a.n * D * sizeof(float));
-        sample_initial_noise(inf.model, a.n, a.seed, x_T);
+        sample_initial_noise(den, a.n, a.seed, x_T);
     }
     if (a.save_noise && rank == 0) write_npy_images(a.save_noise, x_T, a.n, &inf.cfg);
     if (rank == 0)
         fprintf(stderr, "sampling %d images: %s, %d steps, batch %d, seed %llu, backend %s%s\n",
-                a.n, a.sampler.kind, plan.count, batch, a.seed, be->name,
+                a.n, a.sampler.kind == SAMPLER_DDIM ? "ddim" : "ancestral", plan.count, batch, a.seed, be->name,
                 W > 1 ? ", chunks shared over the ranks" : "");
     float *images = xmalloc((size_t)a.n * D * sizeof(float));
     double started = now_seconds();
-    sample_images_share(inf.model, &plan, a.n, a.seed, x_T, images, rank == 0, rank, W);
+    sample_images_share(den, &plan, a.n, a.seed, x_T, images, rank == 0, rank, W);
     if (W > 1) gather_parts(dist, &a, &inf.cfg, images, batch, D);
     if (rank == 0) {
         fprintf(stderr, "sampled in %.1f s\n", now_seconds() - started);
@@ -264,8 +271,8 @@ int invert_main(int argc, char **argv, const Backend *be) {
     a.clip = 0;
     SamplerPlan plan;
     make_plan(&plan, &inf, &a, 1);
-    float *x_T = xmalloc((size_t)n * unet_sample_size(inf.model) * sizeof(float));
-    sample_images(inf.model, &plan, n, 0, x0, x_T, 1);
+    float *x_T = xmalloc((size_t)n * inf.denoiser.base.sample_size * sizeof(float));
+    sample_images(&inf.denoiser.base, &plan, n, 0, x0, x_T, 1);
     write_npy_images(a.out_file, x_T, n, &inf.cfg);
     free(x0);
     free(x_T);

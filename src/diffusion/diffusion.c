@@ -210,17 +210,9 @@ SampleUpdate p_sample_update(const GaussianDiffusion *d, int t, int clip_denoise
     return u;
 }
 
-PredictionType prediction_from_name(const char *name) {
-    if (strcmp(name, "eps") == 0) return PRED_EPS;
-    if (strcmp(name, "x0") == 0) return PRED_X0;
-    if (strcmp(name, "v") == 0) return PRED_V;
-    return (PredictionType)-1;
-}
-
-VarianceType variance_from_name(const char *name) {
-    if (strcmp(name, "fixedsmall") == 0) return VAR_FIXED_SMALL;
-    if (strcmp(name, "fixedlarge") == 0) return VAR_FIXED_LARGE;
-    return (VarianceType)-1;
+int diffusion_from_config(GaussianDiffusion *d, const Config *cfg, char *err, size_t err_size) {
+    return diffusion_init(d, cfg->beta_schedule, cfg->timesteps, (PredictionType)cfg->prediction,
+                          (VarianceType)cfg->variance, err, err_size);
 }
 
 SampleUpdate ddim_sample_update(const GaussianDiffusion *d, int t, double eta, int clip_denoised) {
@@ -320,8 +312,8 @@ int space_timesteps(int T, const char *spec, int *keep, char *err, size_t err_si
     return fail_spacing(err, err_size, spec, "no integer stride gives that many steps");
 }
 
-int diffusion_respace(GaussianDiffusion *out, const GaussianDiffusion *base, const int *keep,
-                      int count, char *err, size_t err_size) {
+void diffusion_respace(GaussianDiffusion *out, const GaussianDiffusion *base, const int *keep,
+                       int count) {
     double *betas = xmalloc((size_t)count * sizeof(double));
     double last = 1.0;
     for (int i = 0; i < count; i++) {
@@ -341,7 +333,4 @@ int diffusion_respace(GaussianDiffusion *out, const GaussianDiffusion *base, con
     compute_arrays(out);
     out->timestep_map = xmalloc((size_t)count * sizeof(int));
     memcpy(out->timestep_map, keep, (size_t)count * sizeof(int));
-    (void)err;
-    (void)err_size;
-    return 0;
 }

@@ -25,7 +25,7 @@ static void put_long(StWriter *w, const char *key, long value) {
     st_writer_meta(w, key, text);
 }
 
-int checkpoint_write(const char *path, const UNet *m, const Config *cfg,
+int checkpoint_write(const char *path, const Net *m, const Config *cfg,
                      float *const bufs[CKPT_BUFFERS], const TrainProgress *progress,
                      const CheckpointExtra *extras, int n_extras, char *err, size_t err_size) {
     size_t P = m->num_parameters;
@@ -83,7 +83,7 @@ static void format_shape(char *out, size_t size, int ndim, const int64_t *shape)
 }
 
 /* Copies one prefix's tensors into a host buffer in the internal layout. */
-static int read_buffer(const StFile *f, const UNet *m, const char *prefix, float *host,
+static int read_buffer(const StFile *f, const Net *m, const char *prefix, float *host,
                        char *err, size_t err_size) {
     char name[160], have[96], want[96];
     float *scratch = NULL;
@@ -140,13 +140,15 @@ static int read_progress(const StFile *f, TrainProgress *progress, char *err, si
     return 0;
 }
 
-int checkpoint_read(const char *path, const UNet *m, float *const bufs[CKPT_BUFFERS],
+int checkpoint_read(const char *path, const Net *m, float *const bufs[CKPT_BUFFERS],
                     TrainProgress *progress, char *err, size_t err_size) {
     StFile f;
     if (st_read(&f, path, err, err_size) != 0) return -1;
     size_t P = m->num_parameters;
     float *host = xmalloc(P * sizeof(float));
-    int has_ema = m->n_params > 0 && st_find(&f, "ema.conv_in.weight") != NULL;
+    char first_ema[128] = "";
+    if (m->n_params > 0) snprintf(first_ema, sizeof first_ema, "ema.%s", m->params[0].name);
+    int has_ema = m->n_params > 0 && st_find(&f, first_ema) != NULL;
     int rc = progress ? read_progress(&f, progress, err, err_size) : 0;
     for (int b = 0; b < CKPT_BUFFERS && rc == 0; b++) {
         if (!bufs[b]) continue;

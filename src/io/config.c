@@ -1,6 +1,7 @@
 /* Config keys, their types and ranges, in one table that drives every reader and
  * writer: JSON files, `key=value` overrides, validation and the saved effective config. */
 #include "config.h"
+#include "diffusion.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -12,7 +13,9 @@
 
 #include "util.h"
 
-typedef enum { KEY_INT, KEY_BOOL, KEY_U64, KEY_DOUBLE, KEY_STRING, KEY_INT_LIST } KeyType;
+/* KEY_ENUM: an int field holding the index of its value in `choices`: names are
+ * parsed once, here, and the rest of the engine switches on the enums of config.h. */
+typedef enum { KEY_INT, KEY_BOOL, KEY_U64, KEY_DOUBLE, KEY_STRING, KEY_ENUM, KEY_INT_LIST } KeyType;
 
 typedef struct {
     const char *name;
@@ -20,7 +23,8 @@ typedef struct {
     size_t offset;
     size_t count_offset;   /* KEY_INT_LIST: where the element count lives */
     double min, max;       /* numbers: inclusive range; lists: range of each element */
-    const char *choices;   /* KEY_STRING: allowed values separated by '|', or NULL for any */
+    const char *choices;   /* KEY_STRING, KEY_ENUM: allowed values separated by '|' (NULL: any
+                              string); a KEY_ENUM's values are in its enum's order */
     int model;             /* defines the network or the diffusion process: stored in checkpoints */
 } ConfigKey;
 
@@ -28,6 +32,7 @@ typedef struct {
 #define NUM(name, type, lo, hi, model) {#name, type, OFF(name), 0, lo, hi, NULL, model}
 #define LIST(name, lo, hi) {#name, KEY_INT_LIST, OFF(name), OFF(n_##name), lo, hi, NULL, 1}
 #define STR(name, choices, model) {#name, KEY_STRING, OFF(name), 0, 0, 0, choices, model}
+#define ENUM(name, choices, model) {#name, KEY_ENUM, OFF(name), 0, 0, 0, choices, model}
 
 static const ConfigKey keys[] = {
     NUM(image_size, KEY_INT, 4, 1024, 1),
@@ -41,13 +46,13 @@ static const ConfigKey keys[] = {
     NUM(dropout, KEY_DOUBLE, 0, 0.99, 1),
     NUM(timesteps, KEY_INT, 2, 100000, 1),
     STR(beta_schedule, "linear|cosine|quadratic|sigmoid", 1),
-    STR(prediction, "eps|x0|v", 1),
-    STR(variance, "fixedsmall|fixedlarge", 1),
+    ENUM(prediction, "eps|x0|v", 1),
+    ENUM(variance, "fixedsmall|fixedlarge", 1),
     NUM(learn_sigma, KEY_BOOL, 0, 1, 1),
-    STR(loss, "mse|hybrid|kl", 0),
-    STR(timestep_sampler, "uniform|loss_second_moment", 0),
+    ENUM(loss, "mse|hybrid|kl", 0),
+    ENUM(timestep_sampler, "uniform|loss_second_moment", 0),
     NUM(clip_denoised, KEY_BOOL, 0, 1, 0),
-    STR(dataset, "fashion_mnist|mnist|cifar10", 0),
+    ENUM(dataset, "fashion_mnist|mnist|cifar10", 0),
     STR(data_path, NULL, 0),
     NUM(data_limit, KEY_INT, 0, 100000000, 0),
     NUM(hflip, KEY_BOOL, 0, 1, 0),
@@ -82,6 +87,7 @@ static const char *type_name(KeyType t) {
     case KEY_U64: return "a non-negative integer";
     case KEY_DOUBLE: return "a number";
     case KEY_STRING: return "a string";
+    case KEY_ENUM: return "a string";
     case KEY_INT_LIST: return "a list of integers";
     }
     return "?";
@@ -101,11 +107,11 @@ void config_defaults(Config *c) {
         .threads = 0, .bucket_mb = 25, .dist_timeout = 300,
     };
     strcpy(c->beta_schedule, "linear");
-    strcpy(c->prediction, "eps");
-    strcpy(c->variance, "fixedsmall");
-    strcpy(c->loss, "mse");
-    strcpy(c->timestep_sampler, "uniform");
-    strcpy(c->dataset, "fashion_mnist");
+    c->prediction = PRED_EPS;
+    c->variance = VAR_FIXED_SMALL;
+    c->loss = LOSS_MSE;
+    c->timestep_sampler = TIMESTEPS_UNIFORM;
+    c->dataset = DATASET_FASHION_MNIST;
     strcpy(c->data_path, "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
     strcpy(c->out_dir, "runs/default");
 }
@@ -124,15 +130,38 @@ static int fail(char *err, size_t err_size, const char *fmt, ...) {
     return -1;
 }
 
-static int in_choices(const char *value, const char *choices) {
+/* The index of value among the '|'-separated choices, or -1. */
+static int choice_index(const char *value, const char *choices) {
     size_t len = strlen(value);
-    for (const char *p = choices; p && *p;) {
+    int index = 0;
+    for (const char *p = choices; p && *p; index++) {
         const char *bar = strchr(p, '|');
         size_t n = bar ? (size_t)(bar - p) : strlen(p);
-        if (n == len && strncmp(p, value, n) == 0) return 1;
+        if (n == len && strncmp(p, value, n) == 0) return index;
         p = bar ? bar + 1 : NULL;
     }
-    return 0;
+    return -1;
+}
+
+/* The name of choice `index` (the inverse of choice_index), into out. */
+static const char *choice_name(const char *choices, int index, char *out, size_t out_size) {
+    const char *p = choices;
+    for (int i = 0; i < index && p; i++) {
+        p = strchr(p, '|');
+        if (p) p++;
+    }
+    if (!p) die("internal: config choice %d of '%s'", index, choices);
+    size_t n = strcspn(p, "|");
+    snprintf(out, out_size, "%.*s", (int)n, p);
+    return out;
+}
+
+const char *config_enum_name(const char *key, int value) {
+    static char name[CONFIG_STR];
+    for (size_t i = 0; i < N_KEYS; i++)
+        if (keys[i].type == KEY_ENUM && strcmp(keys[i].name, key) == 0)
+            return choice_name(keys[i].choices, value, name, sizeof name);
+    die("internal: '%s' is not an enum config key", key);
 }
 
 static int set_number(Config *c, const ConfigKey *k, double v, const char *origin, char *err,
@@ -158,10 +187,12 @@ static int set_string(Config *c, const ConfigKey *k, const char *v, const char *
     if (strlen(v) >= CONFIG_STR)
         return fail(err, err_size, "%s: key '%s' is longer than %d characters", origin, k->name,
                     CONFIG_STR - 1);
-    if (k->choices && !in_choices(v, k->choices))
+    int index = k->choices ? choice_index(v, k->choices) : 0;
+    if (index < 0)
         return fail(err, err_size, "%s: key '%s' = '%s' is not one of %s", origin, k->name, v,
                     k->choices);
-    strcpy((char *)c + k->offset, v);
+    if (k->type == KEY_ENUM) *(int *)((char *)c + k->offset) = index;
+    else strcpy((char *)c + k->offset, v);
     return 0;
 }
 
@@ -191,14 +222,15 @@ static int set_from_json(Config *c, const char *name, const cJSON *v, const char
                          char *err, size_t err_size) {
     const ConfigKey *k = find_key(name);
     if (!k) return fail(err, err_size, "%s: unknown key '%s'", origin, name);
-    int ok_type = (k->type == KEY_STRING && cJSON_IsString(v)) ||
+    int ok_type = ((k->type == KEY_STRING || k->type == KEY_ENUM) && cJSON_IsString(v)) ||
                   (k->type == KEY_INT_LIST && cJSON_IsArray(v)) ||
                   (k->type == KEY_BOOL && (cJSON_IsBool(v) || cJSON_IsNumber(v))) ||
                   ((k->type == KEY_INT || k->type == KEY_U64 || k->type == KEY_DOUBLE) &&
                    cJSON_IsNumber(v));
     if (!ok_type)
         return fail(err, err_size, "%s: key '%s' must be %s", origin, name, type_name(k->type));
-    if (k->type == KEY_STRING) return set_string(c, k, v->valuestring, origin, err, err_size);
+    if (k->type == KEY_STRING || k->type == KEY_ENUM)
+        return set_string(c, k, v->valuestring, origin, err, err_size);
     if (k->type == KEY_INT_LIST) return set_list(c, k, v, origin, err, err_size);
     double number = cJSON_IsBool(v) ? (cJSON_IsTrue(v) ? 1 : 0) : v->valuedouble;
     return set_number(c, k, number, origin, err, err_size);
@@ -248,7 +280,8 @@ int config_set(Config *c, const char *assignment, char *err, size_t err_size) {
     name[n] = 0;
     const ConfigKey *k = find_key(name);
     if (!k) return fail(err, err_size, "override: unknown key '%s'", name);
-    cJSON *v = k->type == KEY_STRING ? cJSON_CreateString(eq + 1) : cJSON_Parse(eq + 1);
+    int textual = k->type == KEY_STRING || k->type == KEY_ENUM;
+    cJSON *v = textual ? cJSON_CreateString(eq + 1) : cJSON_Parse(eq + 1);
     if (!v) return fail(err, err_size, "override: key '%s' must be %s, got '%s'", name,
                         type_name(k->type), eq + 1);
     int rc = set_from_json(c, name, v, "override", err, err_size);
@@ -271,15 +304,16 @@ int config_validate(const Config *c, char *err, size_t err_size) {
                         o, c->groups, c->ch * c->ch_mult[i], i);
     if (c->ch % 2) return fail(err, err_size, "%s: key 'ch' must be even (time embedding)", o);
     if (c->ch / 2 < 2) return fail(err, err_size, "%s: key 'ch' must be at least 4", o);
-    if (strcmp(c->dataset, "cifar10") == 0 && c->in_channels != 3)
+    if (c->dataset == DATASET_CIFAR10 && c->in_channels != 3)
         return fail(err, err_size, "%s: key 'in_channels' must be 3 for cifar10", o);
-    if (strcmp(c->dataset, "cifar10") != 0 && c->in_channels != 1)
-        return fail(err, err_size, "%s: key 'in_channels' must be 1 for %s", o, c->dataset);
+    if (c->dataset != DATASET_CIFAR10 && c->in_channels != 1)
+        return fail(err, err_size, "%s: key 'in_channels' must be 1 for %s", o,
+                    config_enum_name("dataset", c->dataset));
     int want_out = c->learn_sigma ? 2 * c->in_channels : c->in_channels;
     if (c->out_channels != want_out)
         return fail(err, err_size, "%s: key 'out_channels' must be %d (in_channels%s)", o, want_out,
                     c->learn_sigma ? " x 2 with learn_sigma" : "");
-    if (c->learn_sigma && strcmp(c->loss, "mse") == 0)
+    if (c->learn_sigma && c->loss == LOSS_MSE)
         return fail(err, err_size, "%s: key 'loss' = mse cannot train learned variances "
                     "(learn_sigma): use hybrid or kl", o);
     if (c->beta1 >= 1 || c->beta2 >= 1)
@@ -295,6 +329,11 @@ static cJSON *key_to_json(const Config *c, const ConfigKey *k) {
     case KEY_U64: return cJSON_CreateNumber((double)*(const unsigned long long *)(base + k->offset));
     case KEY_DOUBLE: return cJSON_CreateNumber(*(const double *)(base + k->offset));
     case KEY_STRING: return cJSON_CreateString(base + k->offset);
+    case KEY_ENUM: {
+        char name[CONFIG_STR];
+        return cJSON_CreateString(choice_name(k->choices, *(const int *)(base + k->offset), name,
+                                              sizeof name));
+    }
     case KEY_INT_LIST:
         return cJSON_CreateIntArray((const int *)(base + k->offset),
                                     *(const int *)(base + k->count_offset));

@@ -1,4 +1,4 @@
-/* Image datasets loaded into one uint8 NHWC array.
+/* Image datasets loaded into one uint8 NHWC array, with their labels.
  * IDX files (MNIST, Fashion-MNIST) are read through zlib's gz* API, which passes raw
  * files through unchanged, so .gz and uncompressed copies take the same path.
  * CIFAR-10 batches are fixed-size binary records read with plain stdio.
@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "util.h"
@@ -19,6 +20,8 @@ enum { DATASET_MAX_IMAGES = 100000000 };
 
 enum {
     IDX3_UBYTE_MAGIC = 0x00000803, /* 0x08: unsigned bytes, 0x03: three dimensions */
+    IDX1_UBYTE_MAGIC = 0x00000801, /* labels: unsigned bytes, one dimension */
+    IDX1_HEADER_BYTES = 8,         /* magic, count */
     IDX_HEADER_BYTES = 16,         /* magic, count, rows, cols: big-endian u32 each */
     IDX_MAX_SIDE = 4096,           /* sanity limit that rejects garbage headers early */
     GZ_BUFFER_BYTES = 1 << 17,     /* larger than zlib's 8 KiB default: fewer read calls */
@@ -31,6 +34,7 @@ enum {
     CIFAR_IMAGE_BYTES = CIFAR_CHANNELS * CIFAR_PLANE_BYTES,
     CIFAR_RECORD_BYTES = 1 + CIFAR_IMAGE_BYTES, /* a label byte, then the R, G, B planes */
     CIFAR_TRAIN_BATCHES = 5,
+    CIFAR_CLASSES = 10,
     CIFAR_PATH_MAX = 4096,
 };
 
@@ -40,6 +44,8 @@ typedef struct {
 
 void dataset_free(Dataset *d) {
     free(d->images);
+    free(d->values);
+    free(d->labels);
     *d = (Dataset){0};
 }
 
@@ -198,6 +204,68 @@ static int read_idx_images(Dataset *d, gzFile gz, const char *path, const IdxHea
     return 0;
 }
 
+int idx_labels_path(const char *images_path, char *out, size_t out_size) {
+    const char *slash = strrchr(images_path, '/');
+    const char *at = strstr(slash ? slash : images_path, "images-idx3");
+    if (!at) return -1;
+    int n = snprintf(out, out_size, "%.*slabels-idx1%s", (int)(at - images_path), images_path,
+                     at + strlen("images-idx3"));
+    return n >= 0 && (size_t)n < out_size ? 0 : -1;
+}
+
+/* The first `count` labels of an IDX1 file whose own count must be `expected`. */
+static int read_idx_labels(gzFile gz, const char *path, uint32_t expected, int count,
+                           int32_t *labels, int *num_classes, char *err, size_t err_size) {
+    unsigned char header[IDX1_HEADER_BYTES];
+    int cut_short = 0;
+    long long got = gz_read_bytes(gz, header, sizeof header, path, &cut_short, err, err_size);
+    if (got < 0) return -1;
+    if (got < IDX1_HEADER_BYTES || read_be32(header) != IDX1_UBYTE_MAGIC) {
+        snprintf(err, err_size, "%s: not an IDX1 label file (magic 0x%08x)", path,
+                 (unsigned)IDX1_UBYTE_MAGIC);
+        return -1;
+    }
+    if (read_be32(header + 4) != expected) {
+        snprintf(err, err_size, "%s: %u labels for %u images", path,
+                 (unsigned)read_be32(header + 4), (unsigned)expected);
+        return -1;
+    }
+    uint8_t *bytes = xmalloc((size_t)count + 1);
+    got = gz_read_bytes(gz, bytes, (size_t)count, path, &cut_short, err, err_size);
+    int rc = got < 0 ? -1 : 0;
+    if (rc == 0 && got < count) {
+        snprintf(err, err_size, "%s: truncated: %lld of %d labels", path, got, count);
+        rc = -1;
+    }
+    *num_classes = 0;
+    for (int i = 0; i < count && rc == 0; i++) {
+        labels[i] = bytes[i];
+        if (bytes[i] + 1 > *num_classes) *num_classes = bytes[i] + 1;
+    }
+    free(bytes);
+    return rc;
+}
+
+/* The labels beside an IDX image file, if that file exists. */
+static int load_idx_labels(Dataset *d, const char *images_path, uint32_t file_count, char *err,
+                           size_t err_size) {
+    char path[4096];
+    if (idx_labels_path(images_path, path, sizeof path) != 0) return 0;
+    if (access(path, F_OK) != 0) return 0;
+    errno = 0;
+    gzFile gz = gzopen(path, "rb");
+    if (!gz) {
+        snprintf(err, err_size, "%s: cannot open: %s", path,
+                 errno ? strerror(errno) : "out of memory");
+        return -1;
+    }
+    d->labels = xmalloc((size_t)d->count * sizeof(int32_t));
+    int rc = read_idx_labels(gz, path, file_count, d->count, d->labels, &d->num_classes, err,
+                             err_size);
+    gzclose(gz);
+    return rc;
+}
+
 int dataset_load_idx(Dataset *d, const char *path, int pad_to, int limit, char *err,
                      size_t err_size) {
     *d = (Dataset){0};
@@ -223,6 +291,10 @@ int dataset_load_idx(Dataset *d, const char *path, int pad_to, int limit, char *
         }
     }
     gzclose(gz);
+    if (rc == 0 && load_idx_labels(d, path, h.count, err, err_size) != 0) {
+        dataset_free(d);
+        rc = -1;
+    }
     return rc;
 }
 
@@ -274,14 +346,21 @@ static void cifar_planes_to_hwc(uint8_t *dst, const uint8_t *planes) {
             dst[pixel * CIFAR_CHANNELS + ch] = planes[ch * CIFAR_PLANE_BYTES + pixel];
 }
 
-/* Reads the first `records` images of one batch file into dst (HWC, labels dropped). */
-static int cifar_read_records(const char *path, uint8_t *dst, long long records, char *err,
-                              size_t err_size) {
+/* Reads the first `records` images of one batch file into dst (HWC) and their labels. */
+static int cifar_read_records(const char *path, uint8_t *dst, int32_t *labels, long long records,
+                              char *err, size_t err_size) {
     FILE *f = open_for_reading(path, err, err_size);
     if (!f) return -1;
     uint8_t record[CIFAR_RECORD_BYTES];
     long long done = 0;
     while (done < records && fread(record, CIFAR_RECORD_BYTES, 1, f) == 1) {
+        if (record[0] >= CIFAR_CLASSES) {
+            fclose(f);
+            snprintf(err, err_size, "%s: record %lld has label %d, outside [0, %d)", path, done,
+                     record[0], CIFAR_CLASSES);
+            return -1;
+        }
+        labels[done] = record[0];
         cifar_planes_to_hwc(dst + (size_t)done * CIFAR_IMAGE_BYTES, record + 1);
         done++;
     }
@@ -312,21 +391,26 @@ int dataset_load_cifar10(Dataset *d, const char *dir, int test, int limit, char 
         return -1;
     }
     uint8_t *images = malloc((size_t)count * CIFAR_IMAGE_BYTES);
-    if (!images) {
+    int32_t *labels = malloc((size_t)count * sizeof(int32_t));
+    if (!images || !labels) {
+        free(images);
+        free(labels);
         snprintf(err, err_size, "%s: cannot allocate %lld images", dir, count);
         return -1;
     }
     long long done = 0;
     for (int i = 0; i < n_files && done < count; i++) {
         long long take = records[i] < count - done ? records[i] : count - done;
-        if (cifar_read_records(paths[i], images + (size_t)done * CIFAR_IMAGE_BYTES, take, err,
-                               err_size) != 0) {
+        if (cifar_read_records(paths[i], images + (size_t)done * CIFAR_IMAGE_BYTES,
+                               labels + done, take, err, err_size) != 0) {
             free(images);
+            free(labels);
             return -1;
         }
         done += take;
     }
-    *d = (Dataset){.images = images, .count = (int)count, .height = CIFAR_SIDE,
-                   .width = CIFAR_SIDE, .channels = CIFAR_CHANNELS};
+    *d = (Dataset){.images = images, .labels = labels, .num_classes = CIFAR_CLASSES,
+                   .count = (int)count, .height = CIFAR_SIDE, .width = CIFAR_SIDE,
+                   .channels = CIFAR_CHANNELS};
     return 0;
 }

@@ -1,16 +1,14 @@
-/* The training loop: batches, the L_simple step, AdamW with clipping and warmup,
- * EMA, non-finite step skipping, logging, samples and checkpoints. */
+/* The trainer (train.h): data order, set-up, the step's common part (statistics,
+ * clipping, the non-finite skip, AdamW, EMA) and checkpoints. The objective computes
+ * the rest. */
 #include "train.h"
 
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
-#include "image_io.h"
-#include "sample.h"
+#include "unet.h"
 #include "util.h"
 
 /* ---------------- data order ---------------- */
@@ -33,8 +31,7 @@ static void shuffle_epoch(Trainer *tr, long epoch) {
     tr->order_epoch = epoch;
 }
 
-/* This rank's share of the step's batch (its shard of the epoch), and the whole
- * batch's timesteps, which every rank draws alike. */
+/* This rank's share of the step's batch (its shard of the epoch). */
 static void gather_batch(Trainer *tr, long step) {
     const Config *c = &tr->cfg;
     long epoch = step / batches_per_epoch(tr);
@@ -46,27 +43,11 @@ static void gather_batch(Trainer *tr, long step) {
         memcpy(tr->host_images + i * image_bytes, tr->data.images + index * image_bytes,
                image_bytes);
     }
-    RngKey t_key = {c->seed, RNG_STREAM_TIMESTEP, (uint32_t)step, 0};
-    timestep_sampler_draw(&tr->timestep_sampler, t_key, c->batch_size, tr->host_t,
-                          tr->host_weight);
     tr->progress.data_epoch = (step + 1) / batches_per_epoch(tr);
     tr->progress.data_index = ((step + 1) % batches_per_epoch(tr)) * c->batch_size;
 }
 
 /* ---------------- set-up ---------------- */
-
-/* hybrid: L_simple + (T/1000) L_t, i.e. lambda = 0.001 on L_vlb = T E_t[L_t], with the
- * VLB gradient stopped at the mean; kl: T L_t, the bound itself, through everything. */
-static LossSpec loss_spec(const Config *c) {
-    LossSpec spec = {.learned_var = c->learn_sigma, .mse_weight = 1.0f};
-    if (strcmp(c->loss, "hybrid") == 0) spec.vb_weight = (float)(c->timesteps / 1000.0);
-    if (strcmp(c->loss, "kl") == 0) {
-        spec.mse_weight = 0.0f;
-        spec.vb_weight = (float)c->timesteps;
-        spec.vb_trains_mean = 1;
-    }
-    return spec;
-}
 
 static void split_batch(Trainer *tr, Dist *dist) {
     const int B = tr->cfg.batch_size;
@@ -80,13 +61,20 @@ static void split_batch(Trainer *tr, Dist *dist) {
     tr->sample0 = (uint32_t)(tr->rank * tr->local_batch);
 }
 
-/* The per-step statistics every rank sees: each rank's block is [mse | L_t | stop]. */
+static size_t stats_block(const Trainer *tr) {
+    return (size_t)tr->objective->stats_per_sample * tr->local_batch + 1;
+}
+
+/* The per-step statistics every rank sees: each rank's block is [K blocks of b | stop]. */
 static void alloc_step_stats(Trainer *tr) {
-    const size_t block = 2 * (size_t)tr->local_batch + 1, W = (size_t)tr->world_size;
+    const size_t block = stats_block(tr), W = (size_t)tr->world_size;
+    const int K = tr->objective->stats_per_sample;
     tr->step_stats = tr->be->alloc(W * block * sizeof(float));
-    tr->loss_per_sample = tr->step_stats + (size_t)tr->rank * block;
-    tr->vb_per_sample = tr->loss_per_sample + tr->local_batch;
+    tr->own_stats = tr->step_stats + (size_t)tr->rank * block;
     tr->host_stats = xmalloc(W * block * sizeof(float));
+    tr->stats_by_kind = xmalloc((size_t)K * sizeof(float *));
+    for (int k = 0; k < K; k++)
+        tr->stats_by_kind[k] = xmalloc((size_t)tr->cfg.batch_size * sizeof(float));
     tr->be->fill(tr->step_stats, 0.0f, W * block);   /* every stop flag starts at 0 */
 }
 
@@ -100,34 +88,18 @@ void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *da
         die("the dataset has %d images, fewer than batch_size %d", tr->data.count,
             cfg->batch_size);
     split_batch(tr, dist);
-    char err[512];
-    if (diffusion_init(&tr->diffusion, cfg->beta_schedule, cfg->timesteps,
-                       prediction_from_name(cfg->prediction), variance_from_name(cfg->variance),
-                       err, sizeof err) != 0)
-        die("config: %s", err);
-    int B = cfg->batch_size, b = tr->local_batch;
-    tr->model = unet_create(be, cfg, b);
-    size_t P = tr->model->num_parameters, D = unet_sample_size(tr->model);
+    int b = tr->local_batch;
+    tr->model = unet_build(be, cfg, b, 0);
+    tr->objective = objective_ddpm_create(be, cfg, b, cfg->batch_size);
+    size_t P = tr->model->num_parameters;
+    size_t image_bytes = (size_t)tr->data.height * tr->data.width * tr->data.channels;
     tr->ema = be->alloc(P * sizeof(float));
     tr->adam_m = be->alloc(P * sizeof(float));
     tr->adam_v = be->alloc(P * sizeof(float));
-    device_schedule_init(&tr->schedule, be, &tr->diffusion);
-    timestep_sampler_init(&tr->timestep_sampler, cfg->timesteps,
-                          strcmp(cfg->timestep_sampler, "loss_second_moment") == 0);
-    tr->loss = loss_spec(cfg);
-    tr->simple_loss = strcmp(cfg->loss, "mse") == 0 && !cfg->learn_sigma;
-    tr->target = be->alloc((size_t)b * D * sizeof(float));
-    tr->x0 = be->alloc((size_t)b * D * sizeof(float));
-    tr->sample_weight = be->alloc((size_t)b * sizeof(float));
     alloc_step_stats(tr);
-    tr->host_mse = xmalloc((size_t)B * sizeof(float));
-    tr->host_vb = xmalloc((size_t)B * sizeof(float));
-    tr->host_weight = xmalloc((size_t)B * sizeof(float));
-    tr->images = be->alloc((size_t)b * D);
+    tr->images = be->alloc((size_t)b * image_bytes);
     tr->grad_norm = be->alloc(sizeof(float));
-    tr->host_images = xmalloc((size_t)b * D);
-    tr->host_t = xmalloc((size_t)B * sizeof(int32_t));
-    tr->host_loss = xmalloc((size_t)B * sizeof(float));
+    tr->host_images = xmalloc((size_t)b * image_bytes);
     tr->order = xmalloc((size_t)tr->data.count * sizeof(uint32_t));
     tr->order_epoch = -1;
     tr->progress.world_size = tr->world_size;
@@ -138,8 +110,14 @@ void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *da
     }
     const char *fault = getenv("DDPM_FAULT_NONFINITE_FROM_STEP");
     tr->fault_step = fault ? atol(fault) : -1;
-    unet_init_weights(tr->model, cfg->seed, NULL);
+    net_init_weights(tr->model, cfg->seed, NULL);
     be->copy(tr->ema, tr->model->weights, P * sizeof(float));
+}
+
+void objective_free(Objective *o) {
+    if (!o) return;
+    o->ops->free(o);
+    free(o);
 }
 
 void trainer_free(Trainer *tr) {
@@ -147,24 +125,16 @@ void trainer_free(Trainer *tr) {
     be->release(tr->ema);
     be->release(tr->adam_m);
     be->release(tr->adam_v);
-    device_schedule_free(&tr->schedule);
-    timestep_sampler_free(&tr->timestep_sampler);
-    be->release(tr->target);
-    be->release(tr->x0);
     be->release(tr->step_stats);
     free(tr->host_stats);
-    be->release(tr->sample_weight);
-    free(tr->host_mse);
-    free(tr->host_vb);
-    free(tr->host_weight);
+    for (int k = 0; k < tr->objective->stats_per_sample; k++) free(tr->stats_by_kind[k]);
+    free(tr->stats_by_kind);
     be->release(tr->images);
     be->release(tr->grad_norm);
     free(tr->host_images);
-    free(tr->host_t);
-    free(tr->host_loss);
     free(tr->order);
-    unet_free(tr->model);
-    diffusion_free(&tr->diffusion);
+    objective_free(tr->objective);
+    net_free(tr->model);
     dataset_free(&tr->data);
 }
 
@@ -187,21 +157,21 @@ void adamw_step(const Backend *be, const Config *c, float *weights, const float 
 }
 
 static void apply_update(Trainer *tr, double grad_norm, double lr) {
-    UNet *m = tr->model;
+    Net *m = tr->model;
     long t = ++tr->progress.adam_steps;
     adamw_step(tr->be, &tr->cfg, m->weights, m->grads, tr->adam_m, tr->adam_v,
                m->num_parameters, t, lr, grad_norm);
     tr->be->ema_update(tr->ema, m->weights, m->num_parameters, (float)tr->cfg.ema_decay);
 }
 
-/* Every rank's [mse | L_t | stop] block, gathered; unpacked into the global host arrays.
- * Returns whether any rank asked to stop. */
+/* Every rank's block of statistics, gathered and unpacked into the per-kind host arrays
+ * in global sample order. Returns whether any rank asked to stop. */
 static int share_step_stats(Trainer *tr) {
-    const int b = tr->local_batch;
-    const size_t block = 2 * (size_t)b + 1;
+    const int b = tr->local_batch, K = tr->objective->stats_per_sample;
+    const size_t block = stats_block(tr);
     if (tr->stop_requested != tr->stop_sent) {   /* a copy only when the flag changes */
         const float stop = (float)tr->stop_requested;
-        tr->be->to_device(tr->loss_per_sample + 2 * b, &stop, sizeof stop);
+        tr->be->to_device(tr->own_stats + (size_t)K * b, &stop, sizeof stop);
         tr->stop_sent = tr->stop_requested;
     }
     if (tr->dist) dist_allgather(tr->dist, tr->step_stats, block);
@@ -209,74 +179,43 @@ static int share_step_stats(Trainer *tr) {
     int any_stop = 0;
     for (int r = 0; r < tr->world_size; r++) {
         const float *stats = tr->host_stats + (size_t)r * block;
-        memcpy(tr->host_mse + (size_t)r * b, stats, (size_t)b * sizeof(float));
-        memcpy(tr->host_vb + (size_t)r * b, stats + b, (size_t)b * sizeof(float));
-        any_stop |= stats[2 * b] != 0.0f;
+        for (int k = 0; k < K; k++)
+            memcpy(tr->stats_by_kind[k] + (size_t)r * b, stats + (size_t)k * b,
+                   (size_t)b * sizeof(float));
+        any_stop |= stats[(size_t)K * b] != 0.0f;
     }
     return any_stop;
-}
-
-/* The loss and dL/doutput for this rank's samples; then every rank's per-sample
- * losses in the host arrays. Returns whether any rank asked to stop. */
-static int compute_loss(Trainer *tr) {
-    const Backend *be = tr->be;
-    UNet *m = tr->model;
-    const Config *c = &tr->cfg;
-    const int b = tr->local_batch, B = c->batch_size;
-    if (tr->simple_loss) {
-        be->mse_loss(tr->loss_per_sample, unet_output_grad(m), unet_output(m), tr->target, b,
-                     unet_sample_size(m));
-    } else {
-        be->to_device(tr->sample_weight, tr->host_weight + tr->sample0, (size_t)b * sizeof(float));
-        be->diffusion_loss(tr->loss_per_sample, tr->vb_per_sample, unet_output_grad(m),
-                           unet_output(m), tr->target, tr->x0, unet_input(m), m->timesteps,
-                           tr->sample_weight, b, c->image_size * c->image_size, c->in_channels,
-                           tr->loss, tr->schedule.tables);
-    }
-    int stop = share_step_stats(tr);
-    for (int i = 0; i < B; i++) {
-        if (tr->simple_loss) tr->host_vb[i] = NAN;
-        tr->host_loss[i] = tr->simple_loss ? tr->host_mse[i]
-                                           : tr->loss.mse_weight * tr->host_mse[i] +
-                                                 tr->loss.vb_weight * tr->host_vb[i];
-    }
-    if (!tr->simple_loss) timestep_sampler_update(&tr->timestep_sampler, tr->host_t, tr->host_loss, B);
-    return stop;
 }
 
 StepResult trainer_step(Trainer *tr) {
     const Config *c = &tr->cfg;
     const Backend *be = tr->be;
-    UNet *m = tr->model;
-    const int B = c->batch_size, b = tr->local_batch;
-    size_t D = unet_sample_size(m);
+    Net *m = tr->model;
+    Objective *o = tr->objective;
+    const int b = tr->local_batch;
     long step = tr->progress.step;
     gather_batch(tr, step);
-    be->to_device(tr->images, tr->host_images, (size_t)b * D);
-    be->to_device(m->timesteps, tr->host_t + tr->sample0, (size_t)b * sizeof(int32_t));
-    RngKey flip_key = {c->seed, RNG_STREAM_FLIP, (uint32_t)step, tr->sample0};
-    RngKey eps_key = {c->seed, RNG_STREAM_EPS, (uint32_t)step, tr->sample0};
+    o->ops->draw(o, step, c->batch_size);
+    size_t image_bytes = (size_t)tr->data.height * tr->data.width * tr->data.channels;
+    be->to_device(tr->images, tr->host_images, (size_t)b * image_bytes);
+    StepBatch batch = {.step = step, .b = b, .B = c->batch_size, .sample0 = tr->sample0,
+                       .images = tr->images};
+    o->ops->prepare(o, m, &batch);
     RngKey dropout_key = {c->seed, RNG_STREAM_DROPOUT, (uint32_t)step, tr->sample0};
-    be->q_sample_images(unet_input(m), tr->target, tr->simple_loss ? NULL : tr->x0, tr->images,
-                        m->timesteps, tr->schedule.sqrt_ac, tr->schedule.sqrt_1m_ac, b,
-                        c->image_size, c->image_size, c->in_channels, tr->diffusion.pred,
-                        c->hflip, flip_key, eps_key);
     m->training = 1;
-    unet_forward(m, b, dropout_key);
-    int stop = compute_loss(tr);
-    unet_backward(m, b, dropout_key);
+    net_forward(m, b, NULL, dropout_key);
+    o->ops->loss(o, m, &batch, tr->own_stats);
+    int stop = share_step_stats(tr);
+    ObjectiveReport report;
+    o->ops->report(o, tr->stats_by_kind, c->batch_size, &report);
+    net_backward(m, b, dropout_key);
     if (tr->dist) dist_grads_finish(tr->dist);
     be->global_norm(tr->grad_norm, m->grads, m->num_parameters);
     float norm;
     be->to_host(&norm, tr->grad_norm, sizeof norm);
-    double loss = 0, vb = 0;
-    for (int i = 0; i < B; i++) {
-        loss += tr->host_loss[i];
-        vb += tr->host_vb[i];
-    }
-    StepResult r = {.loss = loss / B, .vb = vb / B, .grad_norm = norm,
+    StepResult r = {.loss = report.loss, .vb = report.aux, .grad_norm = norm,
                     .lr = learning_rate(c, tr->progress.adam_steps), .stop = stop,
-                    .loss_per_sample = tr->host_loss, .t = tr->host_t};
+                    .loss_per_sample = report.loss_per_sample, .t = report.t};
     if (tr->fault_step >= 0 && step >= tr->fault_step) r.loss = NAN;
     r.skipped = !isfinite(r.loss) || !isfinite(norm);
     if (r.skipped) {
@@ -292,6 +231,8 @@ StepResult trainer_step(Trainer *tr) {
 
 /* ---------------- checkpoints ---------------- */
 
+#define MAX_EXTRAS 8
+
 static void optimizer_buffers(Trainer *tr, float *bufs[CKPT_BUFFERS]) {
     bufs[CKPT_WEIGHTS] = tr->model->weights;
     bufs[CKPT_EMA] = tr->ema;
@@ -299,23 +240,17 @@ static void optimizer_buffers(Trainer *tr, float *bufs[CKPT_BUFFERS]) {
     bufs[CKPT_ADAM_V] = tr->adam_v;
 }
 
-/* The importance sampler's loss history: needed for a bit-identical resume. */
-static int sampler_extras(Trainer *tr, CheckpointExtra extras[2]) {
-    TimestepSampler *s = &tr->timestep_sampler;
-    if (!s->importance) return 0;
-    extras[0] = (CheckpointExtra){"timestep_sampler.history", ST_F64, 2,
-                                  {s->num_timesteps, LOSS_HISTORY}, s->history};
-    extras[1] = (CheckpointExtra){"timestep_sampler.count", ST_I32, 1, {s->num_timesteps, 0},
-                                  s->count};
-    return 2;
+static int objective_extras(Trainer *tr, CheckpointExtra extras[MAX_EXTRAS]) {
+    Objective *o = tr->objective;
+    return o->ops->extras ? o->ops->extras(o, extras, MAX_EXTRAS) : 0;
 }
 
 int trainer_save(Trainer *tr, const char *path, char *err, size_t err_size) {
     float *bufs[CKPT_BUFFERS];
-    CheckpointExtra extras[2];
+    CheckpointExtra extras[MAX_EXTRAS];
     optimizer_buffers(tr, bufs);
     return checkpoint_write(path, tr->model, &tr->cfg, bufs, &tr->progress, extras,
-                            sampler_extras(tr, extras), err, err_size);
+                            objective_extras(tr, extras), err, err_size);
 }
 
 int trainer_load(Trainer *tr, const char *path, char *err, size_t err_size) {
@@ -323,8 +258,8 @@ int trainer_load(Trainer *tr, const char *path, char *err, size_t err_size) {
     optimizer_buffers(tr, bufs);
     TrainProgress progress;
     if (checkpoint_read(path, tr->model, bufs, &progress, err, err_size) != 0) return -1;
-    CheckpointExtra extras[2];
-    int n_extras = sampler_extras(tr, extras);
+    CheckpointExtra extras[MAX_EXTRAS];
+    int n_extras = objective_extras(tr, extras);
     if (checkpoint_read_extras(path, extras, n_extras, err, err_size) < 0) return -1;
     tr->progress = progress;   /* global: any world size that splits batch_size resumes it */
     tr->progress.world_size = tr->world_size;

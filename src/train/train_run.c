@@ -23,7 +23,7 @@ static void request_stop(int sig) { stop_requested = sig; }
 
 static void load_dataset(const Config *c, Dataset *data) {
     char err[1024];
-    int rc = strcmp(c->dataset, "cifar10") == 0
+    int rc = c->dataset == DATASET_CIFAR10
                  ? dataset_load_cifar10(data, c->data_path, 0, c->data_limit, err, sizeof err)
                  : dataset_load_idx(data, c->data_path, c->image_size, c->data_limit, err,
                                     sizeof err);
@@ -46,17 +46,14 @@ static void prepare_run_dir(const Config *c) {
 
 /* Sample grid from the EMA weights, in eval mode; training state is untouched. */
 static void write_samples(Trainer *tr, const char *name) {
-    UNet *m = tr->model;
     const Config *c = &tr->cfg;
+    Objective *o = tr->objective;
     int n = c->sample_n;
-    if (n == 0) return;
-    size_t D = unet_sample_size(m);
+    if (n == 0 || !o->ops->sample) return;
+    size_t D = (size_t)c->image_size * c->image_size * c->in_channels;
     float *images = xmalloc((size_t)n * D * sizeof(float));
     uint8_t *pixels = xmalloc((size_t)n * D);
-    float *weights = m->weights;
-    m->weights = tr->ema;
-    sample_images_default(m, &tr->diffusion, c->learn_sigma, n, c->seed, c->clip_denoised, images);
-    m->weights = weights;
+    o->ops->sample(o, tr->model, tr->ema, n, c->seed, images);
     images_to_u8(pixels, images, (size_t)n * D);
     char path[1024], err[1024];
     snprintf(path, sizeof path, "%s/%s", c->out_dir, name);
@@ -96,7 +93,7 @@ static void interval_add(Interval *iv, const StepResult *r, int batch, int times
     iv->vb += r->vb;
     iv->grad_norm += r->grad_norm;
     iv->steps++;
-    for (int i = 0; i < batch; i++) {
+    for (int i = 0; i < batch && r->t; i++) {
         int q = (int)((long)r->t[i] * 4 / timesteps);
         iv->quartile_loss[q] += r->loss_per_sample[i];
         iv->quartile_count[q]++;
@@ -159,7 +156,7 @@ static int at_interval(long step, int every) { return every > 0 && step % every 
 
 static void announce(const Trainer *tr, const Config *cfg, const Backend *be) {
     fprintf(stderr, "training %s on %s: %zu parameters, %d images, batch %d, %d steps, backend %s\n",
-            cfg->dataset, cfg->data_path, tr->model->num_parameters, tr->data.count,
+            config_enum_name("dataset", cfg->dataset), cfg->data_path, tr->model->num_parameters, tr->data.count,
             cfg->batch_size, cfg->steps, be->name);
     if (tr->world_size > 1 || tr->dist->ops.allreduce_mean_start)
         fprintf(stderr, "data parallel: %d ranks (%s) x %d samples per step\n", tr->world_size,

@@ -1,0 +1,48 @@
+/* The denoiser: the model as the samplers see it (after stable-diffusion.cpp's
+ * denoiser.hpp and improved-diffusion's _WrappedModel). A sampler calls predict()
+ * as often as it needs per step, and never sees the network. Guidance, conditioning
+ * and conversions between parameterisations wrap a denoiser in another denoiser;
+ * the samplers stay as they are. */
+#ifndef DDPM_DENOISER_H
+#define DDPM_DENOISER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "graph.h"
+
+/* What predict() returns per pixel: the prediction (eps, x0 or v) in C channels,
+ * followed by C channels of v (improved-diffusion's variance interpolation) when
+ * learned_var. The samplers turn it into x0 with the prediction's coefficients. */
+typedef struct {
+    PredictionType prediction;
+    int learned_var;
+    int channels;
+} ModelOutput;
+
+typedef struct Denoiser Denoiser;
+struct Denoiser {
+    /* The model's output for x (n, sample_size, backend memory; n <= max_batch) at the
+     * model's time t (DDPM: the integer timestep). Backend memory, valid until the next
+     * call; x is only read. */
+    const float *(*predict)(Denoiser *self, const float *x, int n, float t);
+    const Backend *be;
+    int max_batch;
+    size_t sample_size;     /* floats per sample of x: H*W*C */
+    ModelOutput output;
+};
+
+/* A network with inputs "sample" and "timestep" and output "sample", run in eval mode
+ * on the given weights (backend memory; e.g. the EMA weights). */
+typedef struct {
+    Denoiser base;
+    Net *net;
+    const float *weights;
+    int32_t *t_host;        /* (max_batch) */
+} NetDenoiser;
+
+void net_denoiser_init(NetDenoiser *d, Net *net, const float *weights, ModelOutput output);
+void net_denoiser_free(NetDenoiser *d);
+
+#endif

@@ -1,0 +1,45 @@
+/* A network as a denoiser (see denoiser.h). */
+#include "denoiser.h"
+
+#include <stdlib.h>
+
+#include "util.h"
+
+/* The sampler's x is its own buffer: it is copied into the network's input, so that a
+ * wrapper may hand the network a batch the sampler never sees (doubled for guidance). */
+static const float *net_predict(Denoiser *self, const float *x, int n, float t) {
+    NetDenoiser *d = (NetDenoiser *)self;
+    Net *net = d->net;
+    const Backend *be = self->be;
+    for (int i = 0; i < n; i++) d->t_host[i] = (int32_t)t;
+    be->to_device(net_data(net, net_input(net, "timestep")), d->t_host,
+                  (size_t)n * sizeof(int32_t));
+    be->copy(net_data(net, net_input(net, "sample")), x, (size_t)n * self->sample_size * sizeof(float));
+    int was_training = net->training;
+    net->training = 0;
+    net_forward(net, n, d->weights, (RngKey){0});
+    net->training = was_training;
+    return net_data(net, net_output(net, "sample"));
+}
+
+void net_denoiser_init(NetDenoiser *d, Net *net, const float *weights, ModelOutput output) {
+    int x = net_input(net, "sample"), out = net_output(net, "sample");
+    if (x < 0 || out < 0 || net_input(net, "timestep") < 0)
+        die("internal: a denoiser needs a network with inputs sample, timestep and output sample");
+    size_t want = (size_t)output.channels * (output.learned_var ? 2 : 1);
+    if (net_channels(net, x) != output.channels || (size_t)net_channels(net, out) != want)
+        die("internal: the network's channels (%d in, %d out) do not fit its output layout",
+            net_channels(net, x), net_channels(net, out));
+    *d = (NetDenoiser){
+        .base = {.predict = net_predict, .be = net->be, .max_batch = net->max_batch,
+                 .sample_size = net_per_sample(net, x), .output = output},
+        .net = net,
+        .weights = weights,
+        .t_host = xmalloc((size_t)net->max_batch * sizeof(int32_t)),
+    };
+}
+
+void net_denoiser_free(NetDenoiser *d) {
+    free(d->t_host);
+    d->t_host = NULL;
+}
