@@ -53,7 +53,9 @@ typedef struct {
     Tensor *tensors;
     int n_tensors, cap_tensors;
     int input, output;        /* tensor ids of x_t (B,H,W,in) and the output (B,H,W,out) */
-    int32_t *timesteps;       /* (max_batch) backend memory */
+    int32_t *timesteps;       /* (max_batch) backend memory; set with unet_set_timesteps */
+    float *timesteps_float;   /* (max_batch) backend memory: the same, the embedding's input */
+    float *timesteps_staging; /* (max_batch) host: timesteps_float before its upload */
     void *arena;              /* every activation, gradient and saved statistic */
     void *workspace;
     size_t workspace_bytes;
@@ -79,6 +81,9 @@ float *unet_output_grad(UNet *m);    /* dL/doutput, filled by the loss */
 size_t unet_sample_size(const UNet *m);          /* H*W*in_channels */
 size_t unet_output_sample_size(const UNet *m);   /* H*W*out_channels */
 
+/* Uploads the timesteps (host, n <= max_batch) of the next forward pass: m->timesteps,
+ * which the diffusion ops read, and its float copy, which the timestep embedding reads. */
+void unet_set_timesteps(UNet *m, const int32_t *t, int n);
 /* Runs the network on the first n samples of the input with timesteps m->timesteps.
  * dropout_key: key for the dropout masks (training); ignored when !m->training. */
 void unet_forward(UNet *m, int n, RngKey dropout_key);

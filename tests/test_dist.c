@@ -127,7 +127,9 @@ static void test_buckets(void) {
     UNet *m = unet_create(backend_cpu(), &cfg, B);
     unet_init_weights(m, 1, NULL);
     fill(unet_input(m), (size_t)B * unet_sample_size(m), 2);
-    for (int i = 0; i < B; i++) m->timesteps[i] = 100 + 400 * i;
+    int32_t t[B];
+    for (int i = 0; i < B; i++) t[i] = 100 + 400 * i;
+    unet_set_timesteps(m, t, B);
     unet_forward(m, B, (RngKey){0, 0, 0, 0});
     fill(unet_output_grad(m), (size_t)B * unet_output_sample_size(m), 3);
 

@@ -84,6 +84,14 @@ static double loss_and_grads(UNet *m, const float *target_dev, float *loss_dev, 
 
 /* Learned variances: the 6-channel output, and every gradient of the hybrid loss
  * (L_simple + T/1000 L_t, VLB gradient stopped at the mean) and of the kl loss (T L_t). */
+/* The reference's int32 timesteps (copied: the file's data need not be aligned). */
+static void set_timesteps(UNet *m, const StTensor *t, int n) {
+    int32_t *host = xmalloc((size_t)n * sizeof(int32_t));
+    memcpy(host, t->data, (size_t)n * sizeof(int32_t));
+    unet_set_timesteps(m, host, n);
+    free(host);
+}
+
 static void check_learned_sigma(void) {
     StFile f;
     char err[1024];
@@ -99,7 +107,7 @@ static void check_learned_sigma(void) {
     float *bufs[CKPT_BUFFERS] = {m->weights, NULL, NULL, NULL};
     CHECK(checkpoint_read(REF_SIGMA, m, bufs, NULL, err, sizeof err) == 0, "load: %s", err);
     be->to_device(unet_input(m), x_t->data, x_t->nbytes);
-    be->to_device(m->timesteps, t->data, t->nbytes);
+    set_timesteps(m, t, B);
     unet_forward(m, B, (RngKey){0});
     float *ref_out = copy_floats(need(&f, "output"));
     double e = rel_error(unet_output(m), ref_out, unet_output_sample_size(m) * B, 1e-12);
@@ -151,7 +159,7 @@ int main(void) {
     CHECK(checkpoint_read(REF, m, bufs, NULL, err, sizeof err) == 0, "load: %s", err);
     printf("  reference model: %zu parameters\n", m->num_parameters);
     be->to_device(unet_input(m), x_t->data, x_t->nbytes);
-    be->to_device(m->timesteps, t->data, t->nbytes);
+    set_timesteps(m, t, B);
     float *target = be->alloc(x_t->nbytes), *loss_dev = be->alloc((size_t)B * sizeof(float));
     be->to_device(target, need(&f, "input.target")->data, x_t->nbytes);
 

@@ -25,7 +25,7 @@ int main(int argc, char **argv) {
         int t = c->timesteps - 1 - i % c->timesteps;
         double start = now_seconds();
         for (int j = 0; j < B; j++) t_host[j] = t;
-        a.be->to_device(m->timesteps, t_host, (size_t)B * sizeof(int32_t));
+        unet_set_timesteps(m, t_host, B);
         unet_forward(m, B, (RngKey){0});
         a.be->sample_update(unet_input(m), unet_output(m), B, D, p_sample_update(&d, t, 1),
                             (RngKey){c->seed, RNG_STREAM_SAMPLE_Z, (uint32_t)t, 0});

@@ -221,8 +221,9 @@ void cpu_concat_backward(float *da, float beta_a, float *db, float beta_b, const
 /* diffusers get_timestep_embedding (flip_sin_to_cos=False, downscale_freq_shift=1).
  * The exponent is formed in float as PyTorch does from a float32 arange; the
  * frequency and the argument t*f are in double, since t*f reaches ~1000 where a
- * float argument would lose ~1e-4 of phase. */
-void cpu_timestep_embedding(float *y, const int32_t *t, int n, int dim) {
+ * float argument would lose ~1e-4 of phase. t is float: an integer t below 2^24 converts
+ * to the same double as the int32 it replaces, so integer timesteps embed as before. */
+void cpu_timestep_embedding(float *y, const float *t, int n, int dim) {
     int half = dim / 2;
     float neg_log_period = (float)-log(10000.0);
     for (int s = 0; s < n; s++) {
@@ -233,5 +234,22 @@ void cpu_timestep_embedding(float *y, const int32_t *t, int n, int dim) {
             row[i] = (float)sin(arg);
             row[half + i] = (float)cos(arg);
         }
+    }
+}
+
+void cpu_embedding_forward(float *y, const int32_t *ids, const float *table, int n, int dim) {
+    for (int i = 0; i < n; i++)
+        memcpy(y + (size_t)i * dim, table + (size_t)ids[i] * dim, (size_t)dim * sizeof(float));
+}
+
+/* Rows are summed in float, in sample order, as the CUDA kernel does (one block per row,
+ * looping over the samples), so both backends agree bit for bit. */
+void cpu_embedding_backward(float *dtable, const float *dy, const int32_t *ids, int n, int rows,
+                            int dim) {
+    memset(dtable, 0, (size_t)rows * dim * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        float *row = dtable + (size_t)ids[i] * dim;
+        const float *g = dy + (size_t)i * dim;
+        for (int j = 0; j < dim; j++) row[j] += g[j];
     }
 }

@@ -112,7 +112,7 @@ static const float *unet_denoise(void *ctx, const float *x, int n, int model_t) 
     UNetDenoiser *u = ctx;
     (void)x;
     for (int i = 0; i < n; i++) u->t_host[i] = model_t;
-    u->model->be->to_device(u->model->timesteps, u->t_host, (size_t)n * sizeof(int32_t));
+    unet_set_timesteps(u->model, u->t_host, n);
     unet_forward(u->model, n, (RngKey){0});
     return unet_output(u->model);
 }

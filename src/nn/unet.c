@@ -411,7 +411,15 @@ UNet *unet_create(const Backend *be, const Config *cfg, int max_batch) {
     m->weights = be->alloc(m->num_parameters * sizeof(float));
     m->grads = be->alloc(m->num_parameters * sizeof(float));
     m->timesteps = be->alloc((size_t)max_batch * sizeof(int32_t));
+    m->timesteps_float = be->alloc((size_t)max_batch * sizeof(float));
+    m->timesteps_staging = xmalloc((size_t)max_batch * sizeof(float));
     return m;
+}
+
+void unet_set_timesteps(UNet *m, const int32_t *t, int n) {
+    for (int i = 0; i < n; i++) m->timesteps_staging[i] = (float)t[i];
+    m->be->to_device(m->timesteps, t, (size_t)n * sizeof(int32_t));
+    m->be->to_device(m->timesteps_float, m->timesteps_staging, (size_t)n * sizeof(float));
 }
 
 void unet_free(UNet *m) {
@@ -422,6 +430,8 @@ void unet_free(UNet *m) {
     be->release(m->weights);
     be->release(m->grads);
     be->release(m->timesteps);
+    be->release(m->timesteps_float);
+    free(m->timesteps_staging);
     free(m->final_from);
     free(m->nodes);
     free(m->tensors);
@@ -496,7 +506,7 @@ static void forward_node(UNet *m, const Node *node, int n, RngKey dropout_key) {
         else
             be->copy(y->data, a->data, count * sizeof(float));
         break;
-    case OP_TIMESTEP_EMBEDDING: be->timestep_embedding(y->data, m->timesteps, n, y->c); break;
+    case OP_TIMESTEP_EMBEDDING: be->timestep_embedding(y->data, m->timesteps_float, n, y->c); break;
     }
 }
 

@@ -253,7 +253,7 @@ StepResult trainer_step(Trainer *tr) {
     long step = tr->progress.step;
     gather_batch(tr, step);
     be->to_device(tr->images, tr->host_images, (size_t)b * D);
-    be->to_device(m->timesteps, tr->host_t + tr->sample0, (size_t)b * sizeof(int32_t));
+    unet_set_timesteps(m, tr->host_t + tr->sample0, b);
     RngKey flip_key = {c->seed, RNG_STREAM_FLIP, (uint32_t)step, tr->sample0};
     RngKey eps_key = {c->seed, RNG_STREAM_EPS, (uint32_t)step, tr->sample0};
     RngKey dropout_key = {c->seed, RNG_STREAM_DROPOUT, (uint32_t)step, tr->sample0};
