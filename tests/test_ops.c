@@ -92,6 +92,16 @@ static int absent(OpCase *c) { return add_tensor(c, (TensorSpec){.role = T_ABSEN
 
 static void set_tol(OpCase *c, int i, double tol) { c->t[i].tol = tol; }
 
+typedef void (*OpForward)(const OpCase *c, OpRun *r);
+typedef void (*OpBackward)(const OpCase *c, OpRun *r, float beta);
+
+/* The op's calls; backward NULL: the op has none; check NULL: no CPU reference here */
+static void set_op(OpCase *c, OpForward forward, OpBackward backward, OpForward check) {
+    c->forward = forward;
+    c->backward = backward;
+    c->check = check;
+}
+
 static void free_kept_host(void) {
     for (int i = 0; i < n_kept; i++) free(kept_host[i]);
 }
@@ -144,8 +154,7 @@ static void memory_cases(void) {
         input(c, "a", 1000, -1, 1);
         set_tol(c, output(c, "b", 1000, -1), 0.0);
         c->flag = k;
-        c->forward = forwards[k];
-        c->check = memory_check;
+        set_op(c, forwards[k], NULL, memory_check);
     }
 }
 
@@ -256,9 +265,7 @@ static OpCase *conv_case(unsigned modes, const char *name, int n, int run_n, int
     if (bias) param_grad(c, "db", b);
     else absent(c);
     c->setup = conv_setup;
-    c->forward = conv_forward;
-    c->backward = conv_backward;
-    c->check = conv_check;
+    set_op(c, conv_forward, conv_backward, conv_check);
     c->ref_tol = 1e-5, c->beta_tol = 1e-6, c->fd = FD_DENSE;
     return c;
 }
@@ -414,9 +421,7 @@ static OpCase *groupnorm_case(unsigned modes, int n, int hw, int ch, int groups,
     grad(c, "dx", x);
     param_grad(c, "dgamma", gamma);
     param_grad(c, "dshift", shift);
-    c->forward = groupnorm_forward;
-    c->backward = groupnorm_backward;
-    c->check = groupnorm_check;
+    set_op(c, groupnorm_forward, groupnorm_backward, groupnorm_check);
     c->ref_tol = 1e-5, c->fd = FD_POINTWISE;
     return c;
 }
@@ -494,9 +499,8 @@ static void elementwise_case(unsigned modes, const char *name, size_t n, float l
     grad(c, binary ? "da" : "dx", a);
     if (binary) grad(c, "db", b);
     else absent(c);
-    c->forward = binary ? add_forward : silu_forward;
-    c->backward = binary ? add_backward : silu_backward;
-    c->check = binary ? add_check : silu_check;
+    if (binary) set_op(c, add_forward, add_backward, add_check);
+    else set_op(c, silu_forward, silu_backward, silu_check);
     c->ref_tol = 1e-6, c->fd = FD_POINTWISE;
 }
 
@@ -532,9 +536,7 @@ static void add_bias_case(unsigned modes, int n, int hw, int ch) {
     output(c, "y", total, dy);
     grad(c, "dx", x);
     grad(c, "dbias", bias);
-    c->forward = add_bias_forward;
-    c->backward = add_bias_backward;
-    c->check = add_bias_check;
+    set_op(c, add_bias_forward, add_bias_backward, add_bias_check);
     c->fd = FD_POINTWISE;
 }
 
@@ -570,9 +572,7 @@ static void dropout_case(unsigned modes, int n, int hw, int ch, float p, RngKey 
     int x = input(c, "x", total, 0.5f, 1.5f), dy = input(c, "dy", total, -1, 1);
     set_tol(c, output(c, "y", total, dy), 0.0);   /* the same mask */
     grad(c, "dx", x);
-    c->forward = dropout_forward;
-    c->backward = dropout_backward;
-    c->check = dropout_check;
+    set_op(c, dropout_forward, dropout_backward, dropout_check);
     c->fd = FD_POINTWISE;
 }
 
@@ -623,9 +623,7 @@ static void upsample_case(unsigned modes, int n, int h, int w, int ch) {
     int dy = input(c, "dy", 4 * in, -1, 1);
     set_tol(c, output(c, "y", 4 * in, dy), 0.0);
     grad(c, "dx", x);
-    c->forward = upsample_forward;
-    c->backward = upsample_backward;
-    c->check = upsample_check;
+    set_op(c, upsample_forward, upsample_backward, upsample_check);
     c->fd = FD_POINTWISE;
 }
 
@@ -655,9 +653,7 @@ static void concat_case(unsigned modes, int rows, int ca, int cb) {
     grad(c, "da", a);
     grad(c, "db", b);
     c->tol = 0.0;   /* copies */
-    c->forward = concat_forward;
-    c->backward = concat_backward;
-    c->check = concat_check;
+    set_op(c, concat_forward, concat_backward, concat_check);
     c->fd = FD_POINTWISE;
 }
 
@@ -706,8 +702,7 @@ static void timestep_embedding_case(unsigned modes, const char *what, int n, con
     c->n = n, c->k = dim;
     input_bytes(c, "t", (size_t)n, 4, t);
     output(c, "y", (size_t)n * dim, -1);
-    c->forward = timestep_embedding_forward;
-    c->check = timestep_embedding_check;
+    set_op(c, timestep_embedding_forward, NULL, timestep_embedding_check);
 }
 
 enum { EM_IDS, EM_TABLE, EM_DY, EM_Y, EM_DTABLE };
@@ -750,9 +745,7 @@ static void embedding_case(unsigned modes, int n, int rows, int dim) {
     output(c, "y", (size_t)n * dim, dy);
     param_grad(c, "dtable", table);
     c->tol = 0.0;   /* a gather, and the same float sums in the same order */
-    c->forward = embedding_forward;
-    c->backward = embedding_backward;
-    c->check = embedding_check;
+    set_op(c, embedding_forward, embedding_backward, embedding_check);
     c->fd = FD_POINTWISE;
 }
 
@@ -814,9 +807,7 @@ static OpCase *linear_case(unsigned modes, int m, int k, int n, int bias) {
     param_grad(c, "dw", w);
     if (bias) param_grad(c, "db", b);
     else absent(c);
-    c->forward = linear_forward;
-    c->backward = linear_backward;
-    c->check = linear_check;
+    set_op(c, linear_forward, linear_backward, linear_check);
     c->ref_tol = 1e-5, c->beta_tol = 1e-6, c->fd = FD_DENSE;
     return c;
 }
@@ -901,9 +892,7 @@ static OpCase *attention_case(unsigned modes, int b, int l, int ch) {
     output(c, "probs", (size_t)b * l * l, -1);
     param_grad(c, "dqkv", qkv);   /* overwritten */
     c->setup = attention_setup;
-    c->forward = attention_forward;
-    c->backward = attention_backward;
-    c->check = attention_check;
+    set_op(c, attention_forward, attention_backward, attention_check);
     c->ref_tol = 1e-5, c->fd = FD_DENSE;
     return c;
 }
@@ -1018,8 +1007,7 @@ static void q_sample_case(unsigned modes, int n, int h, int w, int ch, Predictio
     set_tol(c, output(c, "target", total, -1), pred == PRED_EPS ? 1e-6 : 1e-5);
     if (with_x0) set_tol(c, output(c, "x0", total, -1), 0.0);
     else absent(c);
-    c->forward = q_sample_forward;
-    c->check = q_sample_check;
+    set_op(c, q_sample_forward, NULL, q_sample_check);
     free(images), free(t);
 }
 
@@ -1063,9 +1051,7 @@ static void mse_case(unsigned modes, int n, size_t d, float lo, float hi) {
     free(w);
     output(c, "loss", n, weights);
     param_grad(c, "dpred", pred);
-    c->forward = mse_forward;
-    c->backward = mse_backward;
-    c->check = mse_check;
+    set_op(c, mse_forward, mse_backward, mse_check);
     c->ref_tol = 1e-6, c->fd = FD_POINTWISE;
 }
 
@@ -1114,8 +1100,7 @@ static void sample_update_case(unsigned modes, const char *what, int n, size_t d
     input(c, "model_out", n * d * (u.learned_var ? 2 : 1), u.learned_var ? -1 : -3,
           u.learned_var ? 1 : 3);
     output(c, "x updated", n * d, -1);
-    c->forward = sample_update_forward;
-    c->check = sample_update_check;
+    set_op(c, sample_update_forward, NULL, sample_update_check);
 }
 
 static void normal_fill_forward(const OpCase *c, OpRun *r) {
@@ -1156,8 +1141,7 @@ static void normal_fill_case(unsigned modes, int n, size_t d, RngKey key) {
     OpCase *c = add_case(modes, "normal_fill n%d d%zu", n, d);
     c->n = n, c->k = (int)d, c->key = key;
     set_tol(c, output(c, "z", n * d, -1), 1e-6);
-    c->forward = normal_fill_forward;
-    c->check = normal_fill_check;
+    set_op(c, normal_fill_forward, NULL, normal_fill_check);
 }
 
 /* The fused DDPM losses (checked on the CPU against improved-diffusion by test_vlb and
@@ -1203,7 +1187,7 @@ static void diffusion_loss_case(int k, LossSpec spec) {
     if (k > 0) output(c, "vb", DL_N, -1);
     else absent(c);
     output(c, "dout", DL_N * DL_HW * out_c, -1);
-    c->forward = diffusion_loss_forward;
+    set_op(c, diffusion_loss_forward, NULL, NULL);
 }
 
 static void diffusion_cases(void) {
@@ -1274,8 +1258,7 @@ static void global_norm_case(unsigned modes, size_t n) {
     OpCase *c = add_case(modes, "global_norm n%zu", n);
     input(c, "g", n, -1, 1);
     output(c, "norm", 1, -1);
-    c->forward = global_norm_forward;
-    c->check = global_norm_check;
+    set_op(c, global_norm_forward, NULL, global_norm_check);
     c->ref_tol = 1e-6;
 }
 
@@ -1329,8 +1312,7 @@ static void adamw_case(unsigned modes, size_t n) {
     output(c, "p updated", n, -1);
     output(c, "m updated", n, -1);
     output(c, "v updated", n, -1);
-    c->forward = adamw_forward;
-    c->check = adamw_check;
+    set_op(c, adamw_forward, NULL, adamw_check);
     c->ref_tol = 1e-6;
 }
 
@@ -1354,8 +1336,7 @@ static void ema_case(unsigned modes, size_t n, float decay) {
     input(c, "ema", n, -1, 1);
     input(c, "p", n, -1, 1);
     output(c, "ema updated", n, -1);
-    c->forward = ema_forward;
-    c->check = ema_check;
+    set_op(c, ema_forward, NULL, ema_check);
 }
 
 static void optimizer_cases(void) {
