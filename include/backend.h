@@ -1,7 +1,7 @@
 /* The backend interface: every op the model, the trainer and the sampler use.
  *
  * The U-Net, the training step and the samplers are written once, against this
- * table. The CPU backend (src/cpu_*.c) is the reference; the CUDA backend
+ * table. The CPU backend (src/cpu/) is the reference; the CUDA backend
  * (kernels/) implements the same table. All pointers to tensors are backend
  * memory (host memory on the CPU, device memory on CUDA).
  *
@@ -69,122 +69,157 @@ typedef struct {
 
 typedef enum { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2 } PredictionType;
 
+/* BACKEND_OPS(X): every op of the table, X(return type, name, (parameters)), grouped as
+ * memory, nn primitives, fused diffusion steps and optimizer. This one list declares the
+ * Backend struct below, the prototypes of both backends (cpu_<name> in src/cpu/cpu_backend.h,
+ * cuda_<name> in kernels/cuda_ops.cuh) and both tables (src/cpu/cpu_backend.c,
+ * kernels/backend_cuda.cu), so an op a backend does not implement fails to link instead of
+ * being a NULL entry. Each entry's comment is the op's contract; README "How to add an op". */
+#define BACKEND_OPS(X)                                                                          \
+    /* ---- memory: all allocation happens before the step loop ---- */                         \
+    /* zeroed; aborts with a message on failure */                                              \
+    X(void *, alloc, (size_t bytes))                                                            \
+    X(void, release, (void *p))                                                                 \
+    X(void, to_device, (void *dst, const void *src, size_t bytes))                              \
+    X(void, to_host, (void *dst, const void *src, size_t bytes))                                \
+    X(void, copy, (void *dst, const void *src, size_t bytes))                                   \
+    X(void, fill, (float *x, float value, size_t n))                                            \
+    X(void, synchronize, (void))                                                                \
+                                                                                                \
+    /* ==== nn primitives ==== */                                                               \
+    /* ---- convolution: x (N,H,W,C), w (OC,KH,KW,C), b (OC) or NULL, y (N,OH,OW,OC) ---- */    \
+    /* chooses algorithms, sets workspace_bytes */                                              \
+    X(void, conv2d_prepare, (ConvShape *s))                                                     \
+    X(void, conv2d_forward, (const ConvShape *s, float *y, const float *x, const float *w,      \
+                             const float *b, void *workspace))                                  \
+    X(void, conv2d_backward, (const ConvShape *s, float *dx, float beta, float *dw, float *db,  \
+                              const float *dy, const float *x, const float *w, void *workspace)) \
+                                                                                                \
+    /* ---- group norm over (HW, C/G) per (sample, group), optionally followed by SiLU ----     \
+     * x, y (N, HW, C); gamma, beta (C); mean, rstd (N, G) saved for backward. */               \
+    X(void, groupnorm_forward, (float *y, float *mean, float *rstd, const float *x,             \
+                                const float *gamma, const float *shift, int n, int hw, int c,   \
+                                int groups, float eps, int fuse_silu))                          \
+    X(void, groupnorm_backward, (float *dx, float beta, float *dgamma, float *dshift,           \
+                                 const float *dy, const float *x, const float *mean,            \
+                                 const float *rstd, const float *gamma, const float *shift,     \
+                                 int n, int hw, int c, int groups, int fuse_silu))              \
+                                                                                                \
+    /* ---- elementwise ---- */                                                                 \
+    X(void, silu_forward, (float *y, const float *x, size_t n))                                 \
+    X(void, silu_backward, (float *dx, float beta, const float *dy, const float *x, size_t n))  \
+    X(void, add_forward, (float *y, const float *a, const float *b, size_t n))                  \
+    /* dst = beta*dst + src: the backward of add and the identity */                            \
+    X(void, accumulate, (float *dst, float beta, const float *src, size_t n))                   \
+    /* y (N, HW, C) = x + bias (N, C) broadcast over HW */                                      \
+    X(void, add_bias_forward, (float *y, const float *x, const float *bias, int n, int hw,      \
+                               int c))                                                          \
+    /* dbias (N, C) = sum over HW of dy */                                                      \
+    X(void, add_bias_backward, (float *dbias, float beta, const float *dy, int n, int hw,       \
+                                int c))                                                         \
+    /* y (N, C) = mean over HW of x (N, HW, C), summed in double (a classifier's pooling) */    \
+    X(void, mean_pool_forward, (float *y, const float *x, int n, int hw, int c))                \
+    /* dx (N, HW, C) = beta*dx + dy (N, C) / hw, broadcast over HW */                           \
+    X(void, mean_pool_backward, (float *dx, float beta, const float *dy, int n, int hw, int c)) \
+    /* inverted dropout with probability p; the mask is redrawn from key in backward.           \
+     * Element e of sample s is kept when philox_uniform(key, s, e) >= p. */                    \
+    X(void, dropout_forward, (float *y, const float *x, int n, size_t per_sample, float p,      \
+                              RngKey key))                                                      \
+    X(void, dropout_backward, (float *dx, float beta, const float *dy, int n,                   \
+                               size_t per_sample, float p, RngKey key))                         \
+                                                                                                \
+    /* ---- layout ---- */                                                                      \
+    /* nearest-neighbour x2: x (N,H,W,C) -> y (N,2H,2W,C) */                                    \
+    X(void, upsample2x_forward, (float *y, const float *x, int n, int h, int w, int c))         \
+    X(void, upsample2x_backward, (float *dx, float beta, const float *dy, int n, int h, int w,  \
+                                  int c))                                                       \
+    /* channel concat: a (P, CA), b (P, CB) -> y (P, CA+CB), P = N*H*W */                       \
+    X(void, concat_forward, (float *y, const float *a, const float *b, size_t p, int ca,        \
+                             int cb))                                                           \
+    X(void, concat_backward, (float *da, float beta_a, float *db, float beta_b,                 \
+                              const float *dy, size_t p, int ca, int cb))                       \
+                                                                                                \
+    /* ---- dense ---- */                                                                       \
+    /* y (M, N) = x (M, K) w^T + b; w (N, K), b (N) or NULL */                                  \
+    X(void, linear_forward, (float *y, const float *x, const float *w, const float *b, int m,   \
+                             int k, int n))                                                     \
+    X(void, linear_backward, (float *dx, float beta, float *dw, float *db, const float *dy,     \
+                              const float *x, const float *w, int m, int k, int n))             \
+    /* single-head attention per sample. qkv (B, L, 3C) rows [q | k | v];                       \
+     * probs (B, L, L) = softmax(q k^T * scale) saved for backward; out (B, L, C) = probs v.    \
+     * workspace: B*L*L floats. dqkv is overwritten. */                                         \
+    X(void, attention_forward, (float *out, float *probs, const float *qkv, int b, int l,       \
+                                int c, float scale))                                            \
+    X(void, attention_backward, (float *dqkv, const float *dout, const float *qkv,              \
+                                 const float *probs, int b, int l, int c, float scale,          \
+                                 float *workspace))                                             \
+                                                                                                \
+    /* ---- embeddings ---- */                                                                  \
+    /* sinusoidal embedding of timesteps t (N) -> y (N, dim): [sin(t f_i), cos(t f_i)],         \
+     * f_i = exp(-ln(10000) i / (dim/2 - 1)) (diffusers, freq_shift 1). t is float so that     \
+     * continuous times (flow matching's 1000*sigma) embed too; integer t as int32 did. */      \
+    X(void, timestep_embedding, (float *y, const float *t, int n, int dim))                     \
+    /* row gather: y (N, dim) row i = table (rows, dim) row ids[i]; ids (N) int32 backend       \
+     * memory, each in [0, rows): the class-label embedding. */                                 \
+    X(void, embedding_forward, (float *y, const int32_t *ids, const float *table, int n,        \
+                                int dim))                                                       \
+    /* dtable (rows, dim) row r = sum of dy (N, dim) rows i with ids[i] = r, in order of i      \
+     * (deterministic, no atomics); overwritten, rows no id selects are 0. */                   \
+    X(void, embedding_backward, (float *dtable, const float *dy, const int32_t *ids, int n,     \
+                                 int rows, int dim))                                            \
+                                                                                                \
+    /* ==== fused diffusion steps ==== */                                                       \
+    /* From uint8 images (N, H, W, C): flip horizontally where philox_uniform(flip_key, s, 0)   \
+     * < 0.5 (if flip), scale to [-1, 1] as x0 = u8/127.5 - 1, draw eps =                       \
+     * philox_normal(eps_key, s, e), and write x_t = sqrt_ac[t]*x0 + sqrt_1m_ac[t]*eps and the  \
+     * training target for `pred` (eps, x0, or v = sqrt_ac*eps - sqrt_1m_ac*x0), and x0 itself  \
+     * when x0 is not NULL. t (N) and the tables (T) are backend memory. */                     \
+    X(void, q_sample_images, (float *x_t, float *target, float *x0, const uint8_t *images,      \
+                              const int32_t *t, const float *sqrt_ac, const float *sqrt_1m_ac,  \
+                              int n, int h, int w, int c, PredictionType pred, int flip,        \
+                              RngKey flip_key, RngKey eps_key))                                 \
+    /* loss_per_sample (N) = mean over D of (pred - target)^2;                                  \
+     * dpred = 2 (pred - target) / (N*D), the gradient of the batch mean. */                    \
+    X(void, mse_loss, (float *loss_per_sample, float *dpred, const float *pred,                 \
+                       const float *target, int n, size_t d))                                   \
+    /* The DDPM losses, fused. For each sample s at timestep t[s], over its D = HW*C elements:  \
+     *   mse[s] = mean of (prediction - target)^2;                                              \
+     *   vb[s]  = L_t in bits/dim: the decoder NLL -log p(x0|x1) (discretized, 256 bins) at     \
+     *            t = 0, else KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)); mean over D, / ln 2.     \
+     * p's mean comes from the prediction through x0, its variance from v (learned) or the      \
+     * fixed table. dout (N, HW, C or 2C), when not NULL, is overwritten with the gradient of   \
+     * (1/N) sum_s weight[s] * (mse_weight*mse[s] + vb_weight*vb[s]) (weight NULL: all 1).      \
+     * mse or vb may be NULL; vb is then neither reported nor differentiated. */                \
+    X(void, diffusion_loss, (float *mse, float *vb, float *dout, const float *out,              \
+                             const float *target, const float *x0, const float *x_t,            \
+                             const int32_t *t, const float *weight, int n, int hw, int c,       \
+                             LossSpec spec, DiffusionTables tables))                            \
+    /* one reverse step for all N samples at one t: x0 = a*x + b*out, optional clip,           \
+     * x <- coef_x0*x0 + coef_xt*x + sigma*philox_normal(z_key, s, e). d = HW*C. */             \
+    X(void, sample_update, (float *x, const float *model_out, int n, size_t d, SampleUpdate u,  \
+                            RngKey z_key))                                                      \
+    /* x (N, D) = philox_normal(key, s, e) */                                                   \
+    X(void, normal_fill, (float *x, int n, size_t d, RngKey key))                               \
+                                                                                                \
+    /* ==== optimizer over flat buffers ==== */                                                 \
+    /* *out = sqrt(sum of g^2), written to backend memory (one float) */                        \
+    X(void, global_norm, (float *out, const float *g, size_t n))                                \
+    /* AdamW, PyTorch semantics: p -= lr*wd*p; m,v moments; p -= lr * mhat / (sqrt(vhat) + eps).\
+     * The gradient is scaled by grad_scale first (clipping). bias_c1 = 1-b1^t,                 \
+     * bias_c2 = 1-b2^t. */                                                                     \
+    X(void, adamw, (float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, \
+                    float b2, float eps, float wd, float bias_c1, float bias_c2,                \
+                    float grad_scale))                                                          \
+    /* ema = decay*ema + (1-decay)*p */                                                         \
+    X(void, ema_update, (float *ema, const float *p, size_t n, float decay))
+
+/* The table: one function pointer per op of BACKEND_OPS, called as be->op(...). */
+#define BACKEND_FIELD(ret, op, params) ret(*op) params;
 typedef struct Backend {
     const char *name;
-
-    /* ---- memory: all allocation happens before the step loop ---- */
-    void *(*alloc)(size_t bytes);                   /* zeroed; aborts with a message on failure */
-    void (*release)(void *p);
-    void (*to_device)(void *dst, const void *src, size_t bytes);
-    void (*to_host)(void *dst, const void *src, size_t bytes);
-    void (*copy)(void *dst, const void *src, size_t bytes);
-    void (*fill)(float *x, float value, size_t n);
-    void (*synchronize)(void);
-
-    /* ---- convolution: x (N,H,W,C), w (OC,KH,KW,C), b (OC) or NULL, y (N,OH,OW,OC) ---- */
-    void (*conv2d_prepare)(ConvShape *s);           /* chooses algorithms, sets workspace_bytes */
-    void (*conv2d_forward)(const ConvShape *s, float *y, const float *x, const float *w,
-                           const float *b, void *workspace);
-    void (*conv2d_backward)(const ConvShape *s, float *dx, float beta, float *dw, float *db,
-                            const float *dy, const float *x, const float *w, void *workspace);
-
-    /* ---- group norm over (HW, C/G) per (sample, group), optionally followed by SiLU ----
-     * x, y (N, HW, C); gamma, beta (C); mean, rstd (N, G) saved for backward. */
-    void (*groupnorm_forward)(float *y, float *mean, float *rstd, const float *x,
-                              const float *gamma, const float *shift, int n, int hw, int c,
-                              int groups, float eps, int fuse_silu);
-    void (*groupnorm_backward)(float *dx, float beta, float *dgamma, float *dshift,
-                               const float *dy, const float *x, const float *mean,
-                               const float *rstd, const float *gamma, const float *shift,
-                               int n, int hw, int c, int groups, int fuse_silu);
-
-    /* ---- elementwise ---- */
-    void (*silu_forward)(float *y, const float *x, size_t n);
-    void (*silu_backward)(float *dx, float beta, const float *dy, const float *x, size_t n);
-    void (*add_forward)(float *y, const float *a, const float *b, size_t n);
-    /* dst = beta*dst + src: the backward of add and the identity */
-    void (*accumulate)(float *dst, float beta, const float *src, size_t n);
-    /* y (N, HW, C) = x + bias (N, C) broadcast over HW */
-    void (*add_bias_forward)(float *y, const float *x, const float *bias, int n, int hw, int c);
-    /* dbias (N, C) = sum over HW of dy */
-    void (*add_bias_backward)(float *dbias, float beta, const float *dy, int n, int hw, int c);
-    /* inverted dropout with probability p; the mask is redrawn from key in backward.
-     * Element e of sample s is kept when philox_uniform(key, s, e) >= p. */
-    void (*dropout_forward)(float *y, const float *x, int n, size_t per_sample, float p, RngKey key);
-    void (*dropout_backward)(float *dx, float beta, const float *dy, int n, size_t per_sample,
-                             float p, RngKey key);
-
-    /* ---- layout ---- */
-    /* nearest-neighbour x2: x (N,H,W,C) -> y (N,2H,2W,C) */
-    void (*upsample2x_forward)(float *y, const float *x, int n, int h, int w, int c);
-    void (*upsample2x_backward)(float *dx, float beta, const float *dy, int n, int h, int w, int c);
-    /* channel concat: a (P, CA), b (P, CB) -> y (P, CA+CB), P = N*H*W */
-    void (*concat_forward)(float *y, const float *a, const float *b, size_t p, int ca, int cb);
-    void (*concat_backward)(float *da, float beta_a, float *db, float beta_b, const float *dy,
-                            size_t p, int ca, int cb);
-
-    /* ---- dense ---- */
-    /* y (M, N) = x (M, K) w^T + b; w (N, K), b (N) or NULL */
-    void (*linear_forward)(float *y, const float *x, const float *w, const float *b, int m,
-                           int k, int n);
-    void (*linear_backward)(float *dx, float beta, float *dw, float *db, const float *dy,
-                            const float *x, const float *w, int m, int k, int n);
-    /* single-head attention per sample. qkv (B, L, 3C) rows [q | k | v];
-     * probs (B, L, L) = softmax(q k^T * scale) saved for backward; out (B, L, C) = probs v.
-     * workspace: B*L*L floats. dqkv is overwritten. */
-    void (*attention_forward)(float *out, float *probs, const float *qkv, int b, int l, int c,
-                              float scale);
-    void (*attention_backward)(float *dqkv, const float *dout, const float *qkv,
-                               const float *probs, int b, int l, int c, float scale,
-                               float *workspace);
-
-    /* sinusoidal embedding of integer timesteps t (N) -> y (N, dim):
-     * [sin(t f_i), cos(t f_i)], f_i = exp(-ln(10000) i / (dim/2 - 1)) (diffusers, freq_shift 1) */
-    void (*timestep_embedding)(float *y, const int32_t *t, int n, int dim);
-
-    /* ---- fused diffusion steps ---- */
-    /* From uint8 images (N, H, W, C): flip horizontally where philox_uniform(flip_key, s, 0) < 0.5
-     * (if flip), scale to [-1, 1] as x0 = u8/127.5 - 1, draw eps = philox_normal(eps_key, s, e),
-     * and write x_t = sqrt_ac[t]*x0 + sqrt_1m_ac[t]*eps and the training target for `pred`
-     * (eps, x0, or v = sqrt_ac*eps - sqrt_1m_ac*x0), and x0 itself when x0 is not NULL.
-     * t (N) and the tables (T) are backend memory. */
-    void (*q_sample_images)(float *x_t, float *target, float *x0, const uint8_t *images,
-                            const int32_t *t,
-                            const float *sqrt_ac, const float *sqrt_1m_ac, int n, int h, int w,
-                            int c, PredictionType pred, int flip, RngKey flip_key, RngKey eps_key);
-    /* loss_per_sample (N) = mean over D of (pred - target)^2;
-     * dpred = 2 (pred - target) / (N*D), the gradient of the batch mean. */
-    void (*mse_loss)(float *loss_per_sample, float *dpred, const float *pred, const float *target,
-                     int n, size_t d);
-    /* The DDPM losses, fused. For each sample s at timestep t[s], over its D = HW*C elements:
-     *   mse[s] = mean of (prediction - target)^2;
-     *   vb[s]  = L_t in bits/dim: the decoder NLL -log p(x0|x1) (discretized, 256 bins) at
-     *            t = 0, else KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)); mean over D, / ln 2.
-     * p's mean comes from the prediction through x0, its variance from v (learned) or the
-     * fixed table. dout (N, HW, C or 2C), when not NULL, is overwritten with the gradient of
-     * (1/N) sum_s weight[s] * (mse_weight*mse[s] + vb_weight*vb[s]) (weight NULL: all 1).
-     * mse or vb may be NULL; vb is then neither reported nor differentiated. */
-    void (*diffusion_loss)(float *mse, float *vb, float *dout, const float *out,
-                           const float *target, const float *x0, const float *x_t,
-                           const int32_t *t, const float *weight, int n, int hw, int c,
-                           LossSpec spec, DiffusionTables tables);
-    /* one reverse step for all N samples at one t: x0 = a*x + b*out, optional clip,
-     * x <- coef_x0*x0 + coef_xt*x + sigma*philox_normal(z_key, s, e). d = HW*C. */
-    void (*sample_update)(float *x, const float *model_out, int n, size_t d, SampleUpdate u,
-                          RngKey z_key);
-    /* x (N, D) = philox_normal(key, s, e) */
-    void (*normal_fill)(float *x, int n, size_t d, RngKey key);
-
-    /* ---- optimizer over flat buffers ---- */
-    /* *out = sqrt(sum of g^2), written to backend memory (one float) */
-    void (*global_norm)(float *out, const float *g, size_t n);
-    /* AdamW, PyTorch semantics: p -= lr*wd*p; m,v moments; p -= lr * mhat / (sqrt(vhat) + eps).
-     * The gradient is scaled by grad_scale first (clipping). bias_c1 = 1-b1^t, bias_c2 = 1-b2^t. */
-    void (*adamw)(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
-                  float b2, float eps, float wd, float bias_c1, float bias_c2, float grad_scale);
-    /* ema = decay*ema + (1-decay)*p */
-    void (*ema_update)(float *ema, const float *p, size_t n, float decay);
+    BACKEND_OPS(BACKEND_FIELD)
 } Backend;
+#undef BACKEND_FIELD
 
 const Backend *backend_cpu(void);
 const Backend *backend_cuda(void);   /* NULL when built without CUDA or no GPU present */

@@ -39,7 +39,7 @@ typedef struct {
     Denoiser base;
     Net *net;
     const float *weights;
-    int32_t *t_host;        /* (max_batch) */
+    float *t_host;          /* (max_batch) the time input, staged on the host */
 } NetDenoiser;
 
 void net_denoiser_init(NetDenoiser *d, Net *net, const float *weights, ModelOutput output);

@@ -32,6 +32,7 @@ typedef struct {
     ParamLayout layout;
     int fan_in;             /* for PyTorch's default init; 0 for norm parameters */
     int is_norm_weight;     /* GroupNorm weights start at 1 */
+    int is_embedding;       /* nn.Embedding: starts N(0, 1) */
 } ParamInfo;
 
 /* What an input holds per sample: floats (images, latents, timesteps) or int32 ids. */
@@ -114,6 +115,11 @@ int net_upsample2x(Net *net, int x);
 int net_dropout(Net *net, int x, float p);
 /* Single-head attention over the H*W positions of qkv (H, W, 3C), rows [q | k | v]. */
 int net_attention(Net *net, int qkv);
+/* (1, 1, dim): row ids[i] of "<prefix>.weight" (rows, dim), for an int32 (1, 1, 1) input
+ * of ids in [0, rows) (a class label); only the rows a batch uses get a gradient. */
+int net_embedding(Net *net, const char *prefix, int ids, int rows, int dim);
+/* (1, 1, C): the mean over the H*W positions (a classifier's pooling). */
+int net_mean_pool(Net *net, int x);
 /* Sinusoidal embedding (1, 1, dim) of a (1, 1, 1) timestep input. */
 int net_timestep_embedding(Net *net, int t, int dim);
 
@@ -145,7 +151,7 @@ float *net_output_grad(const Net *net, const char *name);
 
 /* PyTorch's default initialisation, drawn from Philox so that it is the same on every
  * backend: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for conv and linear weights and biases,
- * 1 and 0 for GroupNorm. Parameter i draws from stream {seed, RNG_STREAM_INIT, i}.
+ * 1 and 0 for GroupNorm, N(0, 1) for embeddings. Parameter i draws from stream {seed, RNG_STREAM_INIT, i}.
  * Writes host_weights when non-NULL, else net->weights. */
 void net_init_weights(Net *net, uint64_t seed, float *host_weights);
 const ParamInfo *net_find_param(const Net *net, const char *name);

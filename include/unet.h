@@ -1,6 +1,7 @@
 /* The DDPM U-Net (diffusers UNet2DModel, as for google/ddpm-cifar10-32): a builder
- * over the graph (graph.h). Inputs "sample" (H, W, in_channels) and "timestep"
- * (one per sample); output "sample" (H, W, out_channels). */
+ * over the graph (graph.h). Inputs "sample" (H, W, in_channels) and "timestep" (one
+ * float per sample: DDPM's integer t, or a continuous time); output "sample"
+ * (H, W, out_channels). */
 #ifndef DDPM_UNET_H
 #define DDPM_UNET_H
 

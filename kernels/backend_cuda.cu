@@ -1,4 +1,5 @@
-/* The CUDA backend table: device memory on one stream, and the ops of cuda_ops.cuh.
+/* The CUDA backend table, generated from BACKEND_OPS: device memory on one stream, and the
+ * ops of cuda_ops.cuh.
  *
  * backend_cuda() returns NULL, quietly, when there is no driver or no device, so a
  * CUDA-enabled build runs anywhere. Otherwise it sets the context up once (device 0
@@ -22,7 +23,7 @@ CudaContext cuda;
 #define SCRATCH_BYTES ((size_t)4 << 20)
 #define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)   /* cuBLAS's recommendation for Hopper */
 
-static void *cuda_alloc(size_t bytes) {
+void *cuda_alloc(size_t bytes) {
     if (bytes == 0) return NULL;
     void *p = NULL;
     const cudaError_t status = cudaMalloc(&p, bytes);
@@ -33,66 +34,32 @@ static void *cuda_alloc(size_t bytes) {
     return p;
 }
 
-static void cuda_release(void *p) {
+void cuda_release(void *p) {
     if (p) cudaCheck(cudaFree(p));
 }
 
-static void cuda_to_device(void *dst, const void *src, size_t bytes) {
+void cuda_to_device(void *dst, const void *src, size_t bytes) {
     if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda.stream));
 }
 
-static void cuda_to_host(void *dst, const void *src, size_t bytes) {
+void cuda_to_host(void *dst, const void *src, size_t bytes) {
     if (!bytes) return;
     cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda.stream));
     cudaCheck(cudaStreamSynchronize(cuda.stream));
 }
 
-static void cuda_copy(void *dst, const void *src, size_t bytes) {
+void cuda_copy(void *dst, const void *src, size_t bytes) {
     if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda.stream));
 }
 
-static void cuda_synchronize(void) { cudaCheck(cudaStreamSynchronize(cuda.stream)); }
+void cuda_synchronize(void) { cudaCheck(cudaStreamSynchronize(cuda.stream)); }
 
+#define CUDA_TABLE_ENTRY(ret, op, params) .op = cuda_##op,
 static const Backend table = {
     .name = "cuda",
-    .alloc = cuda_alloc,
-    .release = cuda_release,
-    .to_device = cuda_to_device,
-    .to_host = cuda_to_host,
-    .copy = cuda_copy,
-    .fill = cuda_fill,
-    .synchronize = cuda_synchronize,
-    .conv2d_prepare = cuda_conv2d_prepare,
-    .conv2d_forward = cuda_conv2d_forward,
-    .conv2d_backward = cuda_conv2d_backward,
-    .groupnorm_forward = cuda_groupnorm_forward,
-    .groupnorm_backward = cuda_groupnorm_backward,
-    .silu_forward = cuda_silu_forward,
-    .silu_backward = cuda_silu_backward,
-    .add_forward = cuda_add_forward,
-    .accumulate = cuda_accumulate,
-    .add_bias_forward = cuda_add_bias_forward,
-    .add_bias_backward = cuda_add_bias_backward,
-    .dropout_forward = cuda_dropout_forward,
-    .dropout_backward = cuda_dropout_backward,
-    .upsample2x_forward = cuda_upsample2x_forward,
-    .upsample2x_backward = cuda_upsample2x_backward,
-    .concat_forward = cuda_concat_forward,
-    .concat_backward = cuda_concat_backward,
-    .linear_forward = cuda_linear_forward,
-    .linear_backward = cuda_linear_backward,
-    .attention_forward = cuda_attention_forward,
-    .attention_backward = cuda_attention_backward,
-    .timestep_embedding = cuda_timestep_embedding,
-    .q_sample_images = cuda_q_sample_images,
-    .mse_loss = cuda_mse_loss,
-    .diffusion_loss = cuda_diffusion_loss,
-    .sample_update = cuda_sample_update,
-    .normal_fill = cuda_normal_fill,
-    .global_norm = cuda_global_norm,
-    .adamw = cuda_adamw,
-    .ema_update = cuda_ema_update,
+    BACKEND_OPS(CUDA_TABLE_ENTRY)
 };
+#undef CUDA_TABLE_ENTRY
 
 static int env_flag(const char *name) {
     const char *value = getenv(name);

@@ -1,6 +1,6 @@
 /* Elementwise and layout ops of the CUDA backend: fill, bias broadcast, SiLU, adds,
- * per-sample bias, dropout, nearest x2 upsampling, channel concat and the sinusoidal
- * timestep embedding. All memory-bound, one thread per output element (dropout: per
+ * per-sample bias, dropout, nearest x2 upsampling, channel concat, the sinusoidal
+ * timestep embedding and the class embedding's gather and scatter-sum. All memory-bound, one thread per output element (dropout: per
  * four, the elements one Philox call serves), each computing what the CPU backend
  * computes for that element, in the same order of operations. Backward ops blend
  * into their input gradient: beta 0 overwrites without reading. */
@@ -43,6 +43,24 @@ void cuda_add_bias_forward(float *y, const float *x, const float *bias, int n, i
 
 void cuda_add_bias_backward(float *dbias, float beta, const float *dy, int n, int hw, int c) {
     column_sums_into(dbias, beta, dy, n, hw, c);
+}
+
+/* One thread per (sample, channel): adjacent threads read adjacent channels. */
+void cuda_mean_pool_forward(float *y, const float *x, int n, int hw, int c) {
+    launch_elementwise((size_t)n * c, [=] __device__(size_t i) {
+        const size_t s = i / c, ch = i % c;
+        double sum = 0;
+        for (int p = 0; p < hw; p++) sum += x[(s * hw + p) * c + ch];
+        y[i] = (float)(sum / hw);
+    });
+}
+
+void cuda_mean_pool_backward(float *dx, float beta, const float *dy, int n, int hw, int c) {
+    const float count = (float)hw;
+    const size_t per_sample = (size_t)hw * c;
+    launch_elementwise((size_t)n * per_sample, [=] __device__(size_t i) {
+        dx[i] = blend(dx[i], beta, dy[i / per_sample * c + i % c] / count);
+    });
 }
 
 /* out = beta*out + in*mask/(1-p), the mask drawn per element from key: the forward
@@ -126,7 +144,7 @@ void cuda_concat_backward(float *da, float beta_a, float *db, float beta_b, cons
 
 /* diffusers' embedding (flip_sin_to_cos=False, downscale_freq_shift=1): the exponent in
  * float as PyTorch forms it, the frequency and t*f in double, as the CPU backend does. */
-void cuda_timestep_embedding(float *y, const int32_t *t, int n, int dim) {
+void cuda_timestep_embedding(float *y, const float *t, int n, int dim) {
     const int half = dim / 2;
     const float neg_log_period = (float)-log(10000.0);
     launch_elementwise((size_t)n * half, [=] __device__(size_t k) {
@@ -136,4 +154,32 @@ void cuda_timestep_embedding(float *y, const int32_t *t, int n, int dim) {
         y[(size_t)s * dim + i] = (float)sin(arg);
         y[(size_t)s * dim + half + i] = (float)cos(arg);
     });
+}
+
+void cuda_embedding_forward(float *y, const int32_t *ids, const float *table, int n, int dim) {
+    launch_elementwise((size_t)n * dim, [=] __device__(size_t k) {
+        y[k] = table[(size_t)ids[k / dim] * dim + k % dim];
+    });
+}
+
+/* One block per table row, its threads over the columns, each summing the samples that
+ * select the row in sample order: deterministic without atomics, and the same float
+ * additions in the same order as the CPU backend. */
+__global__ void embedding_backward_kernel(float *dtable, const float *dy, const int32_t *ids,
+                                          int n, int dim) {
+    const int row = blockIdx.x;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        float sum = 0.0f;
+        for (int i = 0; i < n; i++)
+            if (ids[i] == row) sum += dy[(size_t)i * dim + j];
+        dtable[(size_t)row * dim + j] = sum;
+    }
+}
+
+void cuda_embedding_backward(float *dtable, const float *dy, const int32_t *ids, int n, int rows,
+                             int dim) {
+    if (rows == 0 || dim == 0) return;
+    const int threads = dim < 256 ? (dim + 31) / 32 * 32 : 256;
+    embedding_backward_kernel<<<rows, threads, 0, cuda.stream>>>(dtable, dy, ids, n, dim);
+    cudaCheckLaunch();
 }

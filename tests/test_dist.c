@@ -127,7 +127,7 @@ static void test_buckets(void) {
     Net *m = unet_build(backend_cpu(), &cfg, B, 0);
     net_init_weights(m, 1, NULL);
     fill(net_input_data(m, "sample"), (size_t)B * net_per_sample(m, net_input(m, "sample")), 2);
-    int32_t *t = net_input_data(m, "timestep");
+    float *t = net_input_data(m, "timestep");
     for (int i = 0; i < B; i++) t[i] = 100 + 400 * i;
     net_forward(m, B, NULL, (RngKey){0, 0, 0, 0});
     fill(net_output_grad(m, "sample"), (size_t)B * net_per_sample(m, net_output(m, "sample")), 3);

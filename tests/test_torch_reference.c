@@ -83,6 +83,19 @@ static double loss_and_grads(Net *m, const float *target_dev, float *loss_dev, i
     return loss / B;
 }
 
+/* The reference's int32 timesteps (copied: the file's data need not be aligned) into the
+ * network's float time input, and into t_dev (int32, backend) for the loss's gathers. */
+static void set_timesteps(Net *m, const StTensor *t, int n, int32_t *t_dev) {
+    int32_t *host = xmalloc((size_t)n * sizeof(int32_t));
+    float *time = xmalloc((size_t)n * sizeof(float));
+    memcpy(host, t->data, (size_t)n * sizeof(int32_t));
+    for (int i = 0; i < n; i++) time[i] = (float)host[i];
+    m->be->to_device(net_input_data(m, "timestep"), time, (size_t)n * sizeof(float));
+    if (t_dev) m->be->to_device(t_dev, host, (size_t)n * sizeof(int32_t));
+    free(host);
+    free(time);
+}
+
 /* Learned variances: the 6-channel output, and every gradient of the hybrid loss
  * (L_simple + T/1000 L_t, VLB gradient stopped at the mean) and of the kl loss (T L_t). */
 static void check_learned_sigma(void) {
@@ -100,7 +113,8 @@ static void check_learned_sigma(void) {
     float *bufs[CKPT_BUFFERS] = {m->weights, NULL, NULL, NULL};
     CHECK(checkpoint_read(REF_SIGMA, m, bufs, NULL, err, sizeof err) == 0, "load: %s", err);
     be->to_device(net_input_data(m, "sample"), x_t->data, x_t->nbytes);
-    be->to_device(net_input_data(m, "timestep"), t->data, t->nbytes);
+    int32_t *t_dev = be->alloc((size_t)B * sizeof(int32_t));
+    set_timesteps(m, t, B, t_dev);
     net_forward(m, B, NULL, (RngKey){0});
     float *ref_out = copy_floats(need(&f, "output"));
     double e = rel_error(net_output_data(m, "sample"), ref_out, net_per_sample(m, net_output(m, "sample")) * B, 1e-12);
@@ -121,7 +135,7 @@ static void check_learned_sigma(void) {
     for (int k = 0; k < 2; k++) {
         LossSpec spec = objectives[k].spec;
         be->diffusion_loss(mse, vb, net_output_grad(m, "sample"), net_output_data(m, "sample"), eps, x0, net_input_data(m, "sample"),
-                           net_input_data(m, "timestep"), NULL, B, HW, C, spec, sched.tables);
+                           t_dev, NULL, B, HW, C, spec, sched.tables);
         double loss = 0;
         for (int i = 0; i < B; i++) loss += (spec.mse_weight * mse[i] + spec.vb_weight * vb[i]) / B;
         float ref_loss;
@@ -133,6 +147,7 @@ static void check_learned_sigma(void) {
                        objectives[k].floor);
     }
     free(ref_out), free(x0), free(eps);
+    be->release(t_dev);
     device_schedule_free(&sched);
     diffusion_free(&d);
     net_free(m);
@@ -152,7 +167,7 @@ int main(void) {
     CHECK(checkpoint_read(REF, m, bufs, NULL, err, sizeof err) == 0, "load: %s", err);
     printf("  reference model: %zu parameters\n", m->num_parameters);
     be->to_device(net_input_data(m, "sample"), x_t->data, x_t->nbytes);
-    be->to_device(net_input_data(m, "timestep"), t->data, t->nbytes);
+    set_timesteps(m, t, B, NULL);
     float *target = be->alloc(x_t->nbytes), *loss_dev = be->alloc((size_t)B * sizeof(float));
     be->to_device(target, need(&f, "input.target")->data, x_t->nbytes);
 

@@ -2,8 +2,9 @@
 # Bring-up check of the CUDA backend on a GPU machine (~15-25 minutes), from the repo root:
 #   bash tools/gpu_check.sh
 # 1. what is here: nvidia-smi, nvcc, where cuDNN/NCCL headers and libraries are;
-# 2. builds bin/ddpm, bin/test_cuda_ops and bin/bench_train (CUDA=1);
-# 3. bin/test_cuda_ops: every op on the GPU against the CPU backend;
+# 2. builds bin/ddpm, bin/test_ops and bin/bench_train (CUDA=1);
+# 3. bin/test_ops: every op case on the GPU against the CPU backend (and on the CPU against
+#    its references), then bin/test_ops --bench: each case timed on both backends;
 # 4. the test suite (C tests, end-to-end tests; bin/ddpm picks the GPU by itself), a
 #    CPU-vs-GPU comparison of the first training steps, GPU run-to-run determinism;
 # 5. throughput: bin/bench_train --device cuda on configs/cifar10_ddpm at batch 128
@@ -79,7 +80,7 @@ done
 TEST_BINS=()
 for f in tests/test_*.c; do f=${f#tests/}; TEST_BINS+=("bin/${f%.c}"); done
 LOCAL_ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)
-build=(make -s CUDA=1 ${LOCAL_ARCH:+CUDA_ARCHS=$LOCAL_ARCH} -j"$JOBS" all bin/test_cuda_ops
+build=(make -s CUDA=1 ${LOCAL_ARCH:+CUDA_ARCHS=$LOCAL_ARCH} -j"$JOBS" all bin/test_ops
        bin/bench_train bin/bench_sample "${TEST_BINS[@]}")
 # MPI only bootstraps NCCL on a GPU machine: without a working mpicc, build without it
 run_step build 900 "${build[@]}" || { make -s clean; run_step build_without_mpi 900 "${build[@]}" MPI=0; }
@@ -100,11 +101,12 @@ fi
 
 # ---------------------------------------------------------------- 3. ops
 if want ops; then
-section "test_cuda_ops"
-run_step test_cuda_ops 600 bin/test_cuda_ops
-if grep -q "SKIP" "$WORK/test_cuda_ops.log"; then
-    SUMMARY[-1]=$(printf '%-44s %s' test_cuda_ops "SKIPPED: no usable CUDA device")
+section "test_ops"
+run_step test_ops 600 bin/test_ops
+if grep -q "SKIP: no CUDA device" "$WORK/test_ops.log"; then
+    SUMMARY[-1]=$(printf '%-44s %s' test_ops "CUDA cases SKIPPED: no usable CUDA device")
 fi
+run_step test_ops_bench 300 bin/test_ops --bench
 
 fi
 

@@ -28,6 +28,7 @@ typedef struct {
     int32_t *t;                 /* (B) backend: the timesteps the loss gathers by */
     float *host_x0, *host_vb, *host_mse;
     int32_t *host_t;
+    float *host_time;           /* host_t as the network's float time input */
     double *vb_sum, *mse_sum;   /* (T) sums over images of L_t and the MSE, full bound */
     double prior_sum, total_sum;
     int images_done;
@@ -92,7 +93,8 @@ static void vb_terms(Evaluator *ev, int n, uint64_t seed, uint32_t noise_step) {
     const Backend *be = ev->be;
     float *x_t = net_data(m, net_input(m, "sample"));
     be->to_device(ev->t, ev->host_t, (size_t)n * sizeof(int32_t));
-    be->to_device(net_data(m, net_input(m, "timestep")), ev->host_t, (size_t)n * sizeof(int32_t));
+    for (int i = 0; i < n; i++) ev->host_time[i] = (float)ev->host_t[i];
+    be->to_device(net_input_data(m, "timestep"), ev->host_time, (size_t)n * sizeof(float));
     RngKey eps_key = {seed, RNG_STREAM_EPS, noise_step, 0}, no_flip = {0};
     be->q_sample_images(x_t, ev->target, ev->x0, ev->images, ev->t, ev->schedule.sqrt_ac,
                         ev->schedule.sqrt_1m_ac, n, c->image_size, c->image_size, c->in_channels,
@@ -175,6 +177,7 @@ static void evaluator_init(Evaluator *ev, const Backend *be, const char *ckpt, i
     ev->host_vb = xmalloc((size_t)batch * sizeof(float));
     ev->host_mse = xmalloc((size_t)batch * sizeof(float));
     ev->host_t = xmalloc((size_t)batch * sizeof(int32_t));
+    ev->host_time = xmalloc((size_t)batch * sizeof(float));
     ev->vb_sum = xcalloc((size_t)T, sizeof(double));
     ev->mse_sum = xcalloc((size_t)T, sizeof(double));
 }
@@ -191,6 +194,7 @@ static void evaluator_free(Evaluator *ev) {
     free(ev->host_vb);
     free(ev->host_mse);
     free(ev->host_t);
+    free(ev->host_time);
     free(ev->vb_sum);
     free(ev->mse_sum);
     device_schedule_free(&ev->schedule);

@@ -8,11 +8,10 @@
  * sample at a time; inside the per-sample parallel loop these run on the calling
  * thread. */
 #include <math.h>
-#include <stdlib.h>
+#include <omp.h>
 #include <string.h>
 
 #include "cpu_backend.h"
-#include "util.h"
 
 /* Scratch, c entries per sample; scratch_slice gives one sample's share. */
 typedef struct {
@@ -22,12 +21,21 @@ typedef struct {
     float *mean_g_c, *mean_gx_c;    /* backward: the group means dx subtracts, per channel */
 } Scratch;
 
-static Scratch scratch_alloc(int n, int c) {
+/* Kept between calls (cpu_scratch): the per-channel scratch, then, for the backward,
+ * one sample's worth of floats per thread. */
+static CpuScratch kept;
+
+/* The scratch of n samples, and *per_thread (when not NULL) `floats` for each of
+ * omp_get_max_threads() threads, carved from the kept buffer. */
+static Scratch scratch_get(int n, int c, size_t floats, float **per_thread) {
     size_t count = (size_t)n * c;
-    Scratch s = {xmalloc(count * sizeof(double)), xmalloc(count * sizeof(double)),
-                 xmalloc(count * sizeof(double)), xmalloc(count * sizeof(float)),
-                 xmalloc(count * sizeof(float)),  xmalloc(count * sizeof(float)),
-                 xmalloc(count * sizeof(float))};
+    size_t threads = per_thread ? (size_t)omp_get_max_threads() : 0;
+    char *p = cpu_scratch(&kept, 3 * count * sizeof(double) +
+                                     (4 * count + threads * floats) * sizeof(float));
+    double *d = (double *)p;
+    float *f = (float *)(d + 3 * count);
+    Scratch s = {d, d + count, d + 2 * count, f, f + count, f + 2 * count, f + 3 * count};
+    if (per_thread) *per_thread = f + 4 * count;
     return s;
 }
 
@@ -36,16 +44,6 @@ static Scratch scratch_slice(const Scratch *s, int sample, int c) {
     Scratch slice = {s->sum_a + off,  s->sum_b + off,    s->center + off,   s->mean_c + off,
                      s->rstd_c + off, s->mean_g_c + off, s->mean_gx_c + off};
     return slice;
-}
-
-static void scratch_free(Scratch *s) {
-    free(s->sum_a);
-    free(s->sum_b);
-    free(s->center);
-    free(s->mean_c);
-    free(s->rstd_c);
-    free(s->mean_g_c);
-    free(s->mean_gx_c);
 }
 
 static double group_total(const double *per_channel, int g, int cg) {
@@ -109,7 +107,7 @@ static void normalize_sample(float *y, const float *x, const Scratch *s, const f
 void cpu_groupnorm_forward(float *y, float *mean, float *rstd, const float *x, const float *gamma,
                            const float *shift, int n, int hw, int c, int groups, float eps,
                            int fuse_silu) {
-    Scratch scratch = scratch_alloc(n, c);
+    Scratch scratch = scratch_get(n, c, 0, NULL);
     int cg = c / groups;
     size_t per_sample = (size_t)hw * c;
 #pragma omp parallel for schedule(static)
@@ -124,7 +122,6 @@ void cpu_groupnorm_forward(float *y, float *mean, float *rstd, const float *x, c
         normalize_sample(yi, xi, &s, gamma, shift, hw, c);
         if (fuse_silu) cpu_silu_forward(yi, yi, per_sample);
     }
-    scratch_free(&scratch);
 }
 
 /* sum_a[ch] = sum of dy_pre, sum_b[ch] = sum of dy_pre * xhat over the sample's rows:
@@ -190,13 +187,14 @@ void cpu_groupnorm_backward(float *dx, float beta, float *dgamma, float *dshift,
                             const float *x, const float *mean, const float *rstd,
                             const float *gamma, const float *shift, int n, int hw, int c,
                             int groups, int fuse_silu) {
-    Scratch scratch = scratch_alloc(n, c);
     int cg = c / groups;
     size_t per_sample = (size_t)hw * c;
+    float *per_thread;
+    Scratch scratch = scratch_get(n, c, per_sample, &per_thread);
 #pragma omp parallel
     {
         /* this thread's sample: the pre-SiLU value, then dy_pre when fused, then dx */
-        float *sample = xmalloc(per_sample * sizeof(float));
+        float *sample = per_thread + (size_t)omp_get_thread_num() * per_sample;
 #pragma omp for schedule(static)
         for (int i = 0; i < n; i++) {
             Scratch s = scratch_slice(&scratch, i, c);
@@ -214,8 +212,6 @@ void cpu_groupnorm_backward(float *dx, float beta, float *dgamma, float *dshift,
             input_grad(sample, dy_pre, xi, &s, gamma, hw, c);
             cpu_accumulate(dx + i * per_sample, beta, sample, per_sample);
         }
-        free(sample);
     }
     param_grads(dgamma, dshift, &scratch, n, c);
-    scratch_free(&scratch);
 }

@@ -3,10 +3,8 @@
  * The norm is a fixed-order blocked sum, so it does not change with the number of
  * threads. */
 #include <math.h>
-#include <stdlib.h>
 
 #include "cpu_backend.h"
-#include "util.h"
 
 enum {
     PARALLEL_MIN = 1 << 15,     /* elements below which one thread is faster */
@@ -28,7 +26,8 @@ static double sum_of_squares(const float *g, size_t n) {
 
 void cpu_global_norm(float *out, const float *g, size_t n) {
     size_t chunks = (n + NORM_CHUNK - 1) / NORM_CHUNK;
-    double *partial = xmalloc((chunks ? chunks : 1) * sizeof(double));
+    static CpuScratch kept;   /* the partial sums, kept between calls */
+    double *partial = cpu_scratch(&kept, (chunks ? chunks : 1) * sizeof(double));
 #pragma omp parallel for schedule(static) if (chunks > 1)
     for (size_t k = 0; k < chunks; k++) {
         size_t start = k * NORM_CHUNK, len = n - start < NORM_CHUNK ? n - start : NORM_CHUNK;
@@ -36,7 +35,6 @@ void cpu_global_norm(float *out, const float *g, size_t n) {
     }
     double total = 0;
     for (size_t k = 0; k < chunks; k++) total += partial[k];
-    free(partial);
     *out = (float)sqrt(total);
 }
 

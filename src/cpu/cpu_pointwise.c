@@ -111,6 +111,25 @@ void cpu_add_bias_backward(float *dbias, float beta, const float *dy, int n, int
     }
 }
 
+void cpu_mean_pool_forward(float *y, const float *x, int n, int hw, int c) {
+    for (int i = 0; i < n; i++)
+        for (int ch = 0; ch < c; ch++) {
+            double sum = 0;
+            for (int p = 0; p < hw; p++) sum += x[((size_t)i * hw + p) * c + ch];
+            y[(size_t)i * c + ch] = (float)(sum / hw);
+        }
+}
+
+void cpu_mean_pool_backward(float *dx, float beta, const float *dy, int n, int hw, int c) {
+    const float count = (float)hw;
+    for (int i = 0; i < n; i++)
+        for (int p = 0; p < hw; p++)
+            for (int ch = 0; ch < c; ch++) {
+                size_t at = ((size_t)i * hw + p) * c + ch;
+                dx[at] = blend(dx[at], beta, dy[(size_t)i * c + ch] / count);
+            }
+}
+
 /* One run of `count` elements of one sample, from element e0 (a multiple of 4).
  * philox_uniform(key, s, e) is word e%4 of the block of e, so each block serves
  * four elements; the blocks are drawn first, in a loop that vectorizes. The mask
@@ -221,8 +240,9 @@ void cpu_concat_backward(float *da, float beta_a, float *db, float beta_b, const
 /* diffusers get_timestep_embedding (flip_sin_to_cos=False, downscale_freq_shift=1).
  * The exponent is formed in float as PyTorch does from a float32 arange; the
  * frequency and the argument t*f are in double, since t*f reaches ~1000 where a
- * float argument would lose ~1e-4 of phase. */
-void cpu_timestep_embedding(float *y, const int32_t *t, int n, int dim) {
+ * float argument would lose ~1e-4 of phase. t is float: an integer t below 2^24 converts
+ * to the same double as the int32 it replaces, so integer timesteps embed as before. */
+void cpu_timestep_embedding(float *y, const float *t, int n, int dim) {
     int half = dim / 2;
     float neg_log_period = (float)-log(10000.0);
     for (int s = 0; s < n; s++) {
@@ -233,5 +253,22 @@ void cpu_timestep_embedding(float *y, const int32_t *t, int n, int dim) {
             row[i] = (float)sin(arg);
             row[half + i] = (float)cos(arg);
         }
+    }
+}
+
+void cpu_embedding_forward(float *y, const int32_t *ids, const float *table, int n, int dim) {
+    for (int i = 0; i < n; i++)
+        memcpy(y + (size_t)i * dim, table + (size_t)ids[i] * dim, (size_t)dim * sizeof(float));
+}
+
+/* Rows are summed in float, in sample order, as the CUDA kernel does (one block per row,
+ * looping over the samples), so both backends agree bit for bit. */
+void cpu_embedding_backward(float *dtable, const float *dy, const int32_t *ids, int n, int rows,
+                            int dim) {
+    memset(dtable, 0, (size_t)rows * dim * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        float *row = dtable + (size_t)ids[i] * dim;
+        const float *g = dy + (size_t)i * dim;
+        for (int j = 0; j < dim; j++) row[j] += g[j];
     }
 }

@@ -11,9 +11,8 @@ static const float *net_predict(Denoiser *self, const float *x, int n, float t) 
     NetDenoiser *d = (NetDenoiser *)self;
     Net *net = d->net;
     const Backend *be = self->be;
-    for (int i = 0; i < n; i++) d->t_host[i] = (int32_t)t;
-    be->to_device(net_data(net, net_input(net, "timestep")), d->t_host,
-                  (size_t)n * sizeof(int32_t));
+    for (int i = 0; i < n; i++) d->t_host[i] = t;
+    be->to_device(net_input_data(net, "timestep"), d->t_host, (size_t)n * sizeof(float));
     be->copy(net_data(net, net_input(net, "sample")), x, (size_t)n * self->sample_size * sizeof(float));
     int was_training = net->training;
     net->training = 0;
@@ -35,7 +34,7 @@ void net_denoiser_init(NetDenoiser *d, Net *net, const float *weights, ModelOutp
                  .sample_size = net_per_sample(net, x), .output = output},
         .net = net,
         .weights = weights,
-        .t_host = xmalloc((size_t)net->max_batch * sizeof(int32_t)),
+        .t_host = xmalloc((size_t)net->max_batch * sizeof(float)),
     };
 }
 

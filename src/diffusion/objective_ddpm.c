@@ -28,6 +28,7 @@ typedef struct {
     int32_t *t;                      /* (b) backend: the timesteps the loss gathers by */
     float *sample_weight;            /* (b) backend: 1/(T p_t) of the timestep sampler */
     int32_t *host_t;                 /* (B) */
+    float *host_time;                /* (B) host_t as the network's float time input */
     float *host_weight;              /* (B) */
     float *host_loss;                /* (B) the per-sample training loss */
 } Ddpm;
@@ -49,6 +50,7 @@ static void ddpm_draw(Objective *o, long step, int B) {
     Ddpm *d = o->state;
     RngKey t_key = {d->cfg.seed, RNG_STREAM_TIMESTEP, (uint32_t)step, 0};
     timestep_sampler_draw(&d->timestep_sampler, t_key, B, d->host_t, d->host_weight);
+    for (int i = 0; i < B; i++) d->host_time[i] = (float)d->host_t[i];
 }
 
 static void ddpm_prepare(Objective *o, Net *net, const StepBatch *batch) {
@@ -58,8 +60,8 @@ static void ddpm_prepare(Objective *o, Net *net, const StepBatch *batch) {
     const int b = batch->b;
     const uint32_t step = (uint32_t)batch->step;
     be->to_device(d->t, d->host_t + batch->sample0, (size_t)b * sizeof(int32_t));
-    be->to_device(net_data(net, net_input(net, "timestep")), d->host_t + batch->sample0,
-                  (size_t)b * sizeof(int32_t));
+    be->to_device(net_input_data(net, "timestep"), d->host_time + batch->sample0,
+                  (size_t)b * sizeof(float));
     RngKey flip_key = {c->seed, RNG_STREAM_FLIP, step, batch->sample0};
     RngKey eps_key = {c->seed, RNG_STREAM_EPS, step, batch->sample0};
     be->q_sample_images(net_data(net, net_input(net, "sample")), d->target,
@@ -135,6 +137,7 @@ static void ddpm_free(Objective *o) {
     be->release(d->t);
     be->release(d->sample_weight);
     free(d->host_t);
+    free(d->host_time);
     free(d->host_weight);
     free(d->host_loss);
     free(d);
@@ -168,6 +171,7 @@ Objective *objective_ddpm_create(const Backend *be, const Config *cfg, int b, in
     d->t = be->alloc((size_t)b * sizeof(int32_t));
     d->sample_weight = be->alloc((size_t)b * sizeof(float));
     d->host_t = xmalloc((size_t)B * sizeof(int32_t));
+    d->host_time = xmalloc((size_t)B * sizeof(float));
     d->host_weight = xmalloc((size_t)B * sizeof(float));
     d->host_loss = xmalloc((size_t)B * sizeof(float));
     Objective *o = xcalloc(1, sizeof *o);

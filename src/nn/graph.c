@@ -12,7 +12,7 @@
 
 typedef enum {
     OP_CONV, OP_GROUPNORM, OP_SILU, OP_LINEAR, OP_ATTENTION, OP_UPSAMPLE, OP_CONCAT, OP_ADD,
-    OP_ADD_BIAS, OP_DROPOUT, OP_TIMESTEP_EMBEDDING
+    OP_ADD_BIAS, OP_DROPOUT, OP_TIMESTEP_EMBEDDING, OP_MEAN_POOL, OP_EMBEDDING
 } OpKind;
 
 struct Tensor {
@@ -35,7 +35,8 @@ struct Node {
     float *mean, *rstd;       /* OP_GROUPNORM (max_batch, groups) */
     size_t probs_offset;
     float *probs;             /* OP_ATTENTION (max_batch, L, L) */
-    int rows, k, n;           /* OP_LINEAR: rows per sample, in and out features */
+    int rows, k, n;           /* OP_LINEAR: rows per sample, in and out features;
+                                 OP_EMBEDDING: rows = the table's rows */
     float p;                  /* OP_DROPOUT: probability */
     uint32_t layer;           /* OP_DROPOUT: index for the mask's RNG stream */
 };
@@ -235,6 +236,24 @@ int net_attention(Net *net, int qkv) {
     if (t.c % 3) die("internal: attention needs [q | k | v] rows, got %d channels", t.c);
     int out = new_tensor(net, t.h, t.w, t.c / 3);
     new_node(net, OP_ATTENTION, qkv, -1, out);
+    return out;
+}
+
+int net_embedding(Net *net, const char *prefix, int ids, int rows, int dim) {
+    if (net->tensors[ids].dtype != NET_I32 || net_per_sample(net, ids) != 1)
+        die("internal: %s: an embedding reads one int32 id per sample", prefix);
+    int out = new_tensor(net, 1, 1, dim);
+    new_node(net, OP_EMBEDDING, ids, -1, out);
+    int table = net_param(net, PARAM_PLAIN, 0, 2, (int64_t[]){rows, dim}, "%s.weight", prefix);
+    net->params[table].is_embedding = 1;
+    net->nodes[net->n_nodes - 1].param[0] = table;
+    net->nodes[net->n_nodes - 1].rows = rows;
+    return out;
+}
+
+int net_mean_pool(Net *net, int x) {
+    int out = new_tensor(net, 1, 1, net_channels(net, x));
+    new_node(net, OP_MEAN_POOL, x, -1, out);
     return out;
 }
 
@@ -439,7 +458,11 @@ static void forward_node(Net *net, const Node *node, int n, const float *weights
             be->copy(y->data, a->data, count * sizeof(float));
         break;
     case OP_TIMESTEP_EMBEDDING:
-        be->timestep_embedding(y->data, (const int32_t *)a->data, n, y->c);
+        be->timestep_embedding(y->data, a->data, n, y->c);
+        break;
+    case OP_MEAN_POOL: be->mean_pool_forward(y->data, a->data, n, a->h * a->w, a->c); break;
+    case OP_EMBEDDING:
+        be->embedding_forward(y->data, (const int32_t *)a->data, w, n, y->c);
         break;
     }
 }
@@ -491,6 +514,12 @@ static void backward_node(Net *net, const Node *node, int n, RngKey dropout_key)
         if (da) be->dropout_backward(da, beta_a, y->grad, n, per_sample(y), node->p, io.dropout_key);
         break;
     case OP_TIMESTEP_EMBEDDING: break;
+    case OP_MEAN_POOL:
+        if (da) be->mean_pool_backward(da, beta_a, y->grad, n, a->h * a->w, a->c);
+        break;
+    case OP_EMBEDDING:
+        be->embedding_backward(dw, y->grad, (const int32_t *)a->data, n, node->rows, y->c);
+        break;
     }
 }
 
@@ -596,8 +625,9 @@ void net_init_weights(Net *net, uint64_t seed, float *host_weights) {
         RngKey key = {seed, RNG_STREAM_INIT, (uint32_t)i, 0};
         float bound = p->fan_in ? 1.0f / sqrtf((float)p->fan_in) : 0.0f;
         for (size_t e = 0; e < p->numel; e++)
-            torch_order[e] = p->fan_in ? bound * (2.0f * philox_uniform(key, 0, e) - 1.0f)
-                                       : (p->is_norm_weight ? 1.0f : 0.0f);
+            torch_order[e] = p->is_embedding ? philox_normal(key, 0, e)
+                             : p->fan_in   ? bound * (2.0f * philox_uniform(key, 0, e) - 1.0f)
+                                           : (p->is_norm_weight ? 1.0f : 0.0f);
         param_from_torch(p, torch_order, host + p->offset);
     }
     free(torch_order);

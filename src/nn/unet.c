@@ -84,7 +84,7 @@ Net *unet_build(const Backend *be, const Config *cfg, int max_batch, int input_g
     Net *net = net_create(be, max_batch);
     int x = net_add_input(net, "sample", NET_F32, cfg->image_size, cfg->image_size,
                           cfg->in_channels, input_grad);
-    int t = net_add_input(net, "timestep", NET_I32, 1, 1, 1, 0);
+    int t = net_add_input(net, "timestep", NET_F32, 1, 1, 1, 0);
     int skips[UNET_MAX_SKIPS], n_skips, temb;
     int mid = unet_encoder(net, cfg, x, t, &temb, skips, &n_skips);
     net_add_output(net, "sample", unet_decoder(net, cfg, mid, temb, skips, n_skips));
