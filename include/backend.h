@@ -178,6 +178,11 @@ typedef enum { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2 } PredictionType;
                               const int32_t *t, const float *sqrt_ac, const float *sqrt_1m_ac,  \
                               int n, int h, int w, int c, PredictionType pred, int flip,        \
                               RngKey flip_key, RngKey eps_key))                                 \
+    /* The same from float data x0 (N, D) (cached latents): no flip, no scaling; eps =          \
+     * philox_normal(eps_key, s, e), x_t = sqrt_ac[t]*x0 + sqrt_1m_ac[t]*eps, and the target. */ \
+    X(void, q_sample, (float *x_t, float *target, const float *x0, const int32_t *t,            \
+                       const float *sqrt_ac, const float *sqrt_1m_ac, int n, size_t d,          \
+                       PredictionType pred, RngKey eps_key))                                    \
     /* loss_per_sample (N) = mean over D of (pred - target)^2;                                  \
      * dpred = 2 (pred - target) / (N*D), the gradient of the batch mean. */                    \
     X(void, mse_loss, (float *loss_per_sample, float *dpred, const float *pred,                 \

@@ -11,7 +11,10 @@
  * variance use PredictionType (backend.h) and VarianceType (diffusion.h). */
 typedef enum { LOSS_MSE = 0, LOSS_HYBRID = 1, LOSS_KL = 2 } LossKind;
 typedef enum { TIMESTEPS_UNIFORM = 0, TIMESTEPS_LOSS_SECOND_MOMENT = 1 } TimestepSamplerKind;
-typedef enum { DATASET_FASHION_MNIST = 0, DATASET_MNIST = 1, DATASET_CIFAR10 = 2 } DatasetKind;
+typedef enum {
+    DATASET_FASHION_MNIST = 0, DATASET_MNIST = 1, DATASET_CIFAR10 = 2,
+    DATASET_LATENTS = 3         /* float data: data_path is a safetensors file (data.h) */
+} DatasetKind;
 #define CONFIG_STR 256
 
 typedef struct {
@@ -35,8 +38,10 @@ typedef struct {
     int timestep_sampler;                     /* TimestepSamplerKind: uniform | loss_second_moment */
     int clip_denoised;                        /* clamp predicted x0 to [-1, 1] when sampling */
     /* data */
-    int dataset;                              /* DatasetKind: fashion_mnist | mnist | cifar10 */
-    char data_path[CONFIG_STR];               /* IDX images file, or CIFAR-10 batches directory */
+    int dataset;                              /* DatasetKind: fashion_mnist | mnist | cifar10 |
+                                                 latents */
+    char data_path[CONFIG_STR];               /* IDX images file, CIFAR-10 batches directory, or
+                                                 a latents safetensors file */
     int data_limit;                           /* 0: all images */
     int hflip;
     /* optimisation */

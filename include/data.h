@@ -32,6 +32,11 @@ int dataset_load_cifar10(Dataset *d, const char *dir, int test, int limit, char 
 /* The labels file that goes with an IDX image file ("...images-idx3..." ->
  * "...labels-idx1..."); returns 0, or -1 when the name has no "images-idx3". */
 int idx_labels_path(const char *images_path, char *out, size_t out_size);
+/* Float data (cached latents) from a safetensors file: tensor "latents" F32 of shape
+ * (N, H, W, C), and optionally "labels" I32 or I64 of shape (N) in [0, 2^31). limit > 0
+ * keeps the first `limit` samples. Returns 0, or -1 with err naming the file and the
+ * problem. */
+int dataset_load_latents(Dataset *d, const char *path, int limit, char *err, size_t err_size);
 void dataset_free(Dataset *d);
 
 #endif

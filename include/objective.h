@@ -26,7 +26,8 @@ typedef struct {
     long step;
     int b, B;                   /* this rank's samples, the global batch */
     uint32_t sample0;           /* global index of this rank's first sample */
-    const uint8_t *images;      /* (b, H, W, C) backend memory: the samples' pixels */
+    const uint8_t *images;      /* (b, H, W, C) backend memory: the samples' pixels, or NULL */
+    const float *values;        /* (b, H, W, C) backend memory: float data, or NULL */
     const int32_t *labels;      /* (B) host, or NULL when the data has none */
 } StepBatch;
 

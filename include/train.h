@@ -31,10 +31,12 @@ typedef struct {
     float *ema, *adam_m, *adam_v;          /* (P) backend */
     /* b = local_batch, B = cfg.batch_size, W = world_size, K = objective stats_per_sample */
     uint8_t *images;                       /* (b, H, W, C) backend: the batch's raw pixels */
+    float *values;                         /* (b, H, W, C) backend: the batch, for float data */
     float *step_stats;                     /* (W, K*b + 1) backend: per rank [K blocks | stop] */
     float *own_stats;                      /* this rank's block in step_stats */
     float *grad_norm;                      /* (1) backend */
     uint8_t *host_images;                  /* (b, H, W, C) */
+    float *host_values;                    /* (b, H, W, C), for float data */
     float *host_stats;                     /* (W, K*b + 1) */
     float **stats_by_kind;                 /* (K) host arrays of (B): every rank's, in order */
     uint32_t *order;                       /* (data.count) permutation of the current epoch */

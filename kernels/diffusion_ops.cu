@@ -1,5 +1,6 @@
 /* The fused diffusion steps on the GPU, one kernel each:
- *   q_sample_images: uint8 batch -> flip, scale to [-1, 1], eps, x_t, the target and
+ *   q_sample (float data) and q_sample_images: uint8 batch -> flip, scale to [-1, 1], eps,
+ *   x_t, the target and
  *                    optionally x0, with t gathered in the kernel from device memory;
  *   mse_loss:        per-sample loss and the gradient in one pass, one block per sample,
  *                    the sum in double with the fixed-order block_sum;
@@ -39,6 +40,18 @@ void cuda_q_sample_images(float *x_t, float *target, float *x0_out, const uint8_
         x_t[i] = a * x0 + b * eps;
         target[i] = training_target(pred, x0, eps, a, b);
         if (x0_out) x0_out[i] = x0;
+    });
+}
+
+void cuda_q_sample(float *x_t, float *target, const float *x0, const int32_t *t,
+                   const float *sqrt_ac, const float *sqrt_1m_ac, int n, size_t d,
+                   PredictionType pred, RngKey eps_key) {
+    launch_elementwise((size_t)n * d, [=] __device__(size_t i) {
+        const uint32_t s = (uint32_t)(i / d);
+        const float eps = philox_normal(eps_key, s, i % d);
+        const float a = sqrt_ac[t[s]], b = sqrt_1m_ac[t[s]];
+        x_t[i] = a * x0[i] + b * eps;
+        target[i] = training_target(pred, x0[i], eps, a, b);
     });
 }
 

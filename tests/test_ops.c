@@ -1044,6 +1044,52 @@ static void q_sample_case(unsigned modes, int n, int h, int w, int ch, Predictio
     free(images), free(t);
 }
 
+enum { QF_X0, QF_T, QF_SA, QF_S1, QF_XT, QF_TARGET };
+
+static void q_sample_float_forward(const OpCase *c, OpRun *r) {
+    r->be->q_sample(F(QF_XT), F(QF_TARGET), F(QF_X0), I32(QF_T), F(QF_SA), F(QF_S1), c->n,
+                    (size_t)c->k, (PredictionType)c->flag, c->key2);
+}
+
+static void q_sample_float_check(const OpCase *c, OpRun *r) {
+    size_t d = (size_t)c->k;
+    int exact = 1;
+    for (int s = 0; s < c->n; s++) {
+        int t = I32(QF_T)[s];
+        float a = F(QF_SA)[t], b = F(QF_S1)[t];
+        for (size_t e = 0; e < d; e++) {
+            float x0 = F(QF_X0)[s * d + e], eps = philox_normal(c->key2, s, e);
+            float target = c->flag == PRED_EPS ? eps : c->flag == PRED_X0 ? x0 : a * eps - b * x0;
+            exact &= F(QF_XT)[s * d + e] == a * x0 + b * eps &&
+                     F(QF_TARGET)[s * d + e] == target;
+        }
+    }
+    CHECK(exact, "%s: differs from the formula", c->name);
+}
+
+/* Float data (latents): per sample d values, any channel count. */
+static void q_sample_float_case(unsigned modes, int n, int d, PredictionType pred) {
+    OpCase *c = add_case(modes, "q_sample float n%d d%d pred %d", n, d, pred);
+    c->n = n, c->k = d, c->flag = pred;
+    c->key2 = (RngKey){11, RNG_STREAM_EPS, 5, 0};
+    int32_t *t = xmalloc((size_t)n * sizeof(int32_t));
+    for (int s = 0; s < n; s++) t[s] = s == 1 ? 0 : s == 2 ? QS_STEPS - 1 : (s * 389) % QS_STEPS;
+    float sqrt_ac[QS_STEPS], sqrt_1m_ac[QS_STEPS];
+    for (int k = 0; k < QS_STEPS; k++) {
+        double ac = exp(-5.0 * k / QS_STEPS);
+        sqrt_ac[k] = (float)sqrt(ac);
+        sqrt_1m_ac[k] = (float)sqrt(1 - ac);
+    }
+    input(c, "x0", (size_t)n * d, -3, 3);
+    input_bytes(c, "t", (size_t)n, 4, t);
+    input_bytes(c, "sqrt_ac", QS_STEPS, 4, sqrt_ac);
+    input_bytes(c, "sqrt_1m_ac", QS_STEPS, 4, sqrt_1m_ac);
+    output(c, "x_t", (size_t)n * d, -1);
+    set_tol(c, output(c, "target", (size_t)n * d, -1), pred == PRED_EPS ? 1e-6 : 1e-5);
+    set_op(c, q_sample_float_forward, NULL, q_sample_float_check);
+    free(t);
+}
+
 enum { MS_PRED, MS_TARGET, MS_W, MS_LOSS, MS_DPRED };
 
 static void mse_forward(const OpCase *c, OpRun *r) {
@@ -1227,6 +1273,8 @@ static void diffusion_cases(void) {
     for (int pred = PRED_EPS; pred <= PRED_V; pred++)
         q_sample_case(MODE_ALL, 200, 4, 5, 3, pred, 1, 0, 7);
     q_sample_case(MODE_ALL, 200, 4, 5, 3, PRED_X0, 0, 1, 7);
+    for (int pred = PRED_EPS; pred <= PRED_V; pred++)
+        q_sample_float_case(MODE_ALL, 5, 4 * 8 * 8, (PredictionType)pred);
     for (int pred = PRED_EPS; pred <= PRED_V; pred++)
         for (int flip = 0; flip < 2; flip++)
             q_sample_case(MODE_CUDA | MODE_BENCH, 4, 6, 5, 3, pred, flip, flip, 3);

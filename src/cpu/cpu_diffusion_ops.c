@@ -1,4 +1,5 @@
-/* The fused diffusion steps of the CPU backend: forward noising of a uint8 batch,
+/* The fused diffusion steps of the CPU backend: forward noising of a uint8 batch
+ * (or of float data),
  * the MSE loss, one reverse sampling update and Gaussian fill. All noise comes
  * from philox_normal(key, sample, element), so the draws do not depend on how the
  * loops are split over threads, nor on the backend. */
@@ -53,6 +54,21 @@ void cpu_q_sample_images(float *x_t, float *target, float *x0, const uint8_t *im
                          (size_t)y * row, w, c,
                          sample_is_flipped(flip, flip_key, s), sqrt_ac[t[s]], sqrt_1m_ac[t[s]],
                          pred, eps_key, s);
+        }
+    }
+}
+
+void cpu_q_sample(float *x_t, float *target, const float *x0, const int32_t *t,
+                  const float *sqrt_ac, const float *sqrt_1m_ac, int n, size_t d,
+                  PredictionType pred, RngKey eps_key) {
+#pragma omp parallel for schedule(static) if ((size_t)n * d >= PARALLEL_MIN)
+    for (int s = 0; s < n; s++) {
+        const float a = sqrt_ac[t[s]], b = sqrt_1m_ac[t[s]];
+        for (size_t e = 0; e < d; e++) {
+            size_t k = (size_t)s * d + e;
+            float eps = philox_normal(eps_key, (uint32_t)s, e);
+            x_t[k] = a * x0[k] + b * eps;
+            target[k] = training_target(pred, x0[k], eps, a, b);
         }
     }
 }

@@ -24,7 +24,8 @@ typedef struct {
     int simple_loss;                 /* mse without learned variances: the plain MSE op */
     /* b = local batch, B = global batch, D = H*W*C */
     float *target;                   /* (b, D) backend */
-    float *x0;                       /* (b, D) backend */
+    float *x0;                       /* (b, D) backend: x0 of image data */
+    const float *step_x0;            /* this step's x0: x0, or the batch's float data */
     int32_t *t;                      /* (b) backend: the timesteps the loss gathers by */
     float *sample_weight;            /* (b) backend: 1/(T p_t) of the timestep sampler */
     int32_t *host_t;                 /* (B) */
@@ -64,10 +65,19 @@ static void ddpm_prepare(Objective *o, Net *net, const StepBatch *batch) {
                   (size_t)b * sizeof(float));
     RngKey flip_key = {c->seed, RNG_STREAM_FLIP, step, batch->sample0};
     RngKey eps_key = {c->seed, RNG_STREAM_EPS, step, batch->sample0};
-    be->q_sample_images(net_data(net, net_input(net, "sample")), d->target,
-                        d->simple_loss ? NULL : d->x0, batch->images, d->t, d->schedule.sqrt_ac,
-                        d->schedule.sqrt_1m_ac, b, c->image_size, c->image_size, c->in_channels,
-                        d->diffusion.pred, c->hflip, flip_key, eps_key);
+    float *x_t = net_input_data(net, "sample");
+    if (batch->values) {
+        be->q_sample(x_t, d->target, batch->values, d->t, d->schedule.sqrt_ac,
+                     d->schedule.sqrt_1m_ac, b, net_per_sample(net, net_input(net, "sample")),
+                     d->diffusion.pred, eps_key);
+        d->step_x0 = batch->values;
+        return;
+    }
+    be->q_sample_images(x_t, d->target, d->simple_loss ? NULL : d->x0, batch->images, d->t,
+                        d->schedule.sqrt_ac, d->schedule.sqrt_1m_ac, b, c->image_size,
+                        c->image_size, c->in_channels, d->diffusion.pred, c->hflip, flip_key,
+                        eps_key);
+    d->step_x0 = d->x0;
 }
 
 static void ddpm_loss(Objective *o, Net *net, const StepBatch *batch, float *stats) {
@@ -83,7 +93,7 @@ static void ddpm_loss(Objective *o, Net *net, const StepBatch *batch, float *sta
         return;
     }
     be->to_device(d->sample_weight, d->host_weight + batch->sample0, (size_t)b * sizeof(float));
-    be->diffusion_loss(mse, vb, net_grad(net, out), net_data(net, out), d->target, d->x0,
+    be->diffusion_loss(mse, vb, net_grad(net, out), net_data(net, out), d->target, d->step_x0,
                        net_data(net, net_input(net, "sample")), d->t, d->sample_weight, b,
                        c->image_size * c->image_size, c->in_channels, d->loss,
                        d->schedule.tables);

@@ -52,7 +52,7 @@ static const ConfigKey keys[] = {
     ENUM(loss, "mse|hybrid|kl", 0),
     ENUM(timestep_sampler, "uniform|loss_second_moment", 0),
     NUM(clip_denoised, KEY_BOOL, 0, 1, 0),
-    ENUM(dataset, "fashion_mnist|mnist|cifar10", 0),
+    ENUM(dataset, "fashion_mnist|mnist|cifar10|latents", 0),
     STR(data_path, NULL, 0),
     NUM(data_limit, KEY_INT, 0, 100000000, 0),
     NUM(hflip, KEY_BOOL, 0, 1, 0),
@@ -306,7 +306,10 @@ int config_validate(const Config *c, char *err, size_t err_size) {
     if (c->ch / 2 < 2) return fail(err, err_size, "%s: key 'ch' must be at least 4", o);
     if (c->dataset == DATASET_CIFAR10 && c->in_channels != 3)
         return fail(err, err_size, "%s: key 'in_channels' must be 3 for cifar10", o);
-    if (c->dataset != DATASET_CIFAR10 && c->in_channels != 1)
+    if (c->dataset == DATASET_LATENTS && c->hflip)
+        return fail(err, err_size, "%s: key 'hflip' must be false for latents (flip the images "
+                    "before encoding them)", o);
+    if (c->dataset != DATASET_CIFAR10 && c->dataset != DATASET_LATENTS && c->in_channels != 1)
         return fail(err, err_size, "%s: key 'in_channels' must be 1 for %s", o,
                     config_enum_name("dataset", c->dataset));
     int want_out = c->learn_sigma ? 2 * c->in_channels : c->in_channels;

@@ -7,12 +7,14 @@
 #include "data.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <zlib.h>
 
+#include "safetensors.h"
 #include "util.h"
 
 /* Far beyond any real dataset, yet keeps counts in int and rejects garbage headers. */
@@ -413,4 +415,63 @@ int dataset_load_cifar10(Dataset *d, const char *dir, int test, int limit, char 
                    .count = (int)count, .height = CIFAR_SIDE, .width = CIFAR_SIDE,
                    .channels = CIFAR_CHANNELS};
     return 0;
+}
+
+/* ---- float data (latents) ---- */
+
+static int latent_labels(Dataset *d, const StTensor *t, const char *path, int64_t n_file,
+                         char *err, size_t err_size) {
+    if ((t->dtype != ST_I32 && t->dtype != ST_I64) || t->ndim != 1 || t->shape[0] != n_file) {
+        snprintf(err, err_size, "%s: tensor 'labels' must be int32 or int64 of shape (%lld)",
+                 path, (long long)n_file);
+        return -1;
+    }
+    d->labels = xmalloc((size_t)d->count * sizeof(int32_t));
+    for (int i = 0; i < d->count; i++) {
+        int64_t v;   /* the file's data may be unaligned */
+        if (t->dtype == ST_I32) {
+            int32_t v32;
+            memcpy(&v32, (const char *)t->data + (size_t)i * 4, 4);
+            v = v32;
+        } else {
+            memcpy(&v, (const char *)t->data + (size_t)i * 8, 8);
+        }
+        if (v < 0 || v > INT32_MAX - 1) {
+            snprintf(err, err_size, "%s: label %lld of sample %d is negative or too large", path,
+                     (long long)v, i);
+            return -1;
+        }
+        d->labels[i] = (int32_t)v;
+        if (v + 1 > d->num_classes) d->num_classes = (int)(v + 1);
+    }
+    return 0;
+}
+
+int dataset_load_latents(Dataset *d, const char *path, int limit, char *err, size_t err_size) {
+    *d = (Dataset){0};
+    StFile f;
+    if (st_read(&f, path, err, err_size) != 0) return -1;
+    const StTensor *x = st_find(&f, "latents"), *labels = st_find(&f, "labels");
+    int rc = 0;
+    if (!x || x->dtype != ST_F32 || x->ndim != 4) {
+        snprintf(err, err_size, "%s: needs a float32 tensor 'latents' of shape (N, H, W, C)", path);
+        rc = -1;
+    } else if (x->shape[0] < 1 || x->shape[0] > DATASET_MAX_IMAGES || x->shape[1] < 1 ||
+               x->shape[2] < 1 || x->shape[3] < 1) {
+        snprintf(err, err_size, "%s: 'latents' has an empty or too large dimension", path);
+        rc = -1;
+    }
+    if (rc == 0) {
+        int64_t n_file = x->shape[0];
+        int count = limit > 0 && limit < n_file ? limit : (int)n_file;
+        size_t per = (size_t)x->shape[1] * x->shape[2] * x->shape[3];
+        *d = (Dataset){.count = count, .height = (int)x->shape[1], .width = (int)x->shape[2],
+                       .channels = (int)x->shape[3]};
+        d->values = xmalloc((size_t)count * per * sizeof(float));
+        memcpy(d->values, x->data, (size_t)count * per * sizeof(float));
+        if (labels) rc = latent_labels(d, labels, path, n_file, err, err_size);
+        if (rc != 0) dataset_free(d);
+    }
+    st_free(&f);
+    return rc;
 }

@@ -37,11 +37,13 @@ static void gather_batch(Trainer *tr, long step) {
     long epoch = step / batches_per_epoch(tr);
     long first = (step % batches_per_epoch(tr)) * c->batch_size + tr->sample0;
     if (epoch != tr->order_epoch) shuffle_epoch(tr, epoch);
-    size_t image_bytes = (size_t)tr->data.height * tr->data.width * tr->data.channels;
+    size_t D = (size_t)tr->data.height * tr->data.width * tr->data.channels;
     for (int i = 0; i < tr->local_batch; i++) {
         uint32_t index = tr->order[first + i];
-        memcpy(tr->host_images + i * image_bytes, tr->data.images + index * image_bytes,
-               image_bytes);
+        if (tr->data.values)
+            memcpy(tr->host_values + i * D, tr->data.values + index * D, D * sizeof(float));
+        else
+            memcpy(tr->host_images + i * D, tr->data.images + index * D, D);
     }
     tr->progress.data_epoch = (step + 1) / batches_per_epoch(tr);
     tr->progress.data_index = ((step + 1) % batches_per_epoch(tr)) * c->batch_size;
@@ -97,9 +99,14 @@ void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *da
     tr->adam_m = be->alloc(P * sizeof(float));
     tr->adam_v = be->alloc(P * sizeof(float));
     alloc_step_stats(tr);
-    tr->images = be->alloc((size_t)b * image_bytes);
+    if (tr->data.values) {
+        tr->values = be->alloc((size_t)b * image_bytes * sizeof(float));
+        tr->host_values = xmalloc((size_t)b * image_bytes * sizeof(float));
+    } else {
+        tr->images = be->alloc((size_t)b * image_bytes);
+        tr->host_images = xmalloc((size_t)b * image_bytes);
+    }
     tr->grad_norm = be->alloc(sizeof(float));
-    tr->host_images = xmalloc((size_t)b * image_bytes);
     tr->order = xmalloc((size_t)tr->data.count * sizeof(uint32_t));
     tr->order_epoch = -1;
     tr->progress.world_size = tr->world_size;
@@ -130,8 +137,10 @@ void trainer_free(Trainer *tr) {
     for (int k = 0; k < tr->objective->stats_per_sample; k++) free(tr->stats_by_kind[k]);
     free(tr->stats_by_kind);
     be->release(tr->images);
+    be->release(tr->values);
     be->release(tr->grad_norm);
     free(tr->host_images);
+    free(tr->host_values);
     free(tr->order);
     objective_free(tr->objective);
     net_free(tr->model);
@@ -196,10 +205,11 @@ StepResult trainer_step(Trainer *tr) {
     long step = tr->progress.step;
     gather_batch(tr, step);
     o->ops->draw(o, step, c->batch_size);
-    size_t image_bytes = (size_t)tr->data.height * tr->data.width * tr->data.channels;
-    be->to_device(tr->images, tr->host_images, (size_t)b * image_bytes);
+    size_t D = (size_t)tr->data.height * tr->data.width * tr->data.channels;
+    if (tr->data.values) be->to_device(tr->values, tr->host_values, (size_t)b * D * sizeof(float));
+    else be->to_device(tr->images, tr->host_images, (size_t)b * D);
     StepBatch batch = {.step = step, .b = b, .B = c->batch_size, .sample0 = tr->sample0,
-                       .images = tr->images};
+                       .images = tr->images, .values = tr->values};
     o->ops->prepare(o, m, &batch);
     RngKey dropout_key = {c->seed, RNG_STREAM_DROPOUT, (uint32_t)step, tr->sample0};
     m->training = 1;

@@ -25,6 +25,8 @@ static void load_dataset(const Config *c, Dataset *data) {
     char err[1024];
     int rc = c->dataset == DATASET_CIFAR10
                  ? dataset_load_cifar10(data, c->data_path, 0, c->data_limit, err, sizeof err)
+             : c->dataset == DATASET_LATENTS
+                 ? dataset_load_latents(data, c->data_path, c->data_limit, err, sizeof err)
                  : dataset_load_idx(data, c->data_path, c->image_size, c->data_limit, err,
                                     sizeof err);
     if (rc != 0) die("%s", err);
@@ -49,7 +51,7 @@ static void write_samples(Trainer *tr, const char *name) {
     const Config *c = &tr->cfg;
     Objective *o = tr->objective;
     int n = c->sample_n;
-    if (n == 0 || !o->ops->sample) return;
+    if (n == 0 || !o->ops->sample || tr->data.values) return;   /* latents need a decoder */
     size_t D = (size_t)c->image_size * c->image_size * c->in_channels;
     float *images = xmalloc((size_t)n * D * sizeof(float));
     uint8_t *pixels = xmalloc((size_t)n * D);
