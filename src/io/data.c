@@ -158,6 +158,21 @@ static int verify_gzip_end(gzFile gz, const char *path, char *err, size_t err_si
     return -1;
 }
 
+/* Makes room for at least `needed` images of image_bytes, doubling, zeroed (the padding).
+ * Growing as images arrive bounds memory by the bytes really in the file: a corrupt header
+ * may claim far more images than it holds. Returns -1 when memory runs out. */
+static int grow_images(uint8_t **images, size_t *capacity, size_t needed, size_t image_bytes) {
+    if (needed <= *capacity) return 0;
+    size_t grown = *capacity ? 2 * *capacity : 64;
+    if (grown < needed) grown = needed;
+    uint8_t *bigger = realloc(*images, grown * image_bytes);
+    if (!bigger) return -1;
+    memset(bigger + *capacity * image_bytes, 0, (grown - *capacity) * image_bytes);
+    *images = bigger;
+    *capacity = grown;
+    return 0;
+}
+
 /* Reads the first `count` images after the header, padding each as it arrives. */
 static int read_idx_images(Dataset *d, gzFile gz, const char *path, const IdxHeader *h,
                            int count, int pad_to, char *err, size_t err_size) {
@@ -165,15 +180,8 @@ static int read_idx_images(Dataset *d, gzFile gz, const char *path, const IdxHea
     int out_h = pad_to > 0 ? pad_to : rows, out_w = pad_to > 0 ? pad_to : cols;
     size_t image_bytes = (size_t)rows * (size_t)cols;
     size_t out_bytes = (size_t)out_h * (size_t)out_w;
-    /* calloc, not xcalloc: a corrupt header may claim more than fits, which is the
-     * file's problem to report, not a reason to abort. calloc also zeroes the padding. */
-    uint8_t *images = calloc((size_t)count, out_bytes);
-    if (!images) {
-        snprintf(err, err_size, "%s: cannot allocate %d images of %d x %d", path, count, out_h,
-                 out_w);
-        return -1;
-    }
-    uint8_t *scratch = xmalloc(image_bytes);
+    uint8_t *images = NULL, *scratch = xmalloc(image_bytes);
+    size_t capacity = 0;
     int rc = 0;
     for (int i = 0; i < count && rc == 0; i++) {
         int cut_short = 0;
@@ -183,6 +191,10 @@ static int read_idx_images(Dataset *d, gzFile gz, const char *path, const IdxHea
         } else if ((size_t)got < image_bytes) {
             report_truncated_images(path, count, h, (size_t)i * image_bytes + (size_t)got,
                                     cut_short, err, err_size);
+            rc = -1;
+        } else if (grow_images(&images, &capacity, (size_t)i + 1, out_bytes) != 0) {
+            snprintf(err, err_size, "%s: cannot allocate %d images of %d x %d", path, i + 1,
+                     out_h, out_w);
             rc = -1;
         } else {
             place_centered(images + (size_t)i * out_bytes, out_h, out_w, scratch, rows, cols);
