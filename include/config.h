@@ -41,6 +41,8 @@ typedef struct {
     /* output */
     char out_dir[CONFIG_STR];
     int log_every, sample_every, sample_n, ckpt_every, keep_ckpts;
+    char on_save_error[CONFIG_STR];           /* stop | continue: a checkpoint that cannot be
+                                                 written (full disk) ends the run, or not */
     int threads;                              /* CPU threads; 0: all cores */
     /* data parallelism (dist.h): batch_size is the global batch, split over the ranks */
     double bucket_mb;                         /* gradient all-reduce bucket size, MiB */
@@ -57,6 +59,10 @@ int config_set(Config *c, const char *assignment, char *err, size_t err_size);
 int config_load_json(Config *c, const char *json, const char *origin, char *err, size_t err_size);
 /* Checks ranges and cross-field rules. Returns 0, or -1 with err naming the key. */
 int config_validate(const Config *c, char *err, size_t err_size);
+/* Compares the model-defining keys (those stored as a checkpoint's model_config). Returns 0
+ * when equal, or -1 with err naming the first key that differs and both values. */
+int config_model_mismatch(const Config *saved, const Config *current, char *err,
+                          size_t err_size);
 /* The whole config as a pretty JSON object; caller frees. */
 char *config_to_json(const Config *c);
 /* Just the model-defining keys, as JSON (stored in checkpoints); caller frees. */
