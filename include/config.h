@@ -59,6 +59,9 @@ int config_set(Config *c, const char *assignment, char *err, size_t err_size);
 int config_load_json(Config *c, const char *json, const char *origin, char *err, size_t err_size);
 /* Checks ranges and cross-field rules. Returns 0, or -1 with err naming the key. */
 int config_validate(const Config *c, char *err, size_t err_size);
+/* A lower bound on the bytes training needs (activations of one batch, parameters with their
+ * gradients, EMA and AdamW moments), from the config alone: checked before any allocation. */
+double config_min_memory_bytes(const Config *c);
 /* Compares the model-defining keys (those stored as a checkpoint's model_config). Returns 0
  * when equal, or -1 with err naming the first key that differs and both values. */
 int config_model_mismatch(const Config *saved, const Config *current, char *err,

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,6 +154,36 @@ int make_dirs(const char *path, char *err, size_t err_size) {
         if (saved == 0) break;
     }
     free(copy);
+    return 0;
+}
+
+long parse_long_flag(const char *flag, const char *text, long lo, long hi) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (*text == 0 || *end != 0 || errno == ERANGE || v < lo || v > hi)
+        die("%s: expected an integer in [%ld, %ld], got '%s'", flag, lo, hi, text);
+    return v;
+}
+
+double parse_double_flag(const char *flag, const char *text) {
+    char *end;
+    double v = strtod(text, &end);
+    if (*text == 0 || *end != 0 || !isfinite(v)) die("%s: expected a number, got '%s'", flag, text);
+    return v;
+}
+
+int check_writable_dir(const char *dir, int create, char *err, size_t err_size) {
+    if (create && make_dirs(dir, err, err_size) != 0) return -1;
+    char probe[4096];
+    snprintf(probe, sizeof probe, "%s/.write_probe.%ld", dir, (long)getpid());
+    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd < 0) {
+        snprintf(err, err_size, "%s: cannot write there: %s", dir, strerror(errno));
+        return -1;
+    }
+    close(fd);
+    unlink(probe);
     return 0;
 }
 

@@ -310,6 +310,25 @@ int config_validate(const Config *c, char *err, size_t err_size) {
     return 0;
 }
 
+/* Saved activations per resolution in a residual block: two norms, two activations, two
+ * convolutions. The real tape holds more (attention, skips, the time embedding). */
+#define MIN_SAVED_TENSORS_PER_BLOCK 6
+/* Float buffers per parameter: weights, gradients, EMA, AdamW's two moments. */
+#define BUFFERS_PER_PARAMETER 5
+
+double config_min_memory_bytes(const Config *c) {
+    double floats = 0, side = c->image_size;
+    /* Each level has num_res_blocks blocks going down and num_res_blocks + 1 coming up,
+     * each with at least two 3x3 convolutions of C x C weights. */
+    int blocks = 2 * c->num_res_blocks + 1;
+    for (int i = 0; i < c->n_ch_mult; i++, side /= 2) {
+        double channels = (double)c->ch * c->ch_mult[i];
+        floats += (double)c->batch_size * side * side * channels * blocks * MIN_SAVED_TENSORS_PER_BLOCK;
+        floats += BUFFERS_PER_PARAMETER * 2.0 * 9.0 * channels * channels * blocks;
+    }
+    return floats * sizeof(float);
+}
+
 static cJSON *key_to_json(const Config *c, const ConfigKey *k) {
     const char *base = (const char *)c;
     switch (k->type) {

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include "util.h"
@@ -41,6 +42,21 @@ typedef struct {
 void dataset_free(Dataset *d) {
     free(d->images);
     *d = (Dataset){0};
+}
+
+/* A directory, FIFO or device in place of a data file would fail oddly or block forever
+ * (opening a FIFO waits for a writer; /dev/zero never ends): refuse them by type. */
+static int require_regular_file(const char *path, char *err, size_t err_size) {
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        snprintf(err, err_size, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    if (S_ISREG(st.st_mode)) return 0;
+    snprintf(err, err_size, "%s: not a regular file (it is a %s)", path,
+             S_ISDIR(st.st_mode) ? "directory" : S_ISFIFO(st.st_mode) ? "FIFO"
+             : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "device" : "special file");
+    return -1;
 }
 
 /* ---- IDX ---- */
@@ -213,6 +229,7 @@ static int read_idx_images(Dataset *d, gzFile gz, const char *path, const IdxHea
 int dataset_load_idx(Dataset *d, const char *path, int pad_to, int limit, char *err,
                      size_t err_size) {
     *d = (Dataset){0};
+    if (require_regular_file(path, err, err_size) != 0) return -1;
     errno = 0;
     gzFile gz = gzopen(path, "rb");
     if (!gz) {
@@ -258,6 +275,7 @@ static FILE *open_for_reading(const char *path, char *err, size_t err_size) {
 /* Checks that the file is a non-empty whole number of records and counts them. */
 static int cifar_count_records(const char *path, long long *records, char *err,
                                size_t err_size) {
+    if (require_regular_file(path, err, err_size) != 0) return -1;
     FILE *f = open_for_reading(path, err, err_size);
     if (!f) return -1;
     long long size = fseeko(f, 0, SEEK_END) == 0 ? (long long)ftello(f) : -1;

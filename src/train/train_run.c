@@ -25,6 +25,18 @@ static volatile sig_atomic_t stop_requested;
 
 static void request_stop(int sig) { stop_requested = sig; }
 
+/* A model that cannot fit gets a clear error before the allocation that would fail (or, with
+ * overcommit, succeed and be killed later). Host memory bounds the CPU backend only. */
+static void check_memory(const Config *c, const Backend *be) {
+    if (be != backend_cpu()) return;
+    double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    double need = config_min_memory_bytes(c);
+    if (have > 0 && need > have)
+        die("config: keys 'ch', 'ch_mult', 'image_size' and 'batch_size' give a model that needs "
+            "at least %.1f GiB, more than the %.1f GiB of memory here", need / (1 << 30),
+            have / (1 << 30));
+}
+
 static void load_dataset(const Config *c, Dataset *data) {
     char err[1024];
     int rc = strcmp(c->dataset, "cifar10") == 0
@@ -313,6 +325,7 @@ int train_main(const Config *cfg, const Backend *be, int resume) {
     /* Handlers first: a signal during set-up must stop the run cleanly, not kill it. */
     signal(SIGINT, request_stop);
     signal(SIGTERM, request_stop);
+    check_memory(cfg, be);
     Dist *dist = dist_start(be, cfg->dist_timeout);
     const int lead = dist->env.rank == 0;
     Dataset data;
