@@ -4,6 +4,7 @@
 #ifndef DDPM_SAMPLE_H
 #define DDPM_SAMPLE_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "diffusion.h"
@@ -37,6 +38,9 @@ typedef const float *(*DenoiseFn)(void *ctx, const float *x, int n, int model_t)
 
 /* Runs the plan on x (n, d) in place; the noise of step i is philox_normal with
  * key {z_key.seed, z_key.stream, i}. */
+/* When set and non-zero, sampler_run stops before its next step (the images are then
+ * unfinished): training points it at its signal flag, so a stop never waits for a grid. */
+extern const volatile sig_atomic_t *sampler_cancel;
 void sampler_run(const Backend *be, const SamplerPlan *plan, DenoiseFn denoise, void *ctx,
                  float *x, int n, size_t d, RngKey z_key, int verbose);
 

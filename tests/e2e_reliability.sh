@@ -96,6 +96,22 @@ expect_error "eval --batch xyz" "--batch: expected an integer" \
 expect_error "eval --seed abc" "--seed: expected an integer" \
     "$DDPM" eval --ckpt "$ckpt6" --data "$FASHION" --seed abc
 
+# SIGTERM while a sample grid is drawn (1000 steps of 16 images): the run stops at once, at
+# the step it had finished, with a checkpoint of it.
+"$DDPM" train "${tiny[@]}" steps=1000 timesteps=1000 sample_every=2 sample_n=16 out_dir=term \
+    2>term.log &
+pid=$!
+for _ in $(seq 300); do [ "$(tail -1 term/log.csv 2>/dev/null | cut -d, -f1)" = 2 ] && break; sleep 0.1; done
+sleep 0.5
+kill -TERM "$pid"
+signalled=$SECONDS
+wait "$pid" || fail "SIGTERM while sampling: exit status $?: $(tail -3 term.log)"
+[ $((SECONDS - signalled)) -le 5 ] || fail "SIGTERM waited $((SECONDS - signalled)) s for the grid"
+grep -q "stopping at step 2 on a signal" term.log || fail "did not stop at step 2: $(tail -3 term.log)"
+[ -f term/ckpt_00000002.safetensors ] || fail "no checkpoint at step 2"
+[ ! -e term/samples_00000002.png ] || fail "an unfinished grid was written"
+ok
+
 # Full disk: a tmpfs with room for one checkpoint and a half. The second save fails; the
 # first stays whole, no partial file stays, and on_save_error decides stop or go on.
 size=$(stat -c %s "$ckpt6")

@@ -85,10 +85,12 @@ void sampler_plan_free(SamplerPlan *plan) {
 
 /* ---------------- the loop ---------------- */
 
+const volatile sig_atomic_t *sampler_cancel;
+
 void sampler_run(const Backend *be, const SamplerPlan *plan, DenoiseFn denoise, void *ctx,
                  float *x, int n, size_t d, RngKey z_key, int verbose) {
     double started = now_seconds();
-    for (int k = 0; k < plan->count; k++) {
+    for (int k = 0; k < plan->count && !(sampler_cancel && *sampler_cancel); k++) {
         int i = plan->ascending ? k : plan->count - 1 - k;
         const float *out = denoise(ctx, x, n, plan->model_t[i]);
         RngKey key = {z_key.seed, z_key.stream, (uint32_t)i, 0};

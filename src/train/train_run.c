@@ -100,12 +100,16 @@ static void write_samples(Trainer *tr, const char *name) {
     uint8_t *pixels = xmalloc((size_t)n * D);
     float *weights = m->weights;
     m->weights = tr->ema;
+    sampler_cancel = &stop_requested;
     sample_images_default(m, &tr->diffusion, c->learn_sigma, n, c->seed, c->clip_denoised, images);
+    sampler_cancel = NULL;
     m->weights = weights;
     images_to_u8(pixels, images, (size_t)n * D);
     char path[1024], err[1024];
     snprintf(path, sizeof path, "%s/%s", c->out_dir, name);
-    if (write_png_grid(path, pixels, n, c->image_size, c->image_size, c->in_channels, err,
+    if (stop_requested)
+        fprintf(stderr, "%s not written: a signal came while sampling\n", path);
+    else if (write_png_grid(path, pixels, n, c->image_size, c->image_size, c->in_channels, err,
                        sizeof err) != 0)
         warn("%s", err);
     else
@@ -321,6 +325,8 @@ static FILE *start_run(Trainer *tr, const Config *cfg, const Backend *be, int re
     return open_log(cfg, tr->progress.step);
 }
 
+static int alone_and_stopped(const Trainer *tr) { return tr->world_size == 1 && stop_requested; }
+
 int train_main(const Config *cfg, const Backend *be, int resume) {
     /* Handlers first: a signal during set-up must stop the run cleanly, not kill it. */
     signal(SIGINT, request_stop);
@@ -336,11 +342,15 @@ int train_main(const Config *cfg, const Backend *be, int resume) {
     Interval iv = {.started = now_seconds()};
     int status = 0, agreed_stop = 0;
     long saved_step = -1;
+    /* One process needs no agreement: it stops after the step (or grid) the signal came in. */
     while (tr.progress.step < cfg->steps && !agreed_stop) {
+        if (alone_and_stopped(&tr)) {   /* came during the grid or the save after a step */
+            agreed_stop = 1;
+            break;
+        }
         tr.stop_requested = stop_requested != 0;
         StepResult r = trainer_step(&tr);
-        /* One process needs no agreement: it stops after the step the signal came in. */
-        agreed_stop = r.stop || (tr.world_size == 1 && stop_requested);
+        agreed_stop = r.stop || alone_and_stopped(&tr);
         interval_add(&iv, &r, cfg->batch_size, cfg->timesteps);
         if (after_step(&tr, &r, log, &iv, &saved_step) != 0 && save_failed(cfg)) {
             status = 1;
