@@ -112,6 +112,17 @@ grep -q "stopping at step 2 on a signal" term.log || fail "did not stop at step 
 [ ! -e term/samples_00000002.png ] || fail "an unfinished grid was written"
 ok
 
+# Under mpirun, a MASTER_ADDR that does not resolve fails at once, naming the host.
+if command -v mpirun >/dev/null; then
+    started=$SECONDS
+    expect_error "unresolvable MASTER_ADDR" "rank 0's host 'no-such-host.invalid' does not resolve" \
+        timeout 120 mpirun -np 2 --oversubscribe $([ "$(id -u)" = 0 ] && echo --allow-run-as-root) -x MASTER_ADDR=no-such-host.invalid \
+        -x MASTER_PORT=29741 "$DDPM" train "${tiny[@]}" steps=2 out_dir=unresolved
+    [ $((SECONDS - started)) -le 60 ] || fail "an unresolvable host took $((SECONDS - started)) s"
+else
+    echo "SKIP unresolvable MASTER_ADDR: no mpirun"
+fi
+
 # Full disk: a tmpfs with room for one checkpoint and a half. The second save fails; the
 # first stays whole, no partial file stays, and on_save_error decides stop or go on.
 size=$(stat -c %s "$ckpt6")
