@@ -33,6 +33,8 @@ STEPS=24
 args=(--config "$PWD/configs/tiny" data_limit=64 batch_size=4 ch=8 groups=4 timesteps=50
       log_every=1 ckpt_every=2 keep_ckpts=3 sample_every=8 sample_n=2 threads=1 out_dir=run
       --device cpu)
+declare -A hit=([random]=0 [tmp]=0 [rename]=0 [sampling]=0 [missed]=0)
+rank_kills=(0 0) slowest_stop=0
 kill_count=0 corrupt=0 failed_resumes=0 not_identical=0 tmp_taken=0 log_broken=0 hangs=0
 problems=()
 
@@ -52,17 +54,19 @@ kill_run() {
     last=$(ls "$dir"/run/ckpt_*.safetensors 2>/dev/null | tail -1)
     local delay
     delay=$(awk -v r=$RANDOM 'BEGIN { printf "%.2f", r / 32767 * 3 }')
+    local moment=missed
     for _ in $(seq 3000); do
         kill -0 "$pid" 2>/dev/null || return 1   # finished before the moment came
         case $mode in
-        random) sleep "$delay"; break ;;
-        tmp) poll_tmp "$dir" && break ;;
-        rename) poll_new_ckpt "$dir" "$last" && break ;;
-        sampling) poll_sampling "$dir" && break ;;
+        random) sleep "$delay"; moment=random; break ;;
+        tmp) poll_tmp "$dir" && moment=tmp && break ;;
+        rename) poll_new_ckpt "$dir" "$last" && moment=rename && break ;;
+        sampling) poll_sampling "$dir" && moment=sampling && break ;;
         esac
         sleep 0.005
     done
-    kill -9 "$pid" 2>/dev/null
+    kill -9 "$pid" 2>/dev/null || return 1
+    hit[$moment]=$((hit[$moment] + 1))
     wait "$pid" 2>/dev/null
     kill_count=$((kill_count + 1))
 }
@@ -123,7 +127,8 @@ single_trial() {
 dist_trial() {
     local dir=$WORK/t$trial
     mkdir -p "$dir"
-    (cd "$dir" && exec timeout -s KILL 300 mpirun -np 2 --oversubscribe "$DDPM" train "${args[@]}" \
+    (cd "$dir" && exec timeout -s KILL 300 mpirun -np 2 --oversubscribe \
+        $([ "$(id -u)" = 0 ] && echo --allow-run-as-root) "$DDPM" train "${args[@]}" \
         steps=100000 sample_every=0 dist_timeout=20 >/dev/null 2>"$dir/train.log") &
     local launcher=$!
     for _ in $(seq 600); do compgen -G "$dir/run/ckpt_*.safetensors" >/dev/null && break; sleep 0.1; done
@@ -131,11 +136,13 @@ dist_trial() {
     local rank=$((RANDOM % 2)) pid
     for pid in $(pgrep -f "out_dir=run"); do
         [ "$(readlink "/proc/$pid/cwd")" = "$dir" ] || continue
-        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$rank" &&
-            kill -9 "$pid" && kill_count=$((kill_count + 1))
+        tr '\0' '\n' 2>/dev/null <"/proc/$pid/environ" | grep -qx "OMPI_COMM_WORLD_RANK=$rank" &&
+            kill -9 "$pid" && kill_count=$((kill_count + 1)) &&
+            rank_kills[$rank]=$((rank_kills[$rank] + 1))
     done
     local started=$SECONDS
     wait "$launcher"
+    [ $((SECONDS - started)) -le "$slowest_stop" ] || slowest_stop=$((SECONDS - started))
     if [ $((SECONDS - started)) -gt 60 ]; then
         hangs=$((hangs + 1))
         problem "rank $rank killed: the others took $((SECONDS - started)) s to stop"
@@ -156,8 +163,12 @@ started=$SECONDS
 for trial in $(seq "$trials"); do
     if [ "$dist" = 1 ]; then dist_trial; else single_trial; fi
 done
+[ "$dist" = 0 ] || echo "rank kills: rank 0 ${rank_kills[0]}, rank 1 ${rank_kills[1]};" \
+    "the slowest stop of the others took $slowest_stop s (deadline 60 s)"
 failures=$((corrupt + failed_resumes + not_identical + tmp_taken + log_broken + hangs))
-echo "soak_kill (seed $seed, $((SECONDS - started)) s): $trials trials, $kill_count kills;" \
+echo "soak_kill (seed $seed, $((SECONDS - started)) s): $trials trials, $kill_count kills" \
+    "(at random ${hit[random]}, during a checkpoint write ${hit[tmp]}, just after a rename" \
+    "${hit[rename]}, during sampling ${hit[sampling]}, the moment missed ${hit[missed]});" \
     "corrupt checkpoints $corrupt, failed resumes $failed_resumes, non-identical final runs" \
     "$not_identical, temporary files taken or left $tmp_taken, broken logs $log_broken," \
     "hangs $hangs"
