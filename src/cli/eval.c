@@ -58,7 +58,9 @@ static EvalArgs parse_args(int argc, char **argv) {
         case 'b': a.batch = (int)parse_long_flag("--batch", optarg, 1, 65536); break;
         case 'k': a.mc = (int)parse_long_flag("--mc", optarg, 0, 1000000); break;
         case 'o': a.csv = optarg; break;
-        case 's': a.seed = (unsigned long long)parse_long_flag("--seed", optarg, 0, 1L << 62); break;
+        case 's':
+            a.seed = (unsigned long long)parse_long_flag("--seed", optarg, 0, 1L << 62);
+            break;
         case 'd': break;
         case 'h': usage(); exit(0);
         default: usage(); exit(2);

@@ -323,7 +323,8 @@ double config_min_memory_bytes(const Config *c) {
     int blocks = 2 * c->num_res_blocks + 1;
     for (int i = 0; i < c->n_ch_mult; i++, side /= 2) {
         double channels = (double)c->ch * c->ch_mult[i];
-        floats += (double)c->batch_size * side * side * channels * blocks * MIN_SAVED_TENSORS_PER_BLOCK;
+        floats += (double)c->batch_size * side * side * channels * blocks *
+                  MIN_SAVED_TENSORS_PER_BLOCK;
         floats += BUFFERS_PER_PARAMETER * 2.0 * 9.0 * channels * channels * blocks;
     }
     return floats * sizeof(float);

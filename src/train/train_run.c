@@ -76,7 +76,8 @@ static void open_run_dir(const Config *c) {
     if (make_dirs(c->out_dir, err, sizeof err) != 0) die("%s", err);
     lock_run_dir(c->out_dir);
     int removed = checkpoint_remove_partial(c->out_dir);
-    if (removed) fprintf(stderr, "removed %d partial checkpoint file(s) in %s\n", removed, c->out_dir);
+    if (removed)
+        fprintf(stderr, "removed %d partial checkpoint file(s) in %s\n", removed, c->out_dir);
 }
 
 /* config.json is written only once the run is known to start (a failed resume keeps the

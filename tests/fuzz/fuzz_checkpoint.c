@@ -52,7 +52,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char err[512];
     Config c;
     config_defaults(&c);
-    if (checkpoint_read_config(path, &c, err, sizeof err) == 0) config_validate(&c, err, sizeof err);
+    if (checkpoint_read_config(path, &c, err, sizeof err) == 0)
+        config_validate(&c, err, sizeof err);
     TrainProgress progress;
     checkpoint_read(path, model, buffers, &progress, err, sizeof err);
     CheckpointExtra extra = {"step_counts", ST_F32, 1, {4}, step_counts};
