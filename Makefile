@@ -133,7 +133,7 @@ run: $(BIN)/ddpm
 clean:
 	rm -rf build build-san build-fuzz bin bin-san bin-fuzz
 
--include $(wildcard $(BUILD)/*.d $(BUILD)/*/*.d)
+-include $(wildcard $(BUILD)/*.d $(BUILD)/*/*.d $(BUILD)/*/*/*.d)
 
 # Benchmarks (tools/): built like the tests, run by hand or by tools/bench_cpu.sh.
 $(BIN)/bench_%: $(BUILD)/tools/bench_%.o $(LIB_OBJ) | $(BIN)
