@@ -233,11 +233,13 @@ static void check_model_config(const Trainer *tr, const char *path) {
             "out_dir)", path, why);
 }
 
-/* Tries one checkpoint; an unreadable one is set aside, with a warning. */
+/* Tries one checkpoint; rank 0 sets an unreadable one aside, with a warning (the other ranks
+ * read the same files and skip it too). */
 static int try_resume(Trainer *tr, const char *path) {
     char err[1024], aside[1100];
     check_model_config(tr, path);
     if (trainer_load(tr, path, err, sizeof err) == 0) return 0;
+    if (tr->rank != 0) return -1;
     if (checkpoint_set_aside(path, aside, sizeof aside) == 0)
         warn("%s; moved it to %s", err, aside);
     else
