@@ -7,6 +7,11 @@
 
 static char dir[64], batch[96];
 
+static void remove_dir(void) {
+    remove(batch);
+    remove(dir);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     snprintf(dir, sizeof dir, "/tmp/fuzz_cifar10.XXXXXX");
     if (!mkdtemp(dir)) {
@@ -14,6 +19,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         abort();
     }
     snprintf(batch, sizeof batch, "%s/test_batch.bin", dir);
+    atexit(remove_dir);
     return 0;
 }
 
