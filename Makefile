@@ -59,7 +59,7 @@ LIB_OBJ += $(CUDA_OBJ)
 LDLIBS  += $(CUDA_LDLIBS)
 endif
 
-.PHONY: all detect test test-sanitize run clean
+.PHONY: all detect test test-sanitize test-fuzz fuzz run clean
 all: detect $(BIN)/ddpm
 
 detect:
@@ -93,6 +93,7 @@ $(BUILD) $(BIN):
 test: detect $(BIN)/ddpm $(TEST_BINS)
 	@bash tests/run_tests.sh $(BIN)
 	@$(MAKE) --no-print-directory test-sanitize
+	@$(MAKE) --no-print-directory test-fuzz
 
 test-sanitize:
 	@$(MAKE) --no-print-directory BUILD=build-san BIN=bin-san CUDA=0 \
@@ -101,13 +102,38 @@ test-sanitize:
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    DDPM_SANITIZE=1 bash tests/run_tests.sh bin-san
 
+# Coverage-guided fuzzing of the loaders (tests/fuzz/): libFuzzer through clang, with
+# ASan and UBSan. `make fuzz` builds bin-fuzz/fuzz_*; tests/fuzz/run_fuzz.sh runs them.
+FUZZ_BINS := $(patsubst tests/fuzz/%.c,bin-fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_SECONDS ?= 5
+fuzz:
+	@command -v clang >/dev/null || { echo "make fuzz: clang not found (install clang)"; exit 1; }
+	@$(MAKE) --no-print-directory BUILD=build-fuzz BIN=bin-fuzz CC=clang CUDA=0 \
+	    OPT="-O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" \
+	    $(FUZZ_BINS)
+
+# Each target over its seed corpus, then FUZZ_SECONDS of fuzzing; skipped without clang.
+test-fuzz:
+	@if command -v clang >/dev/null; then $(MAKE) --no-print-directory fuzz && \
+	    bash tests/fuzz/run_fuzz.sh $(FUZZ_SECONDS); \
+	else echo "SKIP fuzzing (no clang: install clang for libFuzzer)"; fi
+
+$(BIN)/fuzz_%: $(BUILD)/tests/fuzz/fuzz_%.o $(LIB_OBJ) | $(BIN)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer $^ -o $@ $(LDLIBS)
+
+# Kept, so that a second `make fuzz` relinks nothing.
+.PRECIOUS: $(BUILD)/tests/fuzz/%.o
+$(BUILD)/tests/fuzz/%.o: tests/fuzz/%.c | $(BUILD)
+	@mkdir -p $(BUILD)/tests/fuzz
+	$(CC) $(CFLAGS) -Itests/fuzz -c $< -o $@
+
 run: $(BIN)/ddpm
 	@bash tools/run_default.sh
 
 clean:
-	rm -rf build build-san bin bin-san
+	rm -rf build build-san build-fuzz bin bin-san bin-fuzz
 
--include $(wildcard $(BUILD)/*.d $(BUILD)/*/*.d)
+-include $(wildcard $(BUILD)/*.d $(BUILD)/*/*.d $(BUILD)/*/*/*.d)
 
 # Benchmarks (tools/): built like the tests, run by hand or by tools/bench_cpu.sh.
 $(BIN)/bench_%: $(BUILD)/tools/bench_%.o $(LIB_OBJ) | $(BIN)

@@ -45,11 +45,20 @@ int checkpoint_read(const char *path, const Net *m, float *const bufs[CKPT_BUFFE
                     TrainProgress *progress, char *err, size_t err_size);
 /* Reads the config stored in a checkpoint over cfg. */
 int checkpoint_read_config(const char *path, Config *cfg, char *err, size_t err_size);
+/* Steps of the files named like checkpoints in dir, ascending; returns the count, *steps
+ * malloc'ed (NULL when none). */
+int checkpoint_steps(const char *dir, long **steps);
 /* Path of the checkpoint with the highest step in dir; returns 0, or -1 if none. */
 int checkpoint_find_latest(const char *dir, char *path, size_t path_size);
 /* The file name used for a step: "<dir>/ckpt_<step, 8 digits>.safetensors". */
 void checkpoint_path(char *path, size_t path_size, const char *dir, long step);
 /* Deletes all but the newest `keep` checkpoints in dir. */
 void checkpoint_prune(const char *dir, int keep);
+/* Deletes the temporary files of writes that never finished (a killed run's
+ * ckpt_*.tmp); returns how many. */
+int checkpoint_remove_partial(const char *dir);
+/* Renames an unreadable checkpoint to "<path>.unreadable", out of the checkpoint names, so
+ * it is neither resumed from nor counted by pruning; returns rename's result. */
+int checkpoint_set_aside(const char *path, char *aside, size_t aside_size);
 
 #endif

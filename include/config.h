@@ -10,6 +10,7 @@
 /* The enum keys, in the order of their names in src/io/config.c's table. Prediction and
  * variance use PredictionType (backend.h) and VarianceType (diffusion.h). */
 typedef enum { LOSS_MSE = 0, LOSS_HYBRID = 1, LOSS_KL = 2 } LossKind;
+typedef enum { SAVE_ERROR_STOP = 0, SAVE_ERROR_CONTINUE = 1 } SaveErrorPolicy;
 typedef enum { TIMESTEPS_UNIFORM = 0, TIMESTEPS_LOSS_SECOND_MOMENT = 1 } TimestepSamplerKind;
 typedef enum {
     DATASET_FASHION_MNIST = 0, DATASET_MNIST = 1, DATASET_CIFAR10 = 2,
@@ -54,6 +55,9 @@ typedef struct {
     /* output */
     char out_dir[CONFIG_STR];
     int log_every, sample_every, sample_n, ckpt_every, keep_ckpts;
+    int on_save_error;                        /* SaveErrorPolicy: stop | continue: a checkpoint
+                                                 that cannot be written (full disk) ends the
+                                                 run, or not */
     int threads;                              /* CPU threads; 0: all cores */
     /* data parallelism (dist.h): batch_size is the global batch, split over the ranks */
     double bucket_mb;                         /* gradient all-reduce bucket size, MiB */
@@ -70,6 +74,13 @@ int config_set(Config *c, const char *assignment, char *err, size_t err_size);
 int config_load_json(Config *c, const char *json, const char *origin, char *err, size_t err_size);
 /* Checks ranges and cross-field rules. Returns 0, or -1 with err naming the key. */
 int config_validate(const Config *c, char *err, size_t err_size);
+/* A lower bound on the bytes training needs (activations of one batch, parameters with their
+ * gradients, EMA and AdamW moments), from the config alone: checked before any allocation. */
+double config_min_memory_bytes(const Config *c);
+/* Compares the model-defining keys (those stored as a checkpoint's model_config). Returns 0
+ * when equal, or -1 with err naming the first key that differs and both values. */
+int config_model_mismatch(const Config *saved, const Config *current, char *err,
+                          size_t err_size);
 /* The whole config as a pretty JSON object; caller frees. */
 char *config_to_json(const Config *c);
 /* Just the model-defining keys, as JSON (stored in checkpoints); caller frees. */

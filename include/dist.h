@@ -5,7 +5,7 @@
  * - The collectives run on MPI for the CPU backend and on NCCL for the CUDA backend;
  *   a world of one needs neither.
  * - Gradients are averaged in buckets of the flat gradient buffer, each launched as
- *   soon as backward has finished writing it (UNet.grads_ready), and waited for before
+ *   soon as backward has finished writing it (Net.grads_ready), and waited for before
  *   the optimizer step.
  * - A control connection from every rank to rank 0 (dist_control.c) carries the NCCL
  *   bootstrap when there is no MPI, and notices a rank that dies: the others stop with
@@ -69,9 +69,9 @@ Dist *dist_init(const DistEnv *env, const Backend *be, double timeout_s);
 Dist *dist_start(const Backend *be, double timeout_s);
 void dist_finalize(Dist *d);
 
-/* Averages the model's gradients in buckets of bucket_mb MiB during unet_backward. */
+/* Averages the model's gradients in buckets of bucket_mb MiB during net_backward. */
 void dist_attach_grads(Dist *d, float *grads, size_t num_grads, double bucket_mb);
-/* The UNet.grads_ready callback: starts every bucket that has become final. */
+/* The Net.grads_ready callback: starts every bucket that has become final. */
 void dist_grads_ready(void *dist, size_t final_from);
 /* Starts what is left and waits: the gradients are then the mean over the ranks. */
 void dist_grads_finish(Dist *d);

@@ -5,6 +5,7 @@
 #ifndef DDPM_SAMPLE_H
 #define DDPM_SAMPLE_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "config.h"
@@ -48,6 +49,9 @@ int sampler_plan_inversion(SamplerPlan *plan, const GaussianDiffusion *base,
                            size_t err_size);
 void sampler_plan_free(SamplerPlan *plan);
 
+/* When set and non-zero, sampler_run stops before its next step (the images are then
+ * unfinished): training points it at its signal flag, so a stop never waits for a grid. */
+extern const volatile sig_atomic_t *sampler_cancel;
 /* Runs the plan on x (n, d) in place; the noise of step i is philox_normal with key
  * {z_key.seed, z_key.stream, i}. */
 void sampler_run(const SamplerPlan *plan, Denoiser *den, float *x, int n, RngKey z_key,

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,7 +121,13 @@ int write_file_atomic(const char *path, const void *data, size_t size, char *err
         return -1;
     }
     free(tmp);
-    fsync_parent_dir(path);
+    /* Without the directory's fsync a power loss can undo the rename: the log would
+     * report a checkpoint the disk does not hold. */
+    if (fsync_parent_dir(path) != 0) {
+        snprintf(err, err_size, "%s: written, but syncing its directory failed: %s", path,
+                 strerror(errno));
+        return -1;
+    }
     return 0;
 }
 
@@ -130,8 +137,16 @@ int make_dirs(const char *path, char *err, size_t err_size) {
         if (*p != '/' && *p != 0) continue;
         char saved = *p;
         *p = 0;
-        if (mkdir(copy, 0755) != 0 && errno != EEXIST) {
+        int created = mkdir(copy, 0755) == 0;
+        if (!created && errno != EEXIST) {
             snprintf(err, err_size, "%s: cannot create directory: %s", copy, strerror(errno));
+            free(copy);
+            return -1;
+        }
+        /* A new directory's entry is durable only once its parent is synced. */
+        if (created && fsync_parent_dir(copy) != 0) {
+            snprintf(err, err_size, "%s: created, but syncing its parent failed: %s", copy,
+                     strerror(errno));
             free(copy);
             return -1;
         }
@@ -140,6 +155,43 @@ int make_dirs(const char *path, char *err, size_t err_size) {
     }
     free(copy);
     return 0;
+}
+
+long parse_long_flag(const char *flag, const char *text, long lo, long hi) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (*text == 0 || *end != 0 || errno == ERANGE || v < lo || v > hi)
+        die("%s: expected an integer in [%ld, %ld], got '%s'", flag, lo, hi, text);
+    return v;
+}
+
+double parse_double_flag(const char *flag, const char *text) {
+    char *end;
+    double v = strtod(text, &end);
+    if (*text == 0 || *end != 0 || !isfinite(v)) die("%s: expected a number, got '%s'", flag, text);
+    return v;
+}
+
+int check_writable_dir(const char *dir, int create, char *err, size_t err_size) {
+    if (create && make_dirs(dir, err, err_size) != 0) return -1;
+    char probe[4096];
+    snprintf(probe, sizeof probe, "%s/.write_probe.%ld", dir, (long)getpid());
+    int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd < 0) {
+        snprintf(err, err_size, "%s: cannot write there: %s", dir, strerror(errno));
+        return -1;
+    }
+    close(fd);
+    unlink(probe);
+    return 0;
+}
+
+void prefer_passive_omp_wait(char **argv) {
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;   /* the user's choice */
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    execv("/proc/self/exe", argv);
+    /* No /proc: run on with the default policy rather than fail. */
 }
 
 double now_seconds(void) {

@@ -4,6 +4,8 @@
 # "N passed, N failed" line; exits non-zero when anything failed.
 set -u
 bin=${1:-bin}
+# Spinning OpenMP threads would take the cores from every other process (docs/RELIABILITY.md).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 cd "$(dirname "$0")/.."
 passed=0
 failed=0

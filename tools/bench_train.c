@@ -9,6 +9,7 @@
 #include "train.h"
 
 int main(int argc, char **argv) {
+    prefer_passive_omp_wait(argv);
     BenchArgs a = bench_parse(argc, argv);
     Dataset data;
     bench_random_dataset(&data, &a.cfg, 4 * a.cfg.batch_size);

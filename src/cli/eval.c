@@ -57,11 +57,13 @@ static EvalArgs parse_args(int argc, char **argv) {
         switch (opt) {
         case 'c': a.ckpt = optarg; break;
         case 'D': a.data = optarg; break;
-        case 'n': a.n = atoi(optarg); break;
-        case 'b': a.batch = atoi(optarg); break;
-        case 'k': a.mc = atoi(optarg); break;
+        case 'n': a.n = (int)parse_long_flag("--n", optarg, 1, 100000000); break;
+        case 'b': a.batch = (int)parse_long_flag("--batch", optarg, 1, 65536); break;
+        case 'k': a.mc = (int)parse_long_flag("--mc", optarg, 0, 1000000); break;
         case 'o': a.csv = optarg; break;
-        case 's': a.seed = strtoull(optarg, NULL, 10); break;
+        case 's':
+            a.seed = (unsigned long long)parse_long_flag("--seed", optarg, 0, 1L << 62);
+            break;
         case 'd': break;
         case 'h': usage(); exit(0);
         default: usage(); exit(2);
@@ -71,7 +73,6 @@ static EvalArgs parse_args(int argc, char **argv) {
         usage();
         die("eval: --ckpt and --data are required");
     }
-    if (a.n < 1 || a.mc < 0 || a.batch < 0) die("eval: --n must be positive, --mc and --batch not negative");
     return a;
 }
 

@@ -117,6 +117,7 @@ static const char *find_flag(int argc, char **argv, const char *flag) {
 }
 
 int main(int argc, char **argv) {
+    prefer_passive_omp_wait(argv);
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -1,5 +1,6 @@
 /* `ddpm sample` and `ddpm invert`: a checkpoint's EMA weights through a sampler plan. */
 #include <getopt.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,21 +51,6 @@ static void usage(void) {
             "  sample writes DIR/samples.png and DIR/samples.npz (arr_0: uint8 N,H,W,C)\n");
 }
 
-static long parse_int_arg(const char *flag, const char *text, long lo, long hi) {
-    char *end;
-    long v = strtol(text, &end, 10);
-    if (*text == 0 || *end != 0 || v < lo || v > hi)
-        die("%s: expected an integer in [%ld, %ld], got '%s'", flag, lo, hi, text);
-    return v;
-}
-
-static double parse_double_arg(const char *flag, const char *text) {
-    char *end;
-    double v = strtod(text, &end);
-    if (*text == 0 || *end != 0) die("%s: expected a number, got '%s'", flag, text);
-    return v;
-}
-
 static SampleArgs parse_args(int argc, char **argv) {
     SampleArgs a = {.out_dir = "samples", .n = 16, .clip = -1,
                     .sampler = {.kind = SAMPLER_ANCESTRAL}};
@@ -82,17 +68,17 @@ static SampleArgs parse_args(int argc, char **argv) {
     while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
         switch (opt) {
         case 'c': a.ckpt = optarg; break;
-        case 'n': a.n = (int)parse_int_arg("--n", optarg, 1, 1000000); break;
+        case 'n': a.n = (int)parse_long_flag("--n", optarg, 1, 1000000); break;
         case 'o': a.out_dir = a.out_file = optarg; break;
-        case 's': a.seed = (unsigned long long)parse_int_arg("--seed", optarg, 0, 1L << 62); break;
-        case 'b': a.batch = (int)parse_int_arg("--batch", optarg, 1, 65536); break;
-        case 'l': a.clip = (int)parse_int_arg("--clip", optarg, 0, 1); break;
+        case 's': a.seed = (unsigned long long)parse_long_flag("--seed", optarg, 0, 1L << 62); break;
+        case 'b': a.batch = (int)parse_long_flag("--batch", optarg, 1, 65536); break;
+        case 'l': a.clip = (int)parse_long_flag("--clip", optarg, 0, 1); break;
         case 'k':
             if (sampler_kind_from_name(optarg, &a.sampler.kind) != 0)
                 die("--sampler: unknown sampler '%s' (ancestral or ddim)", optarg);
             break;
         case 'p': a.sampler.spacing = optarg; break;
-        case 'e': a.sampler.eta = parse_double_arg("--eta", optarg); break;
+        case 'e': a.sampler.eta = parse_double_flag("--eta", optarg); break;
         case 'z': a.noise = optarg; break;
         case 'Z': a.save_noise = optarg; break;
         case 'i': a.images = optarg; break;
@@ -222,6 +208,8 @@ int sample_main(int argc, char **argv, const Backend *be) {
     float *x_T = NULL;
     config_defaults(&peek);
     if (checkpoint_read_config(a.ckpt, &peek, err, sizeof err) != 0) die("%s", err);
+    /* Before the work, not after it: an unwritable --out would waste the whole run. */
+    if (check_writable_dir(a.out_dir, 1, err, sizeof err) != 0) die("--out: %s", err);
     if (a.noise) x_T = read_images_npy(a.noise, &peek, &a.n);
     int batch = a.batch ? a.batch : (a.n < 64 ? a.n : 64);
     Dist *dist = dist_start(be, peek.dist_timeout);
@@ -263,6 +251,9 @@ int invert_main(int argc, char **argv, const Backend *be) {
     char err[1024];
     config_defaults(&peek);
     if (checkpoint_read_config(a.ckpt, &peek, err, sizeof err) != 0) die("%s", err);
+    char *out_copy = xstrdup(a.out_file);
+    if (check_writable_dir(dirname(out_copy), 0, err, sizeof err) != 0) die("--out: %s", err);
+    free(out_copy);
     int n;
     float *x0 = read_images_npy(a.images, &peek, &n);
     int batch = a.batch ? a.batch : (n < 64 ? n : 64);

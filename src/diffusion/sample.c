@@ -102,10 +102,12 @@ static void affine_step(const SamplerPlan *plan, int i, Denoiser *den, float *x,
     den->be->sample_update(x, out, n, den->sample_size, plan->update[i], z_key);
 }
 
+const volatile sig_atomic_t *sampler_cancel;
+
 void sampler_run(const SamplerPlan *plan, Denoiser *den, float *x, int n, RngKey z_key,
                  int verbose) {
     double started = now_seconds();
-    for (int k = 0; k < plan->count; k++) {
+    for (int k = 0; k < plan->count && !(sampler_cancel && *sampler_cancel); k++) {
         int i = plan->ascending ? k : plan->count - 1 - k;
         RngKey key = {z_key.seed, z_key.stream, (uint32_t)i, 0};
         plan->step(plan, i, den, x, n, key);

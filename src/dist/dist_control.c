@@ -13,6 +13,8 @@
  * atomically, so the last one stays whole whatever moment this happens at. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -96,12 +98,34 @@ static int listen_on(int port, int *bound_port, char *err, size_t err_size) {
     return fd;
 }
 
-/* Rank 0's "host:port" for the others: MASTER_ADDR, or its host name sent over MPI. */
-static int share_address(Dist *d, int port, char *host, size_t host_size, int *out_port,
+/* Rank 0's IPv4 addresses, space-separated, loopback last: a container's host name often
+ * does not resolve, so under MPI rank 0 sends addresses, as NCCL's bootstrap does. */
+static void local_addresses(char *out, size_t size) {
+    struct ifaddrs *list;
+    size_t used = 0;
+    out[0] = 0;
+    if (getifaddrs(&list) != 0) return;
+    for (int loopback = 0; loopback < 2; loopback++)
+        for (struct ifaddrs *i = list; i; i = i->ifa_next) {
+            if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || !(i->ifa_flags & IFF_UP) ||
+                !(i->ifa_flags & IFF_LOOPBACK) != !loopback)
+                continue;
+            char text[INET_ADDRSTRLEN];
+            inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, text, sizeof text);
+            int n = snprintf(out + used, size - used, "%s%s", used ? " " : "", text);
+            if (n < 0 || (size_t)n >= size - used) break;
+            used += (size_t)n;
+        }
+    freeifaddrs(list);
+}
+
+/* Where the others find rank 0: MASTER_ADDR, or rank 0's addresses sent over MPI. hosts
+ * gets one or more space-separated names or addresses to try. */
+static int share_address(Dist *d, int port, char *hosts, size_t hosts_size, int *out_port,
                          char *err, size_t err_size) {
-    char text[320] = "";
+    char text[1024] = "";
     if (d->env.master_addr[0]) {
-        snprintf(host, host_size, "%s", d->env.master_addr);
+        snprintf(hosts, hosts_size, "%s", d->env.master_addr);
         *out_port = port;
         return 0;
     }
@@ -111,18 +135,17 @@ static int share_address(Dist *d, int port, char *host, size_t host_size, int *o
         return -1;
     }
     if (d->env.rank == 0) {
-        char name[256];
-        gethostname(name, sizeof name);
-        name[sizeof name - 1] = '\0';
-        snprintf(text, sizeof text, "%s %d", name, port);
+        char addresses[960];
+        local_addresses(addresses, sizeof addresses);
+        snprintf(text, sizeof text, "%d %s", port, addresses[0] ? addresses : "127.0.0.1");
     }
     d->ops.broadcast_bytes(d, text, sizeof text);
-    char name[256];
-    if (sscanf(text, "%255s %d", name, out_port) != 2) {
+    int skip = 0;
+    if (sscanf(text, "%d %n", out_port, &skip) != 1 || !text[skip]) {
         snprintf(err, err_size, "rank 0's address did not arrive over MPI");
         return -1;
     }
-    snprintf(host, host_size, "%s", name);
+    snprintf(hosts, hosts_size, "%s", text + skip);
     return 0;
 }
 
@@ -152,11 +175,18 @@ static int accept_peers(Dist *d, int listener, char *err, size_t err_size) {
     return 0;
 }
 
-static int connect_once(const char *host, int port) {
+/* Returns a connected socket, -1 when nothing listens yet, or -2 (err filled) when the
+ * host name does not resolve: waiting would not help. */
+static int connect_once(const char *host, int port, char *err, size_t err_size) {
     char service[16];
     snprintf(service, sizeof service, "%d", port);
     struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *found;
-    if (getaddrinfo(host, service, &hints, &found) != 0) return -1;
+    int rc = getaddrinfo(host, service, &hints, &found);
+    if (rc == EAI_NONAME || rc == EAI_FAIL || rc == EAI_NODATA) {
+        snprintf(err, err_size, "rank 0's host '%s' does not resolve: %s", host, gai_strerror(rc));
+        return -2;
+    }
+    if (rc != 0) return -1;
     int fd = socket(found->ai_family, found->ai_socktype, 0);
     if (fd >= 0 && connect(fd, found->ai_addr, found->ai_addrlen) != 0) {
         close(fd);
@@ -166,20 +196,32 @@ static int connect_once(const char *host, int port) {
     return fd;
 }
 
-static int connect_to_rank0(Dist *d, const char *host, int port, char *err, size_t err_size) {
+/* One round over the space-separated hosts; the first that answers wins. */
+static int connect_any(const char *hosts, int port, char *err, size_t err_size) {
+    char copy[1024], *save = NULL;
+    snprintf(copy, sizeof copy, "%s", hosts);
+    int fd = -1;
+    for (char *host = strtok_r(copy, " ", &save); host && fd == -1;
+         host = strtok_r(NULL, " ", &save))
+        fd = connect_once(host, port, err, err_size);
+    return fd;
+}
+
+static int connect_to_rank0(Dist *d, const char *hosts, int port, char *err, size_t err_size) {
     const double deadline = now_seconds() + d->timeout_s;
     int fd;
-    while ((fd = connect_once(host, port)) < 0) {
+    while ((fd = connect_any(hosts, port, err, err_size)) < 0) {
+        if (fd == -2) return -1;
         if (now_seconds() > deadline) {
-            snprintf(err, err_size, "cannot reach rank 0 at %s:%d within %.0f s", host, port,
-                     d->timeout_s);
+            snprintf(err, err_size, "cannot reach rank 0 at %s (port %d) within %.0f s", hosts,
+                     port, d->timeout_s);
             return -1;
         }
         usleep(100 * 1000);
     }
     int32_t rank = d->env.rank;
     if (write_all(fd, &rank, sizeof rank) != 0) {
-        snprintf(err, err_size, "lost rank 0 at %s:%d while joining", host, port);
+        snprintf(err, err_size, "lost rank 0 at %s (port %d) while joining", hosts, port);
         close(fd);
         return -1;
     }
@@ -189,7 +231,7 @@ static int connect_to_rank0(Dist *d, const char *host, int port, char *err, size
 int dist_control_start(Dist *d, char *err, size_t err_size) {
     const int world = d->env.world_size;
     int listener = -1, port = control_port(&d->env), shared_port;
-    char host[256];
+    char host[1024];
     if (d->env.rank == 0 && (listener = listen_on(port, &port, err, err_size)) < 0) return -1;
     if (share_address(d, port, host, sizeof host, &shared_port, err, err_size) != 0) return -1;
     if (d->env.rank != 0) {

@@ -233,12 +233,16 @@ static int compare_longs(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+int checkpoint_steps(const char *dir, long **steps) {
+    int count = list_steps(dir, steps);
+    if (count > 1) qsort(*steps, (size_t)count, sizeof(long), compare_longs);
+    return count;
+}
+
 int checkpoint_find_latest(const char *dir, char *path, size_t path_size) {
     long *steps;
-    int count = list_steps(dir, &steps);
-    long best = -1;
-    for (int i = 0; i < count; i++)
-        if (steps[i] > best) best = steps[i];
+    int count = checkpoint_steps(dir, &steps);
+    long best = count > 0 ? steps[count - 1] : -1;
     free(steps);
     if (best < 0) return -1;
     checkpoint_path(path, path_size, dir, best);
@@ -247,12 +251,34 @@ int checkpoint_find_latest(const char *dir, char *path, size_t path_size) {
 
 void checkpoint_prune(const char *dir, int keep) {
     long *steps;
-    int count = list_steps(dir, &steps);
-    qsort(steps, (size_t)count, sizeof(long), compare_longs);
+    int count = checkpoint_steps(dir, &steps);
     char path[1024];
     for (int i = 0; i + keep < count; i++) {
         checkpoint_path(path, sizeof path, dir, steps[i]);
         if (unlink(path) != 0) warn("could not remove old checkpoint %s", path);
     }
     free(steps);
+}
+
+int checkpoint_remove_partial(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int removed = 0;
+    char path[1024];
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        if (strncmp(e->d_name, "ckpt_", 5) != 0 || len < 4 || strcmp(e->d_name + len - 4, ".tmp"))
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (unlink(path) == 0) removed++;
+        else warn("could not remove the partial checkpoint %s", path);
+    }
+    closedir(d);
+    return removed;
+}
+
+int checkpoint_set_aside(const char *path, char *aside, size_t aside_size) {
+    snprintf(aside, aside_size, "%s.unreadable", path);
+    return rename(path, aside);
 }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "util.h"
 
@@ -74,6 +75,7 @@ static const ConfigKey keys[] = {
     NUM(sample_n, KEY_INT, 0, 4096, 0),
     NUM(ckpt_every, KEY_INT, 0, 100000000, 0),
     NUM(keep_ckpts, KEY_INT, 1, 1000, 0),
+    ENUM(on_save_error, "stop|continue", 0),
     NUM(threads, KEY_INT, 0, 1024, 0),
     NUM(bucket_mb, KEY_DOUBLE, 0.001, 4096, 0),
     NUM(dist_timeout, KEY_DOUBLE, 1, 1e6, 0),
@@ -114,6 +116,7 @@ void config_defaults(Config *c) {
     c->dataset = DATASET_FASHION_MNIST;
     strcpy(c->data_path, "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
     strcpy(c->out_dir, "runs/default");
+    c->on_save_error = SAVE_ERROR_STOP;
 }
 
 static const ConfigKey *find_key(const char *name) {
@@ -236,12 +239,27 @@ static int set_from_json(Config *c, const char *name, const cJSON *v, const char
     return set_number(c, k, number, origin, err, err_size);
 }
 
+/* The first key that occurs twice in the object, or NULL: with duplicates the last one would
+ * silently win, hiding an edit. Configs are small, so the quadratic scan is fine. */
+static const char *duplicate_key(const cJSON *object) {
+    for (const cJSON *a = object->child; a; a = a->next)
+        for (const cJSON *b = a->next; b; b = b->next)
+            if (strcmp(a->string, b->string) == 0) return a->string;
+    return NULL;
+}
+
 int config_load_json(Config *c, const char *json, const char *origin, char *err, size_t err_size) {
-    cJSON *root = cJSON_Parse(json);
-    if (!root) return fail(err, err_size, "%s: not valid JSON (near '%.20s')", origin,
-                           cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : "");
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithOpts(json, &end, 1);
+    if (!root) {
+        const char *at = end ? end : "";
+        return fail(err, err_size, "%s: not valid JSON, or text after the object (near '%.20s')",
+                    origin, at);
+    }
     int rc = 0;
+    const char *duplicate = cJSON_IsObject(root) ? duplicate_key(root) : NULL;
     if (!cJSON_IsObject(root)) rc = fail(err, err_size, "%s: expected a JSON object", origin);
+    else if (duplicate) rc = fail(err, err_size, "%s: key '%s' appears twice", origin, duplicate);
     const cJSON *item;
     cJSON_ArrayForEach(item, root) {
         if (rc == 0) rc = set_from_json(c, item->string, item, origin, err, err_size);
@@ -250,12 +268,17 @@ int config_load_json(Config *c, const char *json, const char *origin, char *err,
     return rc;
 }
 
+static int is_directory(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 int config_load_file(Config *c, const char *path, char *err, size_t err_size) {
     size_t size;
     char local_err[512];
     unsigned char *text = read_file(path, &size, local_err, sizeof local_err);
     char *with_ext = NULL;
-    if (!text && !strstr(path, ".json")) {
+    if (!text && !strstr(path, ".json") && !is_directory(path)) {
         with_ext = xmalloc(strlen(path) + 6);
         sprintf(with_ext, "%s.json", path);
         text = read_file(with_ext, &size, local_err, sizeof local_err);
@@ -324,6 +347,26 @@ int config_validate(const Config *c, char *err, size_t err_size) {
     return 0;
 }
 
+/* Saved activations per resolution in a residual block: two norms, two activations, two
+ * convolutions. The real tape holds more (attention, skips, the time embedding). */
+#define MIN_SAVED_TENSORS_PER_BLOCK 6
+/* Float buffers per parameter: weights, gradients, EMA, AdamW's two moments. */
+#define BUFFERS_PER_PARAMETER 5
+
+double config_min_memory_bytes(const Config *c) {
+    double floats = 0, side = c->image_size;
+    /* Each level has num_res_blocks blocks going down and num_res_blocks + 1 coming up,
+     * each with at least two 3x3 convolutions of C x C weights. */
+    int blocks = 2 * c->num_res_blocks + 1;
+    for (int i = 0; i < c->n_ch_mult; i++, side /= 2) {
+        double channels = (double)c->ch * c->ch_mult[i];
+        floats += (double)c->batch_size * side * side * channels * blocks *
+                  MIN_SAVED_TENSORS_PER_BLOCK;
+        floats += BUFFERS_PER_PARAMETER * 2.0 * 9.0 * channels * channels * blocks;
+    }
+    return floats * sizeof(float);
+}
+
 static cJSON *key_to_json(const Config *c, const ConfigKey *k) {
     const char *base = (const char *)c;
     switch (k->type) {
@@ -353,6 +396,25 @@ static char *keys_to_json(const Config *c, int model_only) {
     cJSON_Delete(root);
     if (!text) die("out of memory printing the config");
     return text;
+}
+
+int config_model_mismatch(const Config *saved, const Config *current, char *err,
+                          size_t err_size) {
+    for (size_t i = 0; i < N_KEYS; i++) {
+        if (!keys[i].model) continue;
+        cJSON *a = key_to_json(saved, &keys[i]), *b = key_to_json(current, &keys[i]);
+        char *text_a = cJSON_PrintUnformatted(a), *text_b = cJSON_PrintUnformatted(b);
+        int differs = !text_a || !text_b || strcmp(text_a, text_b) != 0;
+        if (differs)
+            fail(err, err_size, "key '%s' is %s in the checkpoint but %s in the config",
+                 keys[i].name, text_a ? text_a : "?", text_b ? text_b : "?");
+        cJSON_free(text_a);
+        cJSON_free(text_b);
+        cJSON_Delete(a);
+        cJSON_Delete(b);
+        if (differs) return -1;
+    }
+    return 0;
 }
 
 char *config_to_json(const Config *c) { return keys_to_json(c, 0); }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -49,6 +50,21 @@ void dataset_free(Dataset *d) {
     free(d->values);
     free(d->labels);
     *d = (Dataset){0};
+}
+
+/* A directory, FIFO or device in place of a data file would fail oddly or block forever
+ * (opening a FIFO waits for a writer; /dev/zero never ends): refuse them by type. */
+static int require_regular_file(const char *path, char *err, size_t err_size) {
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        snprintf(err, err_size, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    if (S_ISREG(st.st_mode)) return 0;
+    snprintf(err, err_size, "%s: not a regular file (it is a %s)", path,
+             S_ISDIR(st.st_mode) ? "directory" : S_ISFIFO(st.st_mode) ? "FIFO"
+             : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "device" : "special file");
+    return -1;
 }
 
 /* ---- IDX ---- */
@@ -166,6 +182,21 @@ static int verify_gzip_end(gzFile gz, const char *path, char *err, size_t err_si
     return -1;
 }
 
+/* Makes room for at least `needed` images of image_bytes, doubling, zeroed (the padding).
+ * Growing as images arrive bounds memory by the bytes really in the file: a corrupt header
+ * may claim far more images than it holds. Returns -1 when memory runs out. */
+static int grow_images(uint8_t **images, size_t *capacity, size_t needed, size_t image_bytes) {
+    if (needed <= *capacity) return 0;
+    size_t grown = *capacity ? 2 * *capacity : 64;
+    if (grown < needed) grown = needed;
+    uint8_t *bigger = realloc(*images, grown * image_bytes);
+    if (!bigger) return -1;
+    memset(bigger + *capacity * image_bytes, 0, (grown - *capacity) * image_bytes);
+    *images = bigger;
+    *capacity = grown;
+    return 0;
+}
+
 /* Reads the first `count` images after the header, padding each as it arrives. */
 static int read_idx_images(Dataset *d, gzFile gz, const char *path, const IdxHeader *h,
                            int count, int pad_to, char *err, size_t err_size) {
@@ -173,15 +204,8 @@ static int read_idx_images(Dataset *d, gzFile gz, const char *path, const IdxHea
     int out_h = pad_to > 0 ? pad_to : rows, out_w = pad_to > 0 ? pad_to : cols;
     size_t image_bytes = (size_t)rows * (size_t)cols;
     size_t out_bytes = (size_t)out_h * (size_t)out_w;
-    /* calloc, not xcalloc: a corrupt header may claim more than fits, which is the
-     * file's problem to report, not a reason to abort. calloc also zeroes the padding. */
-    uint8_t *images = calloc((size_t)count, out_bytes);
-    if (!images) {
-        snprintf(err, err_size, "%s: cannot allocate %d images of %d x %d", path, count, out_h,
-                 out_w);
-        return -1;
-    }
-    uint8_t *scratch = xmalloc(image_bytes);
+    uint8_t *images = NULL, *scratch = xmalloc(image_bytes);
+    size_t capacity = 0;
     int rc = 0;
     for (int i = 0; i < count && rc == 0; i++) {
         int cut_short = 0;
@@ -191,6 +215,10 @@ static int read_idx_images(Dataset *d, gzFile gz, const char *path, const IdxHea
         } else if ((size_t)got < image_bytes) {
             report_truncated_images(path, count, h, (size_t)i * image_bytes + (size_t)got,
                                     cut_short, err, err_size);
+            rc = -1;
+        } else if (grow_images(&images, &capacity, (size_t)i + 1, out_bytes) != 0) {
+            snprintf(err, err_size, "%s: cannot allocate %d images of %d x %d", path, i + 1,
+                     out_h, out_w);
             rc = -1;
         } else {
             place_centered(images + (size_t)i * out_bytes, out_h, out_w, scratch, rows, cols);
@@ -271,6 +299,7 @@ static int load_idx_labels(Dataset *d, const char *images_path, uint32_t file_co
 int dataset_load_idx(Dataset *d, const char *path, int pad_to, int limit, char *err,
                      size_t err_size) {
     *d = (Dataset){0};
+    if (require_regular_file(path, err, err_size) != 0) return -1;
     errno = 0;
     gzFile gz = gzopen(path, "rb");
     if (!gz) {
@@ -320,6 +349,7 @@ static FILE *open_for_reading(const char *path, char *err, size_t err_size) {
 /* Checks that the file is a non-empty whole number of records and counts them. */
 static int cifar_count_records(const char *path, long long *records, char *err,
                                size_t err_size) {
+    if (require_regular_file(path, err, err_size) != 0) return -1;
     FILE *f = open_for_reading(path, err, err_size);
     if (!f) return -1;
     long long size = fseeko(f, 0, SEEK_END) == 0 ? (long long)ftello(f) : -1;

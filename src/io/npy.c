@@ -2,6 +2,7 @@
  * dict literal header padded to 64 bytes, then the raw data. */
 #include "npy.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,17 @@ static int parse_shape(const char *header, int64_t *shape, int *ndim) {
     return *p == ')' ? 0 : -1;
 }
 
+/* Elements in the shape, as a byte count of float32 that fits in size_t; -1 on overflow
+ * (a hostile header must not wrap the count and pass the size check). */
+static int checked_count(const int64_t *shape, int ndim, size_t *count) {
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        if (__builtin_mul_overflow(n, (size_t)shape[i], &n)) return -1;
+    if (n > SIZE_MAX / sizeof(float)) return -1;
+    *count = n;
+    return 0;
+}
+
 int npy_read_f32(const char *path, float **data, int64_t *shape, int *ndim, char *err,
                  size_t err_size) {
     size_t size;
@@ -47,15 +59,14 @@ int npy_read_f32(const char *path, float **data, int64_t *shape, int *ndim, char
             fail(err, err_size, path, "expected a float32 ('<f4') array in C order");
         else if (parse_shape(header, shape, ndim) != 0)
             fail(err, err_size, path, "unreadable shape in the header");
+        else if (checked_count(shape, *ndim, &count) != 0)
+            fail(err, err_size, path, "the shape's element count overflows");
+        else if (size - 10 - header_len != count * sizeof(float))
+            fail(err, err_size, path, "data size does not match the shape");
         else {
-            for (int i = 0; i < *ndim; i++) count *= (size_t)shape[i];
-            if (size - 10 - header_len != count * sizeof(float))
-                fail(err, err_size, path, "data size does not match the shape");
-            else {
-                *data = xmalloc(count * sizeof(float));
-                memcpy(*data, bytes + 10 + header_len, count * sizeof(float));
-                rc = 0;
-            }
+            *data = xmalloc(count * sizeof(float));
+            memcpy(*data, bytes + 10 + header_len, count * sizeof(float));
+            rc = 0;
         }
         free(header);
     }

@@ -5,11 +5,15 @@
  * Under a launcher (dist.h) every rank trains its share of each batch; rank 0 alone
  * logs, samples and writes checkpoints. A signal on any rank reaches all of them
  * through the next step's statistics, so they stop after the same step. */
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include "dist.h"
 #include "image_io.h"
@@ -20,6 +24,18 @@
 static volatile sig_atomic_t stop_requested;
 
 static void request_stop(int sig) { stop_requested = sig; }
+
+/* A model that cannot fit gets a clear error before the allocation that would fail (or, with
+ * overcommit, succeed and be killed later). Host memory bounds the CPU backend only. */
+static void check_memory(const Config *c, const Backend *be) {
+    if (be != backend_cpu()) return;
+    double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    double need = config_min_memory_bytes(c);
+    if (have > 0 && need > have)
+        die("config: keys 'ch', 'ch_mult', 'image_size' and 'batch_size' give a model that needs "
+            "at least %.1f GiB, more than the %.1f GiB of memory here", need / (1 << 30),
+            have / (1 << 30));
+}
 
 static void load_dataset(const Config *c, Dataset *data) {
     char err[1024];
@@ -37,9 +53,39 @@ static void load_dataset(const Config *c, Dataset *data) {
             c->image_size, c->in_channels);
 }
 
-static void prepare_run_dir(const Config *c) {
-    char err[1024], path[1024];
+/* One run per out_dir: a second run would interleave checkpoints and log rows with this
+ * one. flock is released by the kernel however the process ends, kill -9 included. */
+static void lock_run_dir(const char *dir) {
+    char path[1024], pid[32];
+    snprintf(path, sizeof path, "%s/.lock", dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) die("%s: cannot open the lock file: %s", path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        ssize_t got = pread(fd, pid, sizeof pid - 1, 0);
+        pid[got > 0 ? got : 0] = 0;
+        die("%s: another run is using out_dir %s (lock held by pid %s); give this run its own "
+            "out_dir", path, dir, got > 0 ? pid : "?");
+    }
+    int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+        warn("%s: cannot record the pid", path);
+    /* fd stays open until exit: closing it would release the lock. */
+}
+
+/* Creates out_dir, takes its lock and clears what a killed run left behind. */
+static void open_run_dir(const Config *c) {
+    char err[1024];
     if (make_dirs(c->out_dir, err, sizeof err) != 0) die("%s", err);
+    lock_run_dir(c->out_dir);
+    int removed = checkpoint_remove_partial(c->out_dir);
+    if (removed)
+        fprintf(stderr, "removed %d partial checkpoint file(s) in %s\n", removed, c->out_dir);
+}
+
+/* config.json is written only once the run is known to start (a failed resume keeps the
+ * old one). */
+static void write_run_config(const Config *c) {
+    char err[1024], path[1024];
     char *json = config_to_json(c);
     snprintf(path, sizeof path, "%s/config.json", c->out_dir);
     if (write_file_atomic(path, json, strlen(json), err, sizeof err) != 0) die("%s", err);
@@ -55,11 +101,15 @@ static void write_samples(Trainer *tr, const char *name) {
     size_t D = (size_t)c->image_size * c->image_size * c->in_channels;
     float *images = xmalloc((size_t)n * D * sizeof(float));
     uint8_t *pixels = xmalloc((size_t)n * D);
+    sampler_cancel = &stop_requested;
     o->ops->sample(o, tr->model, tr->ema, n, c->seed, images);
+    sampler_cancel = NULL;
     images_to_u8(pixels, images, (size_t)n * D);
     char path[1024], err[1024];
     snprintf(path, sizeof path, "%s/%s", c->out_dir, name);
-    if (write_png_grid(path, pixels, n, c->image_size, c->image_size, c->in_channels, err,
+    if (stop_requested)
+        fprintf(stderr, "%s not written: a signal came while sampling\n", path);
+    else if (write_png_grid(path, pixels, n, c->image_size, c->image_size, c->in_channels, err,
                        sizeof err) != 0)
         warn("%s", err);
     else
@@ -102,11 +152,38 @@ static void interval_add(Interval *iv, const StepResult *r, int batch, int times
     }
 }
 
-static FILE *open_log(const Config *c) {
+/* Keeps the header and the rows of steps up to `step`: rows a killed run logged after its
+ * last checkpoint are logged again by the resumed run, and would otherwise repeat. */
+static void trim_log(const char *path, long step) {
+    size_t size;
+    char err[1024];
+    unsigned char *text = read_file(path, &size, err, sizeof err);
+    if (!text) return;   /* no log yet */
+    char *kept = xmalloc(size + 1), *out = kept;
+    for (char *line = (char *)text, *next; *line; line = next) {
+        next = strchr(line, '\n');
+        next = next ? next + 1 : line + strlen(line);
+        char *end;
+        long row_step = strtol(line, &end, 10);
+        int is_row = end != line && *end == ',';
+        if (next[-1] == '\n' && (!is_row || row_step <= step)) {   /* drops a torn last line */
+            memcpy(out, line, (size_t)(next - line));
+            out += next - line;
+        }
+    }
+    if ((size_t)(out - kept) != size &&
+        write_file_atomic(path, kept, (size_t)(out - kept), err, sizeof err) != 0)
+        die("%s", err);
+    free(kept);
+    free(text);
+}
+
+static FILE *open_log(const Config *c, long step) {
     char path[1024];
     snprintf(path, sizeof path, "%s/log.csv", c->out_dir);
+    trim_log(path, step);
     FILE *f = fopen(path, "a");
-    if (!f) die("%s: cannot open for writing", path);
+    if (!f) die("%s: cannot open for writing: %s", path, strerror(errno));
     if (ftell(f) == 0)
         fprintf(f, "step,loss,grad_norm,lr,img_per_s,skipped,loss_q0,loss_q1,loss_q2,loss_q3,"
                    "vb_bpd\n");
@@ -143,22 +220,60 @@ static void log_interval(FILE *log, Trainer *tr, Interval *iv, double lr) {
     *iv = (Interval){.started = now_seconds()};
 }
 
+/* A checkpoint of another model or diffusion process must not be resumed: its weights
+ * would be read under the wrong config (dropped attention, another schedule). Dies. */
+static void check_model_config(const Trainer *tr, const char *path) {
+    Config saved;
+    char err[1024], why[1024];
+    config_defaults(&saved);
+    if (checkpoint_read_config(path, &saved, err, sizeof err) != 0) return;   /* load reports */
+    if (config_model_mismatch(&saved, &tr->cfg, why, sizeof why) != 0)
+        die("%s: cannot resume: %s (resume with the checkpoint's model config, or use a new "
+            "out_dir)", path, why);
+}
+
+/* Tries one checkpoint; rank 0 sets an unreadable one aside, with a warning (the other ranks
+ * read the same files and skip it too). */
+static int try_resume(Trainer *tr, const char *path) {
+    char err[1024], aside[1100];
+    check_model_config(tr, path);
+    if (trainer_load(tr, path, err, sizeof err) == 0) return 0;
+    if (tr->rank != 0) return -1;
+    if (checkpoint_set_aside(path, aside, sizeof aside) == 0)
+        warn("%s; moved it to %s", err, aside);
+    else
+        die("%s; and it cannot be moved aside: %s", err, strerror(errno));
+    return -1;
+}
+
+/* Resumes from the newest checkpoint that loads, and says which. */
 static void resume_if_asked(Trainer *tr, int resume) {
-    char path[1024], err[1024];
     if (!resume) return;
-    if (checkpoint_find_latest(tr->cfg.out_dir, path, sizeof path) != 0) {
-        fprintf(stderr, "no checkpoint in %s: starting from step 0\n", tr->cfg.out_dir);
-        return;
+    long *steps;
+    int count = checkpoint_steps(tr->cfg.out_dir, &steps);
+    char path[1024];
+    int loaded = -1;
+    for (int i = count - 1; i >= 0 && loaded < 0; i--) {
+        checkpoint_path(path, sizeof path, tr->cfg.out_dir, steps[i]);
+        if (try_resume(tr, path) == 0) loaded = i;
     }
-    if (trainer_load(tr, path, err, sizeof err) != 0) die("%s", err);
-    fprintf(stderr, "resumed from %s at step %ld\n", path, tr->progress.step);
+    free(steps);
+    if (count == 0)
+        fprintf(stderr, "no checkpoint in %s: starting from step 0\n", tr->cfg.out_dir);
+    else if (loaded < 0)
+        die("%s: none of its %d checkpoint(s) loads (see the warnings above)", tr->cfg.out_dir,
+            count);
+    else
+        fprintf(stderr, "resumed from %s at step %ld%s\n", path, tr->progress.step,
+                loaded < count - 1 ? " (the newest checkpoint that loads)" : "");
 }
 
 static int at_interval(long step, int every) { return every > 0 && step % every == 0; }
 
 static void announce(const Trainer *tr, const Config *cfg, const Backend *be) {
     fprintf(stderr, "training %s on %s: %zu parameters, %d images, batch %d, %d steps, backend %s\n",
-            config_enum_name("dataset", cfg->dataset), cfg->data_path, tr->model->num_parameters, tr->data.count,
+            config_enum_name("dataset", cfg->dataset), cfg->data_path, tr->model->num_parameters,
+            tr->data.count,
             cfg->batch_size, cfg->steps, be->name);
     if (tr->world_size > 1 || tr->dist->ops.allreduce_mean_start)
         fprintf(stderr, "data parallel: %d ranks (%s) x %d samples per step\n", tr->world_size,
@@ -188,28 +303,63 @@ static int after_step(Trainer *tr, const StepResult *r, FILE *log, Interval *iv,
     return 0;
 }
 
+/* A checkpoint that cannot be written (a full disk): the previous one is intact either way;
+ * on_save_error decides whether the run stops or trains on without it. */
+static int save_failed(const Config *cfg) {
+    if (cfg->on_save_error == SAVE_ERROR_CONTINUE) {
+        warn("training on without this checkpoint (on_save_error=continue)");
+        return 0;
+    }
+    fprintf(stderr, "ddpm: stopping: the checkpoint could not be written (on_save_error=stop; "
+                    "the previous checkpoint in %s is intact)\n", cfg->out_dir);
+    return 1;
+}
+
+/* Rank 0: the run directory, the resume and the log, in an order where a failed resume
+ * changes nothing in out_dir. */
+static FILE *start_run(Trainer *tr, const Config *cfg, const Backend *be, int resume) {
+    const int lead = tr->rank == 0;
+    if (lead) open_run_dir(cfg);
+    resume_if_asked(tr, resume);
+    if (!lead) return NULL;
+    write_run_config(cfg);
+    checkpoint_prune(cfg->out_dir, cfg->keep_ckpts);   /* a kill before the last prune */
+    announce(tr, cfg, be);
+    return open_log(cfg, tr->progress.step);
+}
+
+static int alone_and_stopped(const Trainer *tr) { return tr->world_size == 1 && stop_requested; }
+
 int train_main(const Config *cfg, const Backend *be, int resume) {
+    /* Handlers first: a signal during set-up must stop the run cleanly, not kill it. */
+    signal(SIGINT, request_stop);
+    signal(SIGTERM, request_stop);
+    check_memory(cfg, be);
     Dist *dist = dist_start(be, cfg->dist_timeout);
     const int lead = dist->env.rank == 0;
     Dataset data;
     load_dataset(cfg, &data);
-    if (lead) prepare_run_dir(cfg);
     Trainer tr;
     trainer_init(&tr, be, cfg, &data, dist);
-    resume_if_asked(&tr, resume);
-    if (lead) announce(&tr, cfg, be);
-    signal(SIGINT, request_stop);
-    signal(SIGTERM, request_stop);
-    FILE *log = lead ? open_log(cfg) : NULL;
+    FILE *log = start_run(&tr, cfg, be, resume);
     Interval iv = {.started = now_seconds()};
     int status = 0, agreed_stop = 0;
     long saved_step = -1;
+    /* One process needs no agreement: it stops after the step (or grid) the signal came in. */
     while (tr.progress.step < cfg->steps && !agreed_stop) {
+        if (alone_and_stopped(&tr)) {   /* came during the grid or the save after a step */
+            agreed_stop = 1;
+            break;
+        }
         tr.stop_requested = stop_requested != 0;
         StepResult r = trainer_step(&tr);
-        agreed_stop = r.stop;
+        agreed_stop = r.stop || alone_and_stopped(&tr);
         interval_add(&iv, &r, cfg->batch_size, cfg->timesteps);
-        if (after_step(&tr, &r, log, &iv, &saved_step) != 0) status = 1;
+        if (after_step(&tr, &r, log, &iv, &saved_step) != 0 && save_failed(cfg)) {
+            status = 1;
+            if (tr.world_size == 1) break;
+            stop_requested = SIGTERM;   /* the other ranks stop with it, after the next step */
+        }
         if (tr.bad_streak >= cfg->max_bad_steps) {
             if (lead)
                 fprintf(stderr, "ddpm: %d consecutive non-finite steps (at step %ld): stopping; "
@@ -220,7 +370,7 @@ int train_main(const Config *cfg, const Backend *be, int resume) {
         }
     }
     if (log) fclose(log);
-    if (status != 3 && lead) {
+    if (status == 0 && lead) {
         if (agreed_stop) fprintf(stderr, "stopping at step %ld on a signal\n", tr.progress.step);
         if (tr.progress.step != saved_step && save_checkpoint(&tr) != 0) status = 1;
         if (!agreed_stop) write_samples(&tr, "samples.png");
