@@ -3,7 +3,7 @@
 # grid of samples, enlarged 4 times so that it is readable on a screen.
 # With a GPU: the full configs/fashion_mnist (30,000 steps, 1000-step ancestral sampling).
 # On the CPU: configs/fashion_mnist_cpu, a 1.1M-parameter model sized to finish within
-# 15 minutes on 2 cores (measured in docs/QUALITY.md), sampled with DDIM in 50 steps.
+# 15 minutes on 2 cores (docs/QUALITY.md says what was measured); DDIM in 50 steps.
 # Running it again resumes from the newest checkpoint, so a finished run only samples again.
 set -eu
 cd "$(dirname "$0")/.."
