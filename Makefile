@@ -9,13 +9,19 @@ CC      := gcc
 endif
 OPT     ?= -O3 -march=native
 CFLAGS  ?= $(OPT)
-CFLAGS  += -std=c11 -D_GNU_SOURCE -fno-math-errno -Wall -Wextra -Wno-unused-parameter -fopenmp -Iinclude -MMD -MP
+# WERROR=-Werror (as CI builds) makes every warning fail the build.
+WERROR  ?=
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fno-math-errno -Wall -Wextra -Wno-unused-parameter $(WERROR) -fopenmp -Iinclude -MMD -MP
 # OpenBLAS's OpenMP build shares the engine's OpenMP threads; the pthread build
 # spins its own threads against them and runs several times slower.
 comma         := ,
 MULTIARCH     := $(shell $(CC) -print-multiarch 2>/dev/null)
 OPENBLAS_DIR  ?= /usr/lib/$(MULTIARCH)/openblas-openmp
 OPENBLAS_OMP  := $(firstword $(wildcard $(OPENBLAS_DIR)/libopenblas.so))
+# OpenBLAS's own cblas.h (it declares openblas_set_num_threads), not whichever cblas.h
+# the Debian alternatives point at.
+OPENBLAS_INC  := $(firstword $(wildcard /usr/include/$(MULTIARCH)/openblas-openmp/cblas.h))
+CFLAGS        += $(if $(OPENBLAS_INC),-I$(dir $(OPENBLAS_INC)),)
 BLAS_LIBS     := $(if $(OPENBLAS_OMP),-L$(dir $(OPENBLAS_OMP)) -Wl$(comma)-rpath$(comma)$(dir $(OPENBLAS_OMP)),) -lopenblas
 LDLIBS  += $(BLAS_LIBS) -lcjson -lpng -lz -lzip -lm -fopenmp -pthread
 BUILD   ?= build
@@ -59,7 +65,7 @@ LIB_OBJ += $(CUDA_OBJ)
 LDLIBS  += $(CUDA_LDLIBS)
 endif
 
-.PHONY: all detect test test-sanitize test-fuzz fuzz run clean
+.PHONY: all detect setup test test-sanitize test-fuzz fuzz run clean
 all: detect $(BIN)/ddpm
 
 detect:
@@ -88,9 +94,20 @@ $(BIN)/test_%: $(BUILD)/tests/test_%.o $(LIB_OBJ) | $(BIN)
 $(BUILD) $(BIN):
 	@mkdir -p $@
 
+# `make run` and `make test` install the Debian packages first (or print the one line that
+# would, and stop). They have no prerequisites that compile, so nothing is built before
+# SETUP finishes, even with -j; the builds run in a sub-make that reads this file again
+# and so sees what SETUP installed (mpicc, say). SETUP=true skips it.
+SETUP   ?= bash tools/setup.sh
+
+setup:
+	@$(SETUP)
+
 # The suite: unit tests (C), then end-to-end tests of bin/ddpm (shell), then the
 # same again under AddressSanitizer + UndefinedBehaviorSanitizer.
-test: detect $(BIN)/ddpm $(TEST_BINS)
+test:
+	@$(SETUP)
+	@$(MAKE) --no-print-directory detect $(BIN)/ddpm $(TEST_BINS)
 	@bash tests/run_tests.sh $(BIN)
 	@$(MAKE) --no-print-directory test-sanitize
 	@$(MAKE) --no-print-directory test-fuzz
@@ -127,8 +144,10 @@ $(BUILD)/tests/fuzz/%.o: tests/fuzz/%.c | $(BUILD)
 	@mkdir -p $(BUILD)/tests/fuzz
 	$(CC) $(CFLAGS) -Itests/fuzz -c $< -o $@
 
-run: $(BIN)/ddpm
-	@bash tools/run_default.sh
+run:
+	@$(SETUP)
+	@$(MAKE) --no-print-directory detect $(BIN)/ddpm
+	@BIN=$(BIN) bash tools/run_default.sh
 
 clean:
 	rm -rf build build-san build-fuzz bin bin-san bin-fuzz

@@ -7,6 +7,9 @@
 
 /* Converts floats in [-1, 1] to uint8 by round((x+1)*127.5) clamped to [0, 255]. */
 void images_to_u8(uint8_t *out, const float *x, size_t count);
+/* Returns n images (n, h*k, w*k, c), each pixel repeated k x k times (nearest neighbour),
+ * in a new buffer the caller frees. */
+uint8_t *images_upscale_nearest(const uint8_t *images, int n, int h, int w, int c, int k);
 /* Writes n images (n, h, w, c) as a near-square grid with a 2-pixel border, c = 1 or 3.
  * Atomic; returns 0 or -1 with err filled. */
 int write_png_grid(const char *path, const uint8_t *images, int n, int h, int w, int c,

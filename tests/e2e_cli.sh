@@ -52,6 +52,20 @@ ok
 "$DDPM" sample --ckpt "$ckpt" --n 3 --out "$WORK/s4" --seed 5 2>/dev/null || fail "sample"
 cmp -s "$WORK/s1/samples.png" "$WORK/s4/samples.png" || fail "the same seed gave different images"
 ok
+# --scale 3 enlarges the PNG grid's images (3 of 32x32 in a 2x2 grid with 2-pixel gaps) and
+# leaves samples.npz as it was; test_data checks the enlarged pixels.
+"$DDPM" sample --ckpt "$ckpt" --n 3 --out "$WORK/s5" --seed 5 --scale 3 2>/dev/null ||
+    fail "sample --scale 3"
+"$PY" - "$WORK" <<'PY' || fail "--scale changed samples.npz"
+import sys, numpy as np
+a, b = (np.load(f"{sys.argv[1]}/{d}/samples.npz")["arr_0"] for d in ("s1", "s5"))
+assert a.shape == (3, 32, 32, 1) and np.array_equal(a, b), (a.shape, b.shape)
+PY
+[ "$(od -An -tx1 -j16 -N8 "$WORK/s5/samples.png" | tr -d ' \n')" = 000000c6000000c6 ] ||
+    fail "--scale 3: the grid is not 198 x 198 pixels"
+expect_error "--scale 0" "--scale: expected an integer in [1, 16]" \
+    "$DDPM" sample --ckpt "$ckpt" --scale 0
+ok
 expect_error "sample without --ckpt" "--ckpt is required" "$DDPM" sample --n 2
 expect_error "missing checkpoint" "$WORK/none.safetensors" "$DDPM" sample --ckpt "$WORK/none.safetensors"
 finish

@@ -520,6 +520,25 @@ static void test_png(void) {
     CHECK(access(bad, F_OK) != 0, "a refused grid left a file behind");
 }
 
+/* Nearest-neighbour enlargement: pixel (y, x) of the result is pixel (y / k, x / k). */
+static void test_upscale(void) {
+    enum { K = 3, N = 2 };
+    for (int c = 1; c <= 3; c += 2) {
+        uint8_t *tiles = make_tiles(N, c);
+        uint8_t *big = images_upscale_nearest(tiles, N, TILE, TILE, c, K);
+        int mismatches = 0;
+        for (int i = 0; i < N; i++)
+            for (int y = 0; y < TILE * K; y++)
+                for (int x = 0; x < TILE * K; x++)
+                    for (int ch = 0; ch < c; ch++)
+                        mismatches += big[(((size_t)i * TILE * K + y) * TILE * K + x) * c + ch] !=
+                                      tile_value(i, y / K, x / K, ch);
+        CHECK(mismatches == 0, "c %d: %d enlarged pixels differ from their source", c, mismatches);
+        free(big);
+        free(tiles);
+    }
+}
+
 /* ---- npz ---- */
 
 static uint8_t *make_ramp(size_t count) {
@@ -627,6 +646,7 @@ int main(void) {
     test_labels();
     test_cifar();
     test_png();
+    test_upscale();
     test_npz();
     test_images_to_u8();
     nftw(tmp_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);

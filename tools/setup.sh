@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages in tools/debian-packages.txt that are missing, when
-# this shell may (root with apt-get); otherwise prints the one command that would.
+# this shell may (root with apt-get); otherwise prints the one command that would and
+# fails, so that `make run` and `make test` stop before compiling.
 set -eu
 cd "$(dirname "$0")/.."
+if ! command -v dpkg-query >/dev/null; then
+    echo "setup: no dpkg-query (not Debian): install the equivalents of tools/debian-packages.txt"
+    exit 0
+fi
 mapfile -t wanted < <(grep -v '^#' tools/debian-packages.txt | sed '/^$/d')
 missing=()
 for pkg in "${wanted[@]}"; do

@@ -15,6 +15,12 @@
 #include "unet.h"
 #include "util.h"
 
+/* openblas_set_num_threads is OpenBLAS's, not CBLAS's: another cblas.h (netlib's, through
+ * Debian's alternatives) lacks it. The Makefile puts OpenBLAS's include folder first. */
+#ifndef OPENBLAS_VERSION
+#error "cblas.h is not OpenBLAS's: install libopenblas-openmp-dev or add its include folder"
+#endif
+
 static void usage(FILE *to) {
     fprintf(to,
             "usage:\n"

@@ -36,7 +36,7 @@ void inference_free(Inference *inf) {
 
 typedef struct {
     const char *ckpt, *out_dir, *noise, *save_noise, *images, *out_file;
-    int n, batch, clip;
+    int n, batch, clip, scale;
     unsigned long long seed;
     SamplerOptions sampler;
 } SampleArgs;
@@ -45,14 +45,17 @@ static void usage(void) {
     fprintf(stderr,
             "usage: ddpm sample --ckpt FILE [--n N] [--out DIR] [--seed S] [--batch B] [--clip 0|1]\n"
             "                   [--sampler ancestral|ddim] [--steps SPEC] [--eta E]\n"
-            "                   [--noise x_T.npy] [--save-noise x_T.npy]\n"
+            "                   [--noise x_T.npy] [--save-noise x_T.npy] [--scale K]\n"
             "       ddpm invert --ckpt FILE --images x0.npy --out x_T.npy [--steps SPEC] [--batch B]\n"
             "  SPEC: every timestep (default), N (respaced), ddimN, or section counts like 10,10,20\n"
-            "  sample writes DIR/samples.png and DIR/samples.npz (arr_0: uint8 N,H,W,C)\n");
+            "  sample writes DIR/samples.png and DIR/samples.npz (arr_0: uint8 N,H,W,C)\n"
+            "  --scale K enlarges each image of samples.png K times (nearest neighbour)\n");
 }
 
+enum { MAX_GRID_SCALE = 16 };
+
 static SampleArgs parse_args(int argc, char **argv) {
-    SampleArgs a = {.out_dir = "samples", .n = 16, .clip = -1,
+    SampleArgs a = {.out_dir = "samples", .n = 16, .clip = -1, .scale = 1,
                     .sampler = {.kind = SAMPLER_ANCESTRAL}};
     static const struct option options[] = {
         {"ckpt", required_argument, 0, 'c'},    {"n", required_argument, 0, 'n'},
@@ -61,7 +64,8 @@ static SampleArgs parse_args(int argc, char **argv) {
         {"sampler", required_argument, 0, 'k'}, {"steps", required_argument, 0, 'p'},
         {"eta", required_argument, 0, 'e'},     {"noise", required_argument, 0, 'z'},
         {"save-noise", required_argument, 0, 'Z'}, {"images", required_argument, 0, 'i'},
-        {"device", required_argument, 0, 'd'},  {"help", no_argument, 0, 'h'},
+        {"device", required_argument, 0, 'd'},  {"scale", required_argument, 0, 'x'},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int opt;
     optind = 1;
@@ -82,6 +86,7 @@ static SampleArgs parse_args(int argc, char **argv) {
         case 'z': a.noise = optarg; break;
         case 'Z': a.save_noise = optarg; break;
         case 'i': a.images = optarg; break;
+        case 'x': a.scale = (int)parse_long_flag("--scale", optarg, 1, MAX_GRID_SCALE); break;
         case 'd': break;   /* handled by main */
         case 'h': usage(); exit(0);
         default: usage(); exit(2);
@@ -117,17 +122,28 @@ static void write_npy_images(const char *path, const float *x, int n, const Conf
     fprintf(stderr, "wrote %s\n", path);
 }
 
-static void write_outputs(const char *out_dir, int n, const Config *cfg, const float *images) {
+/* The PNG grid, each image enlarged scale times; samples.npz keeps the model's size. */
+static void write_grid(const char *path, const uint8_t *pixels, int n, const Config *cfg,
+                       int scale) {
+    int side = cfg->image_size, c = cfg->in_channels;
+    uint8_t *scaled = scale > 1 ? images_upscale_nearest(pixels, n, side, side, c, scale) : NULL;
+    char err[1024];
+    if (write_png_grid(path, scaled ? scaled : pixels, n, side * scale, side * scale, c, err,
+                       sizeof err) != 0)
+        die("%s", err);
+    free(scaled);
+    fprintf(stderr, "wrote %s\n", path);
+}
+
+static void write_outputs(const char *out_dir, int n, const Config *cfg, const float *images,
+                          int scale) {
     size_t D = (size_t)cfg->image_size * cfg->image_size * cfg->in_channels;
     uint8_t *pixels = xmalloc((size_t)n * D);
     images_to_u8(pixels, images, (size_t)n * D);
     char err[1024], path[1024];
     if (make_dirs(out_dir, err, sizeof err) != 0) die("%s", err);
     snprintf(path, sizeof path, "%s/samples.png", out_dir);
-    if (write_png_grid(path, pixels, n, cfg->image_size, cfg->image_size, cfg->in_channels, err,
-                       sizeof err) != 0)
-        die("%s", err);
-    fprintf(stderr, "wrote %s\n", path);
+    write_grid(path, pixels, n, cfg, scale);
     snprintf(path, sizeof path, "%s/samples.npz", out_dir);
     if (write_npz_u8(path, pixels, n, cfg->image_size, cfg->image_size, cfg->in_channels, err,
                      sizeof err) != 0)
@@ -234,7 +250,7 @@ int sample_main(int argc, char **argv, const Backend *be) {
     if (W > 1) gather_parts(dist, &a, &inf.cfg, images, batch, D);
     if (rank == 0) {
         fprintf(stderr, "sampled in %.1f s\n", now_seconds() - started);
-        write_outputs(a.out_dir, a.n, &inf.cfg, images);
+        write_outputs(a.out_dir, a.n, &inf.cfg, images, a.scale);
     }
     free(images);
     dist_finalize(dist);

@@ -40,6 +40,21 @@ static int check_image_shape(const char *path, int n, int h, int w, int c, char 
     return -1;
 }
 
+/* ---- upscaling ---- */
+
+uint8_t *images_upscale_nearest(const uint8_t *images, int n, int h, int w, int c, int k) {
+    size_t row_out = (size_t)w * (size_t)k * (size_t)c;
+    uint8_t *out = xmalloc((size_t)n * (size_t)h * (size_t)k * row_out);
+    uint8_t *dst = out;
+    for (size_t row = 0; row < (size_t)n * (size_t)h; row++) {
+        const uint8_t *src = images + row * (size_t)w * (size_t)c;
+        uint8_t *first = dst;
+        for (int x = 0; x < w * k; x++, dst += c) memcpy(dst, src + (size_t)(x / k) * c, c);
+        for (int copy = 1; copy < k; copy++, dst += row_out) memcpy(dst, first, row_out);
+    }
+    return out;
+}
+
 /* ---- PNG grid ---- */
 
 typedef struct {
