@@ -27,9 +27,12 @@ typedef struct {
     char timestep_sampler[CONFIG_STR];        /* uniform | loss_second_moment */
     int clip_denoised;                        /* clamp predicted x0 to [-1, 1] when sampling */
     /* data */
-    char dataset[CONFIG_STR];                 /* fashion_mnist | mnist | cifar10 */
-    char data_path[CONFIG_STR];               /* IDX images file, or CIFAR-10 batches directory */
+    char dataset[CONFIG_STR];                 /* fashion_mnist | mnist | cifar10 | folder */
+    char data_path[CONFIG_STR];               /* IDX images file, CIFAR-10 batches directory,
+                                                 or a folder of PNG/JPEG files (class subfolders) */
     int data_limit;                           /* 0: all images */
+    int skip_bad_images;                      /* folder: skip (and count) files that do not
+                                                 decode, instead of stopping */
     int hflip;
     /* optimisation */
     int batch_size, steps;

@@ -47,9 +47,10 @@ static const ConfigKey keys[] = {
     STR(loss, "mse|hybrid|kl", 0),
     STR(timestep_sampler, "uniform|loss_second_moment", 0),
     NUM(clip_denoised, KEY_BOOL, 0, 1, 0),
-    STR(dataset, "fashion_mnist|mnist|cifar10", 0),
+    STR(dataset, "fashion_mnist|mnist|cifar10|folder", 0),
     STR(data_path, NULL, 0),
     NUM(data_limit, KEY_INT, 0, 100000000, 0),
+    NUM(skip_bad_images, KEY_BOOL, 0, 1, 0),
     NUM(hflip, KEY_BOOL, 0, 1, 0),
     NUM(batch_size, KEY_INT, 1, 65536, 0),
     NUM(steps, KEY_INT, 0, 100000000, 0),
@@ -273,7 +274,11 @@ int config_validate(const Config *c, char *err, size_t err_size) {
     if (c->ch / 2 < 2) return fail(err, err_size, "%s: key 'ch' must be at least 4", o);
     if (strcmp(c->dataset, "cifar10") == 0 && c->in_channels != 3)
         return fail(err, err_size, "%s: key 'in_channels' must be 3 for cifar10", o);
-    if (strcmp(c->dataset, "cifar10") != 0 && c->in_channels != 1)
+    if (strcmp(c->dataset, "folder") == 0 && c->in_channels != 1 && c->in_channels != 3)
+        return fail(err, err_size, "%s: key 'in_channels' must be 1 (grey) or 3 (RGB) for "
+                    "folder", o);
+    if (strcmp(c->dataset, "cifar10") != 0 && strcmp(c->dataset, "folder") != 0 &&
+        c->in_channels != 1)
         return fail(err, err_size, "%s: key 'in_channels' must be 1 for %s", o, c->dataset);
     int want_out = c->learn_sigma ? 2 * c->in_channels : c->in_channels;
     if (c->out_channels != want_out)

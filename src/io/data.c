@@ -40,6 +40,9 @@ typedef struct {
 
 void dataset_free(Dataset *d) {
     free(d->images);
+    free(d->labels);
+    for (int i = 0; i < d->num_classes && d->class_names; i++) free(d->class_names[i]);
+    free(d->class_names);
     *d = (Dataset){0};
 }
 
@@ -329,4 +332,14 @@ int dataset_load_cifar10(Dataset *d, const char *dir, int test, int limit, char 
     *d = (Dataset){.images = images, .count = (int)count, .height = CIFAR_SIDE,
                    .width = CIFAR_SIDE, .channels = CIFAR_CHANNELS};
     return 0;
+}
+
+int dataset_load_configured(Dataset *d, const Config *c, const char *path, int test, int limit,
+                            char *err, size_t err_size) {
+    if (strcmp(c->dataset, "cifar10") == 0)
+        return dataset_load_cifar10(d, path, test, limit, err, err_size);
+    if (strcmp(c->dataset, "folder") == 0)
+        return dataset_load_folder(d, path, c->image_size, c->in_channels, limit,
+                                   c->skip_bad_images, err, err_size);
+    return dataset_load_idx(d, path, c->image_size, limit, err, err_size);
 }

@@ -23,11 +23,11 @@ static void request_stop(int sig) { stop_requested = sig; }
 
 static void load_dataset(const Config *c, Dataset *data) {
     char err[1024];
-    int rc = strcmp(c->dataset, "cifar10") == 0
-                 ? dataset_load_cifar10(data, c->data_path, 0, c->data_limit, err, sizeof err)
-                 : dataset_load_idx(data, c->data_path, c->image_size, c->data_limit, err,
-                                    sizeof err);
-    if (rc != 0) die("%s", err);
+    if (dataset_load_configured(data, c, c->data_path, 0, c->data_limit, err, sizeof err) != 0)
+        die("%s", err);
+    if (data->skipped > 0)
+        warn("%s: skipped %d files that do not decode (skip_bad_images)", c->data_path,
+             data->skipped);
     if (data->height != c->image_size || data->width != c->image_size ||
         data->channels != c->in_channels)
         die("%s: images are %dx%dx%d, the config wants %dx%dx%d (image_size, in_channels)",
@@ -35,9 +35,13 @@ static void load_dataset(const Config *c, Dataset *data) {
             c->image_size, c->in_channels);
 }
 
-static void prepare_run_dir(const Config *c) {
+/* The run's config.json, and classes.json (label -> class folder) for folder datasets. */
+static void prepare_run_dir(const Config *c, const Dataset *data) {
     char err[1024], path[1024];
     if (make_dirs(c->out_dir, err, sizeof err) != 0) die("%s", err);
+    snprintf(path, sizeof path, "%s/classes.json", c->out_dir);
+    if (data->class_names && dataset_write_classes(data, path, err, sizeof err) != 0)
+        die("%s", err);
     char *json = config_to_json(c);
     snprintf(path, sizeof path, "%s/config.json", c->out_dir);
     if (write_file_atomic(path, json, strlen(json), err, sizeof err) != 0) die("%s", err);
@@ -194,7 +198,7 @@ int train_main(const Config *cfg, const Backend *be, int resume) {
     const int lead = dist->env.rank == 0;
     Dataset data;
     load_dataset(cfg, &data);
-    if (lead) prepare_run_dir(cfg);
+    if (lead) prepare_run_dir(cfg, &data);
     Trainer tr;
     trainer_init(&tr, be, cfg, &data, dist);
     resume_if_asked(&tr, resume);
