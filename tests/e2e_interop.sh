@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # diffusers folders without diffusers, and image-folder training:
-# - export, import and export again gives the same bytes; the imported checkpoint samples
+# - export, import and export again gives the same bytes (also from older diffusers
+#   attention names); the imported checkpoint samples
 #   and resumes training;
 # - folders with a missing, extra or misshapen tensor, or a config the engine's U-Net
 #   cannot be, are refused with the key named;
@@ -61,6 +62,18 @@ edit_tensors extra "t['extra.weight'] = t['conv_in.bias']"
 expect_error "extra tensor" "unexpected tensor 'extra.weight'" "$DDPM" import extra --out x.st
 edit_tensors shape "t['conv_out.bias'] = t['conv_in.bias']"
 expect_error "wrong shape" "tensor 'conv_out.bias' has shape [16]" "$DDPM" import shape --out x.st
+# older diffusers attention names (query, key, value, proj_attn) import to the same model
+edit_tensors legacy "
+for new, old in [('.to_q.', '.query.'), ('.to_k.', '.key.'), ('.to_v.', '.value.'),
+                 ('.to_out.0.', '.proj_attn.')]:
+    for k in [k for k in t if new in k]:
+        t[k.replace(new, old)] = t.pop(k)
+assert any('.proj_attn.' in k for k in t)"
+"$DDPM" import legacy --out legacy.safetensors 2>/dev/null || fail "import of legacy names"
+"$DDPM" export --ckpt legacy.safetensors --out legacy_again 2>/dev/null || fail "legacy export"
+cmp exported/unet/diffusion_pytorch_model.safetensors \
+    legacy_again/unet/diffusion_pytorch_model.safetensors || fail "legacy names: other weights"
+ok
 cp -r exported config && sed -i 's/"freq_shift":\t1/"freq_shift":\t0/' config/unet/config.json
 expect_error "wrong freq_shift" "'freq_shift' = 0, the engine's U-Net needs 1" \
     "$DDPM" import config --out x.st

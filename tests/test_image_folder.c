@@ -71,7 +71,8 @@ static void make_folder(uint8_t *b, uint8_t *c_mid) {
     pattern(b, 0);
     write_png("cats/b.png", b, SIZE, SIZE);
     for (int y = 0; y < 16; y++)
-        for (int x = 0; x < 16; x++) memcpy(big + 3 * (y * 16 + x), b + 3 * (y / 2 * SIZE + x / 2), 3);
+        for (int x = 0; x < 16; x++)
+            memcpy(big + 3 * (y * 16 + x), b + 3 * (y / 2 * SIZE + x / 2), 3);
     write_png("dogs/d.png", big, 16, 16);
     pattern(c_mid, 11);
     memset(wide, 0, sizeof wide);

@@ -4,7 +4,6 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,14 +40,6 @@ static const char *to_engine(const NamePair *pairs, const char *diffusers) {
     for (; pairs->engine; pairs++)
         if (strcmp(pairs->diffusers, diffusers) == 0) return pairs->engine;
     return NULL;
-}
-
-static int fail(char *err, size_t err_size, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_size, fmt, ap);
-    va_end(ap);
-    return -1;
 }
 
 static void join(char *out, size_t size, const char *dir, const char *name) {
@@ -232,7 +223,7 @@ static cJSON *read_json(const char *dir, const char *name, char *path, size_t pa
     cJSON *j = cJSON_ParseWithLength(text, size);
     free(text);
     if (!j || !cJSON_IsObject(j)) {
-        fail(err, err_size, "%s: not a JSON object", path);
+        set_error(err, err_size, "%s: not a JSON object", path);
         cJSON_Delete(j);
         return NULL;
     }
@@ -254,7 +245,7 @@ static int get_int(const cJSON *j, const char *key, int fallback, int *out, cons
     }
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 ||
         v->valuedouble > 1e6)
-        return fail(err, err_size, "%s: '%s' must be a non-negative integer", path, key);
+        return set_error(err, err_size, "%s: '%s' must be a non-negative integer", path, key);
     *out = (int)v->valuedouble;
     return 0;
 }
@@ -267,10 +258,10 @@ static int check_fixed_unet_keys(const cJSON *j, const char *path, char *err, si
         const cJSON *have = get(j, fixed_unet_keys[i].key, fallback);
         if (!cJSON_Compare(have, want, 1)) {
             char *text = cJSON_PrintUnformatted(have);
-            rc = fail(err, err_size, "%s: '%s' = %s%s, the engine's U-Net needs %s", path,
-                      fixed_unet_keys[i].key, text,
-                      have == fallback ? " (diffusers' default: the key is absent)" : "",
-                      fixed_unet_keys[i].required_json);
+            rc = set_error(err, err_size, "%s: '%s' = %s%s, the engine's U-Net needs %s", path,
+                           fixed_unet_keys[i].key, text,
+                           have == fallback ? " (diffusers' default: the key is absent)" : "",
+                           fixed_unet_keys[i].required_json);
             free(text);
         }
         cJSON_Delete(want);
@@ -296,16 +287,16 @@ static int read_channels(const cJSON *j, Config *c, const char *path, char *err,
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(j, "block_out_channels");
     int n = cJSON_GetArraySize(list);
     if (!cJSON_IsArray(list) || n < 1 || n > CONFIG_MAX_LEVELS)
-        return fail(err, err_size, "%s: 'block_out_channels' must be a list of 1 to %d integers",
-                    path, CONFIG_MAX_LEVELS);
+        return set_error(err, err_size, "%s: 'block_out_channels' must be a list of 1 to %d "
+                         "integers", path, CONFIG_MAX_LEVELS);
     c->n_ch_mult = n;
     c->ch = (int)cJSON_GetArrayItem(list, 0)->valuedouble;
     for (int i = 0; i < n; i++) {
         const cJSON *v = cJSON_GetArrayItem(list, i);
         int channels = cJSON_IsNumber(v) ? (int)v->valuedouble : 0;
         if (c->ch < 1 || channels < 1 || channels % c->ch)
-            return fail(err, err_size, "%s: 'block_out_channels' entry %d must be a positive "
-                        "multiple of the first entry", path, i);
+            return set_error(err, err_size, "%s: 'block_out_channels' entry %d must be a positive "
+                             "multiple of the first entry", path, i);
         c->ch_mult[i] = channels / c->ch;
     }
     return 0;
@@ -318,21 +309,21 @@ static int read_block_types(const cJSON *j, Config *c, const char *path, char *e
     const cJSON *up = cJSON_GetObjectItemCaseSensitive(j, "up_block_types");
     int n = c->n_ch_mult;
     if (cJSON_GetArraySize(down) != n || cJSON_GetArraySize(up) != n)
-        return fail(err, err_size, "%s: 'down_block_types' and 'up_block_types' must each "
-                    "list %d blocks (one per 'block_out_channels' entry)", path, n);
+        return set_error(err, err_size, "%s: 'down_block_types' and 'up_block_types' must each "
+                         "list %d blocks (one per 'block_out_channels' entry)", path, n);
     c->n_attn_resolutions = 0;
     for (int i = 0; i < n; i++) {
         const char *d = cJSON_GetStringValue(cJSON_GetArrayItem(down, i));
         const char *u = cJSON_GetStringValue(cJSON_GetArrayItem(up, n - 1 - i));
         int attn = d && strcmp(d, "AttnDownBlock2D") == 0;
         if (!d || (!attn && strcmp(d, "DownBlock2D") != 0))
-            return fail(err, err_size, "%s: 'down_block_types' entry %d = '%s' is not "
-                        "DownBlock2D or AttnDownBlock2D", path, i, d ? d : "?");
+            return set_error(err, err_size, "%s: 'down_block_types' entry %d = '%s' is not "
+                             "DownBlock2D or AttnDownBlock2D", path, i, d ? d : "?");
         const char *want_up = attn ? "AttnUpBlock2D" : "UpBlock2D";
         if (!u || strcmp(u, want_up) != 0)
-            return fail(err, err_size, "%s: 'up_block_types' entry %d = '%s', expected %s "
-                        "(mirroring 'down_block_types' entry %d)", path, n - 1 - i,
-                        u ? u : "?", want_up, i);
+            return set_error(err, err_size, "%s: 'up_block_types' entry %d = '%s', expected %s "
+                             "(mirroring 'down_block_types' entry %d)", path, n - 1 - i,
+                             u ? u : "?", want_up, i);
         if (attn) c->attn_resolutions[c->n_attn_resolutions++] = c->image_size >> i;
     }
     return 0;
@@ -346,12 +337,12 @@ static int read_unet_config(const char *dir, Config *c, char *err, size_t err_si
     const cJSON *item;
     cJSON_ArrayForEach(item, j) {
         if (rc == 0 && !is_known_unet_key(item->string))
-            rc = fail(err, err_size, "%s: key '%s' is not supported by the engine's U-Net", path,
-                      item->string);
+            rc = set_error(err, err_size, "%s: key '%s' is not supported by the engine's U-Net",
+                           path, item->string);
     }
     const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(j, "dropout");
     if (rc == 0 && !cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "sample_size")))
-        rc = fail(err, err_size, "%s: 'sample_size' (the image size) is required", path);
+        rc = set_error(err, err_size, "%s: 'sample_size' (the image size) is required", path);
     if (rc == 0) rc = check_fixed_unet_keys(j, path, err, err_size);
     if (rc == 0) rc = get_int(j, "sample_size", 0, &c->image_size, path, err, err_size);
     if (rc == 0) rc = get_int(j, "in_channels", 3, &c->in_channels, path, err, err_size);
@@ -370,8 +361,8 @@ static int get_name(const cJSON *j, const char *key, const char *fallback, const
     const char *name = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(j, key));
     if (!cJSON_GetObjectItemCaseSensitive(j, key)) name = fallback;
     const char *engine = name ? to_engine(pairs, name) : NULL;
-    if (!engine) return fail(err, err_size, "%s: '%s' = '%s' is not supported", path, key,
-                             name ? name : "?");
+    if (!engine) return set_error(err, err_size, "%s: '%s' = '%s' is not supported", path, key,
+                                  name ? name : "?");
     snprintf(out, CONFIG_STR, "%s", engine);
     return 0;
 }
@@ -387,8 +378,9 @@ static int check_beta_range(const cJSON *j, const Config *c, const char *path, c
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
         double have = v ? (cJSON_IsNumber(v) ? v->valuedouble : NAN) : fallback[i];
         if (!(fabs(have - want[i]) <= 1e-9 * want[i]))
-            return fail(err, err_size, "%s: '%s' = %g, the engine's %s schedule with %d steps "
-                        "uses %g", path, keys[i], have, c->beta_schedule, c->timesteps, want[i]);
+            return set_error(err, err_size, "%s: '%s' = %g, the engine's %s schedule with %d "
+                             "steps uses %g", path, keys[i], have, c->beta_schedule,
+                             c->timesteps, want[i]);
     }
     return 0;
 }
@@ -414,10 +406,10 @@ static int read_scheduler_config(const char *dir, Config *c, char *err, size_t e
     const cJSON *thresholding = cJSON_GetObjectItemCaseSensitive(j, "thresholding");
     int rc = get_int(j, "num_train_timesteps", 1000, &c->timesteps, path, err, err_size);
     if (rc == 0 && betas && !cJSON_IsNull(betas))
-        rc = fail(err, err_size, "%s: 'trained_betas' is not supported (named schedules only)",
-                  path);
+        rc = set_error(err, err_size, "%s: 'trained_betas' is not supported (named schedules only)",
+                       path);
     if (rc == 0 && cJSON_IsTrue(thresholding))
-        rc = fail(err, err_size, "%s: 'thresholding' = true is not supported", path);
+        rc = set_error(err, err_size, "%s: 'thresholding' = true is not supported", path);
     if (rc == 0)
         rc = get_name(j, "beta_schedule", "linear", schedules, c->beta_schedule, path, err,
                       err_size);
@@ -449,21 +441,6 @@ static const StTensor *find_tensor(const StFile *f, const char *name) {
     return t;
 }
 
-static int shape_equals(const StTensor *t, const ParamInfo *p) {
-    if (t->ndim != p->ndim) return 0;
-    for (int i = 0; i < p->ndim; i++)
-        if (t->shape[i] != p->shape[i]) return 0;
-    return 1;
-}
-
-static void shape_text(char *out, size_t size, int ndim, const int64_t *shape) {
-    size_t used = (size_t)snprintf(out, size, "[");
-    for (int i = 0; i < ndim && used < size; i++)
-        used += (size_t)snprintf(out + used, size - used, "%s%lld", i ? ", " : "",
-                                 (long long)shape[i]);
-    if (used < size) snprintf(out + used, size - used, "]");
-}
-
 /* Every parameter of m from f (internal layout into host); every tensor of f used once. */
 static int read_tensors(const StFile *f, const UNet *m, float *host, char *err, size_t err_size) {
     char *used = xcalloc((size_t)f->count + 1, 1);
@@ -474,13 +451,14 @@ static int read_tensors(const StFile *f, const UNet *m, float *host, char *err, 
         const StTensor *t = find_tensor(f, p->name);
         char have[96], want[96];
         if (!t) {
-            rc = fail(err, err_size, "%s: tensor '%s' is missing (the config's model needs it)",
-                      f->path, p->name);
-        } else if (t->dtype != ST_F32 || !shape_equals(t, p)) {
-            shape_text(have, sizeof have, t->ndim, t->shape);
-            shape_text(want, sizeof want, p->ndim, p->shape);
-            rc = fail(err, err_size, "%s: tensor '%s' has shape %s%s, the config expects %s F32",
-                      f->path, t->name, have, t->dtype != ST_F32 ? " and is not F32" : "", want);
+            rc = set_error(err, err_size, "%s: tensor '%s' is missing (the config's model "
+                           "needs it)", f->path, p->name);
+        } else if (t->dtype != ST_F32 || !st_shape_equals(t, p->ndim, p->shape)) {
+            st_format_shape(t->shape, t->ndim, have, sizeof have);
+            st_format_shape(p->shape, p->ndim, want, sizeof want);
+            rc = set_error(err, err_size, "%s: tensor '%s' has shape %s%s, the config expects "
+                           "%s F32", f->path, t->name, have,
+                           t->dtype != ST_F32 ? " and is not F32" : "", want);
         } else {
             used[t - f->tensors] = 1;
             memcpy(scratch, t->data, p->numel * sizeof(float));   /* data may be unaligned */
@@ -489,8 +467,8 @@ static int read_tensors(const StFile *f, const UNet *m, float *host, char *err, 
     }
     for (int i = 0; i < f->count && rc == 0; i++)
         if (!used[i])
-            rc = fail(err, err_size, "%s: unexpected tensor '%s' (not part of the model that "
-                      "unet/config.json describes)", f->path, f->tensors[i].name);
+            rc = set_error(err, err_size, "%s: unexpected tensor '%s' (not part of the model that "
+                           "unet/config.json describes)", f->path, f->tensors[i].name);
     free(scratch);
     free(used);
     return rc;
@@ -519,7 +497,7 @@ static int read_configs(const char *dir, Config *c, char *err, size_t err_size) 
     if (read_scheduler_config(dir, c, err, err_size) != 0) return -1;
     char problem[512];
     if (config_validate(c, problem, sizeof problem) != 0)
-        return fail(err, err_size, "%s/" UNET_CONFIG ": %s", dir, problem);
+        return set_error(err, err_size, "%s/" UNET_CONFIG ": %s", dir, problem);
     return 0;
 }
 
