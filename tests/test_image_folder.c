@@ -20,13 +20,7 @@ enum { SIZE = 8 };
 
 static char root[] = "/tmp/ddpm_test_folder_XXXXXX";
 
-static const char *path_of(const char *name) {
-    static char buffers[4][512];
-    static int next;
-    char *out = buffers[next++ % 4];
-    snprintf(out, sizeof buffers[0], "%s/%s", root, name);
-    return out;
-}
+static const char *path_of(const char *name) { return test_path(root, name); }
 
 static void make_dir(const char *name) {
     if (mkdir(path_of(name), 0755) != 0) {

@@ -69,6 +69,15 @@ static inline double gradcheck(ForwardFn forward, void *ctx, float *out, size_t 
     return worst;
 }
 
+/* dir/name in a rotating static buffer (a few may be live at once). */
+static inline const char *test_path(const char *dir, const char *name) {
+    static char buffers[4][512];
+    static int next;
+    char *out = buffers[next++ % 4];
+    snprintf(out, sizeof buffers[0], "%s/%s", dir, name);
+    return out;
+}
+
 static inline int test_summary(const char *name) {
     printf("%s: %d passed, %d failed\n", name, tests_passed, tests_failed);
     return tests_failed ? 1 : 0;
