@@ -41,6 +41,10 @@ static int compare_names(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+static void names_sort(Names *n) {
+    if (n->count > 1) qsort(n->items, (size_t)n->count, sizeof(char *), compare_names);
+}
+
 static int is_image_name(const char *name) {
     const char *dot = strrchr(name, '.');
     return dot && (!strcasecmp(dot, ".png") || !strcasecmp(dot, ".jpg") ||
@@ -66,8 +70,8 @@ static int list_dir(const char *dir, Names *dirs, Names *files, int full_dir_pat
         else if (is_image_name(e->d_name)) names_add(files, path);
     }
     closedir(d);
-    qsort(dirs->items, (size_t)dirs->count, sizeof(char *), compare_names);
-    qsort(files->items, (size_t)files->count, sizeof(char *), compare_names);
+    names_sort(dirs);
+    names_sort(files);
     return 0;
 }
 
@@ -77,7 +81,7 @@ static void collect_images(const char *dir, Names *files) {
     list_dir(dir, &dirs, files, 1);
     for (int i = 0; i < dirs.count; i++) collect_images(dirs.items[i], files);
     names_free(&dirs);
-    qsort(files->items, (size_t)files->count, sizeof(char *), compare_names);
+    names_sort(files);
 }
 
 /* Shorter side to size by area averaging, then the central size x size square. */
