@@ -1,6 +1,6 @@
 # ddpm.c build. `make` builds bin/ddpm; `make test` runs the test suite;
 # `make run` sets up, trains the default config and writes samples.
-# The CPU engine needs OpenBLAS, cJSON, libpng, zlib and libzip. The CUDA
+# The CPU engine needs OpenBLAS, cJSON, libpng, zlib, libzip and stb (image folders). The CUDA
 # toolkit, cuDNN, NCCL and MPI are detected and reported below.
 
 CC      ?= gcc
@@ -23,7 +23,7 @@ OPENBLAS_OMP  := $(firstword $(wildcard $(OPENBLAS_DIR)/libopenblas.so))
 OPENBLAS_INC  := $(firstword $(wildcard /usr/include/$(MULTIARCH)/openblas-openmp/cblas.h))
 CFLAGS        += $(if $(OPENBLAS_INC),-I$(dir $(OPENBLAS_INC)),)
 BLAS_LIBS     := $(if $(OPENBLAS_OMP),-L$(dir $(OPENBLAS_OMP)) -Wl$(comma)-rpath$(comma)$(dir $(OPENBLAS_OMP)),) -lopenblas
-LDLIBS  += $(BLAS_LIBS) -lcjson -lpng -lz -lzip -lm -fopenmp -pthread
+LDLIBS  += $(BLAS_LIBS) -lcjson -lpng -lz -lzip -lstb -lm -fopenmp -pthread
 BUILD   ?= build
 BIN     ?= bin
 
@@ -74,7 +74,7 @@ detect:
 	@echo "$(if $(NCCL_H),✓ NCCL $(NCCL_VER) ($(dir $(NCCL_H))),✗ NCCL (no nccl.h; set NCCL_HOME): no multi-GPU training)"
 	@echo "$(if $(filter 1,$(MPI)),✓ MPI data parallelism ($(MPICC)),✗ MPI data parallelism (MPI=0 or no mpicc: install libopenmpi-dev))"
 	@echo "$(if $(OPENBLAS_OMP),✓ OpenBLAS OpenMP build ($(dir $(OPENBLAS_OMP))),✗ OpenBLAS OpenMP build (install libopenblas-openmp-dev: the pthread build is much slower here))"
-	@echo "✓ CPU backend (cJSON, libpng, zlib, libzip)"
+	@echo "✓ CPU backend (cJSON, libpng, zlib, libzip, stb)"
 	@echo "$(if $(filter 1,$(CUDA)),✓ CUDA backend will be built,✗ CUDA backend not built (CUDA=0 or no nvcc/cuDNN))"
 
 $(BUILD)/%.o: src/%.c | $(BUILD)

@@ -14,7 +14,8 @@ typedef enum { SAVE_ERROR_STOP = 0, SAVE_ERROR_CONTINUE = 1 } SaveErrorPolicy;
 typedef enum { TIMESTEPS_UNIFORM = 0, TIMESTEPS_LOSS_SECOND_MOMENT = 1 } TimestepSamplerKind;
 typedef enum {
     DATASET_FASHION_MNIST = 0, DATASET_MNIST = 1, DATASET_CIFAR10 = 2,
-    DATASET_LATENTS = 3         /* float data: data_path is a safetensors file (data.h) */
+    DATASET_LATENTS = 3,        /* float data: data_path is a safetensors file (data.h) */
+    DATASET_FOLDER = 4          /* PNG/JPEG files, classes by subfolder (data.h) */
 } DatasetKind;
 #define CONFIG_STR 256
 
@@ -40,10 +41,13 @@ typedef struct {
     int clip_denoised;                        /* clamp predicted x0 to [-1, 1] when sampling */
     /* data */
     int dataset;                              /* DatasetKind: fashion_mnist | mnist | cifar10 |
-                                                 latents */
-    char data_path[CONFIG_STR];               /* IDX images file, CIFAR-10 batches directory, or
-                                                 a latents safetensors file */
+                                                 latents | folder */
+    char data_path[CONFIG_STR];               /* IDX images file, CIFAR-10 batches directory, a
+                                                 latents safetensors file, or a folder of
+                                                 PNG/JPEG files (class subfolders) */
     int data_limit;                           /* 0: all images */
+    int skip_bad_images;                      /* folder: skip (and count) files that do not
+                                                 decode, instead of stopping */
     int hflip;
     /* optimisation */
     int batch_size, steps;

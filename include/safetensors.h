@@ -38,6 +38,10 @@ void st_free(StFile *f);
 const StTensor *st_find(const StFile *f, const char *name);
 const char *st_meta(const StFile *f, const char *key);   /* NULL if absent */
 size_t st_numel(const StTensor *t);
+/* 1 if t has exactly this shape. */
+int st_shape_equals(const StTensor *t, int ndim, const int64_t *shape);
+/* Renders a shape as "[2, 3, 4]" for error messages (truncates if out is small). */
+const char *st_format_shape(const int64_t *shape, int ndim, char *out, size_t out_size);
 
 /* Writer: collect tensors (data not copied: must stay valid until st_write) and metadata. */
 typedef struct {

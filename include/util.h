@@ -10,6 +10,9 @@ void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 /* Prints "ddpm: warning: <message>" to stderr. */
 void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Fills err with the formatted message and returns -1: `return set_error(err, ...)`. */
+int set_error(char *err, size_t err_size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 void *xmalloc(size_t bytes);          /* dies on failure */
 void *xcalloc(size_t count, size_t size);
 char *xstrdup(const char *s);

@@ -22,6 +22,14 @@ void die(const char *fmt, ...) {
     exit(1);
 }
 
+int set_error(char *err, size_t err_size, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, err_size, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
 void warn(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the suite against the binaries in $1 (bin or bin-san): every C test binary,
 # then every end-to-end script tests/e2e_*.sh. Prints one line per test and a final
-# "N passed, N failed" line; exits non-zero when anything failed.
+# "N passed, N failed, N skipped" line; exits non-zero when anything failed. A test that
+# cannot run here (a missing optional tool) exits 77 and is reported as SKIP, with the
+# reason it printed last.
 set -u
 bin=${1:-bin}
 # Spinning OpenMP threads would take the cores from every other process (docs/RELIABILITY.md).
@@ -9,6 +11,7 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 cd "$(dirname "$0")/.."
 passed=0
 failed=0
+skipped=0
 failures=()
 
 run_one() {
@@ -17,9 +20,14 @@ run_one() {
     local log
     log=$(mktemp)
     local start=$SECONDS
-    if "$@" >"$log" 2>&1; then
+    "$@" >"$log" 2>&1
+    local rc=$?
+    if [ "$rc" -eq 0 ]; then
         passed=$((passed + 1))
         printf 'PASS %-28s (%ds)\n' "$name" $((SECONDS - start))
+    elif [ "$rc" -eq 77 ]; then
+        skipped=$((skipped + 1))
+        printf 'SKIP %-28s %s\n' "$name" "$(tail -1 "$log")"
     else
         failed=$((failed + 1))
         failures+=("$name")
@@ -37,5 +45,5 @@ for script in tests/e2e_*.sh; do
     run_one "$(basename "$script" .sh)" env DDPM="$bin/ddpm" bash "$script"
 done
 
-echo "${bin}: $passed passed, $failed failed"
+echo "${bin}: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ] || { echo "failed: ${failures[*]}"; exit 1; }

@@ -22,14 +22,7 @@
 
 static char tmp_dir[] = "/tmp/ddpm_test_data_XXXXXX";
 
-/* Returns tmp_dir/name in a rotating static buffer (a few may be live at once). */
-static const char *tmp_path(const char *name) {
-    static char buffers[4][512];
-    static int next;
-    char *out = buffers[next++ % 4];
-    snprintf(out, sizeof buffers[0], "%s/%s", tmp_dir, name);
-    return out;
-}
+static const char *tmp_path(const char *name) { return test_path(tmp_dir, name); }
 
 static void write_bytes(const char *path, const void *data, size_t size) {
     FILE *f = fopen(path, "wb");

@@ -43,6 +43,15 @@ static inline double rel_error(const float *a, const float *b, size_t n, double 
     return max_diff / max_ref;
 }
 
+/* dir/name in a rotating static buffer (a few may be live at once). */
+static inline const char *test_path(const char *dir, const char *name) {
+    static char buffers[4][512];
+    static int next;
+    char *out = buffers[next++ % 4];
+    snprintf(out, sizeof buffers[0], "%s/%s", dir, name);
+    return out;
+}
+
 static inline int test_summary(const char *name) {
     printf("%s: %d passed, %d failed, %d skipped\n", name, tests_passed, tests_failed,
            tests_skipped);

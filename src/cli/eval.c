@@ -78,10 +78,7 @@ static EvalArgs parse_args(int argc, char **argv) {
 
 static void load_test_set(Dataset *d, const Config *c, const char *path, int n) {
     char err[1024];
-    int rc = c->dataset == DATASET_CIFAR10
-                 ? dataset_load_cifar10(d, path, 1, n, err, sizeof err)
-                 : dataset_load_idx(d, path, c->image_size, n, err, sizeof err);
-    if (rc != 0) die("%s", err);
+    if (dataset_load_configured(d, c, path, 1, n, err, sizeof err) != 0) die("%s", err);
     if (d->height != c->image_size || d->channels != c->in_channels)
         die("%s: images are %dx%dx%d, the checkpoint's model wants %dx%dx%d", path, d->height,
             d->width, d->channels, c->image_size, c->image_size, c->in_channels);

@@ -21,6 +21,10 @@
 #error "cblas.h is not OpenBLAS's: install libopenblas-openmp-dev or add its include folder"
 #endif
 
+int export_main(int argc, char **argv);                    /* src/cli/interop_cli.c */
+int import_main(int argc, char **argv);
+int forward_main(int argc, char **argv, const Backend *be);
+
 static void usage(FILE *to) {
     fprintf(to,
             "usage:\n"
@@ -30,6 +34,9 @@ static void usage(FILE *to) {
             "              [--noise x_T.npy] [--save-noise x_T.npy]\n"
             "  ddpm invert --ckpt FILE --images x0.npy --out x_T.npy [--steps SPEC]  (DDIM inversion)\n"
             "  ddpm eval --ckpt FILE --data PATH [--n N] [--mc K] [--csv FILE]  (bound in bits/dim)\n"
+            "  ddpm export --ckpt FILE --out DIR     (diffusers DDPMPipeline folder, EMA weights)\n"
+            "  ddpm import DIR --out FILE            (diffusers folder -> checkpoint at step 0)\n"
+            "  ddpm forward --ckpt FILE --x x.npy --t T[,T...] --out y.npy  (one U-Net pass, NHWC)\n"
             "  ddpm schedule --config FILE [key=value ...]   (CSV of every per-timestep array)\n"
             "  ddpm info --config FILE [key=value ...]       (parameter names and shapes)\n"
             "  ddpm backends                                 (the backends usable here)\n"
@@ -140,6 +147,10 @@ int main(int argc, char **argv) {
         return eval_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
     if (strcmp(command, "invert") == 0)
         return invert_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
+    if (strcmp(command, "export") == 0) return export_main(argc - 1, argv + 1);
+    if (strcmp(command, "import") == 0) return import_main(argc - 1, argv + 1);
+    if (strcmp(command, "forward") == 0)
+        return forward_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
     if (strcmp(command, "schedule") == 0) return schedule_main(argc - 1, argv + 1);
     if (strcmp(command, "info") == 0) return info_main(argc - 1, argv + 1);
     if (strcmp(command, "backends") == 0) {

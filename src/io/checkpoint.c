@@ -68,20 +68,6 @@ int checkpoint_write(const char *path, const Net *m, const Config *cfg,
     return rc;
 }
 
-static int shape_matches(const StTensor *t, const ParamInfo *p) {
-    if (t->ndim != p->ndim) return 0;
-    for (int i = 0; i < p->ndim; i++)
-        if (t->shape[i] != p->shape[i]) return 0;
-    return 1;
-}
-
-static void format_shape(char *out, size_t size, int ndim, const int64_t *shape) {
-    size_t used = (size_t)snprintf(out, size, "[");
-    for (int i = 0; i < ndim && used < size; i++)
-        used += (size_t)snprintf(out + used, size - used, "%s%" PRId64, i ? ", " : "", shape[i]);
-    if (used < size) snprintf(out + used, size - used, "]");
-}
-
 /* Copies one prefix's tensors into a host buffer in the internal layout. */
 static int read_buffer(const StFile *f, const Net *m, const char *prefix, float *host,
                        char *err, size_t err_size) {
@@ -96,9 +82,9 @@ static int read_buffer(const StFile *f, const Net *m, const char *prefix, float 
             snprintf(err, err_size, "%s: tensor '%s' is missing (the config's model needs it)",
                      f->path, name);
             rc = -1;
-        } else if (t->dtype != ST_F32 || !shape_matches(t, p)) {
-            format_shape(have, sizeof have, t->ndim, t->shape);
-            format_shape(want, sizeof want, p->ndim, p->shape);
+        } else if (t->dtype != ST_F32 || !st_shape_equals(t, p->ndim, p->shape)) {
+            st_format_shape(t->shape, t->ndim, have, sizeof have);
+            st_format_shape(p->shape, p->ndim, want, sizeof want);
             snprintf(err, err_size, "%s: tensor '%s' has shape %s%s, the config expects %s F32",
                      f->path, name, have, t->dtype != ST_F32 ? " and a non-F32 dtype" : "", want);
             rc = -1;

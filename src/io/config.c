@@ -53,9 +53,10 @@ static const ConfigKey keys[] = {
     ENUM(loss, "mse|hybrid|kl", 0),
     ENUM(timestep_sampler, "uniform|loss_second_moment", 0),
     NUM(clip_denoised, KEY_BOOL, 0, 1, 0),
-    ENUM(dataset, "fashion_mnist|mnist|cifar10|latents", 0),
+    ENUM(dataset, "fashion_mnist|mnist|cifar10|latents|folder", 0),
     STR(data_path, NULL, 0),
     NUM(data_limit, KEY_INT, 0, 100000000, 0),
+    NUM(skip_bad_images, KEY_BOOL, 0, 1, 0),
     NUM(hflip, KEY_BOOL, 0, 1, 0),
     NUM(batch_size, KEY_INT, 1, 65536, 0),
     NUM(steps, KEY_INT, 0, 100000000, 0),
@@ -332,7 +333,10 @@ int config_validate(const Config *c, char *err, size_t err_size) {
     if (c->dataset == DATASET_LATENTS && c->hflip)
         return fail(err, err_size, "%s: key 'hflip' must be false for latents (flip the images "
                     "before encoding them)", o);
-    if (c->dataset != DATASET_CIFAR10 && c->dataset != DATASET_LATENTS && c->in_channels != 1)
+    if (c->dataset == DATASET_FOLDER && c->in_channels != 1 && c->in_channels != 3)
+        return fail(err, err_size, "%s: key 'in_channels' must be 1 (grey) or 3 (RGB) for "
+                    "folder", o);
+    if ((c->dataset == DATASET_FASHION_MNIST || c->dataset == DATASET_MNIST) && c->in_channels != 1)
         return fail(err, err_size, "%s: key 'in_channels' must be 1 for %s", o,
                     config_enum_name("dataset", c->dataset));
     int want_out = c->learn_sigma ? 2 * c->in_channels : c->in_channels;

@@ -49,6 +49,8 @@ void dataset_free(Dataset *d) {
     free(d->images);
     free(d->values);
     free(d->labels);
+    for (int i = 0; i < d->num_classes && d->class_names; i++) free(d->class_names[i]);
+    free(d->class_names);
     *d = (Dataset){0};
 }
 
@@ -504,4 +506,16 @@ int dataset_load_latents(Dataset *d, const char *path, int limit, char *err, siz
     }
     st_free(&f);
     return rc;
+}
+
+int dataset_load_configured(Dataset *d, const Config *c, const char *path, int test, int limit,
+                            char *err, size_t err_size) {
+    switch ((DatasetKind)c->dataset) {
+    case DATASET_CIFAR10: return dataset_load_cifar10(d, path, test, limit, err, err_size);
+    case DATASET_LATENTS: return dataset_load_latents(d, path, limit, err, err_size);
+    case DATASET_FOLDER:
+        return dataset_load_folder(d, path, c->image_size, c->in_channels, limit,
+                                   c->skip_bad_images, err, err_size);
+    default: return dataset_load_idx(d, path, c->image_size, limit, err, err_size);
+    }
 }

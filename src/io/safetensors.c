@@ -86,8 +86,14 @@ static int report(char *err, size_t err_size, const char *path, const char *fmt,
     return -1;
 }
 
-/* Renders a shape as "[2, 3, 4]" for error messages (truncates if out is small). */
-static const char *format_shape(const int64_t *shape, int ndim, char *out, size_t out_size) {
+int st_shape_equals(const StTensor *t, int ndim, const int64_t *shape) {
+    if (t->ndim != ndim) return 0;
+    for (int i = 0; i < ndim; i++)
+        if (t->shape[i] != shape[i]) return 0;
+    return 1;
+}
+
+const char *st_format_shape(const int64_t *shape, int ndim, char *out, size_t out_size) {
     size_t used = (size_t)snprintf(out, out_size, "[");
     for (int i = 0; i < ndim && used < out_size; i++)
         used += (size_t)snprintf(out + used, out_size - used, "%s%lld", i ? ", " : "",
@@ -204,7 +210,7 @@ static int parse_offsets(StTensor *t, const cJSON *entry, const unsigned char *d
                       "tensor '%s': data_offsets [%llu, %llu] exceed the data size %zu", t->name,
                       (unsigned long long)begin, (unsigned long long)end, data_size);
     char shape_text[256];
-    format_shape(t->shape, t->ndim, shape_text, sizeof shape_text);
+    st_format_shape(t->shape, t->ndim, shape_text, sizeof shape_text);
     size_t needed;
     if (checked_byte_size(t->shape, t->ndim, t->dtype, &needed) != 0)
         return report(err, err_size, path, "tensor '%s': byte size of shape %s overflows",

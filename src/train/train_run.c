@@ -39,13 +39,11 @@ static void check_memory(const Config *c, const Backend *be) {
 
 static void load_dataset(const Config *c, Dataset *data) {
     char err[1024];
-    int rc = c->dataset == DATASET_CIFAR10
-                 ? dataset_load_cifar10(data, c->data_path, 0, c->data_limit, err, sizeof err)
-             : c->dataset == DATASET_LATENTS
-                 ? dataset_load_latents(data, c->data_path, c->data_limit, err, sizeof err)
-                 : dataset_load_idx(data, c->data_path, c->image_size, c->data_limit, err,
-                                    sizeof err);
-    if (rc != 0) die("%s", err);
+    if (dataset_load_configured(data, c, c->data_path, 0, c->data_limit, err, sizeof err) != 0)
+        die("%s", err);
+    if (data->skipped > 0)
+        warn("%s: skipped %d files that do not decode (skip_bad_images)", c->data_path,
+             data->skipped);
     if (data->height != c->image_size || data->width != c->image_size ||
         data->channels != c->in_channels)
         die("%s: images are %dx%dx%d, the config wants %dx%dx%d (image_size, in_channels)",
@@ -83,9 +81,12 @@ static void open_run_dir(const Config *c) {
 }
 
 /* config.json is written only once the run is known to start (a failed resume keeps the
- * old one). */
-static void write_run_config(const Config *c) {
+ * old one); so is classes.json (label -> class folder) for folder datasets. */
+static void write_run_config(const Config *c, const Dataset *data) {
     char err[1024], path[1024];
+    snprintf(path, sizeof path, "%s/classes.json", c->out_dir);
+    if (data->class_names && dataset_write_classes(data, path, err, sizeof err) != 0)
+        die("%s", err);
     char *json = config_to_json(c);
     snprintf(path, sizeof path, "%s/config.json", c->out_dir);
     if (write_file_atomic(path, json, strlen(json), err, sizeof err) != 0) die("%s", err);
@@ -322,7 +323,7 @@ static FILE *start_run(Trainer *tr, const Config *cfg, const Backend *be, int re
     if (lead) open_run_dir(cfg);
     resume_if_asked(tr, resume);
     if (!lead) return NULL;
-    write_run_config(cfg);
+    write_run_config(cfg, &tr->data);
     checkpoint_prune(cfg->out_dir, cfg->keep_ckpts);   /* a kill before the last prune */
     announce(tr, cfg, be);
     return open_log(cfg, tr->progress.step);
