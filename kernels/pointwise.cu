@@ -1,9 +1,10 @@
 /* Elementwise and layout ops of the CUDA backend: fill, bias broadcast, SiLU, adds,
  * per-sample bias, dropout, nearest x2 upsampling, channel concat, the sinusoidal
- * timestep embedding and the class embedding's gather and scatter-sum. All memory-bound, one thread per output element (dropout: per
- * four, the elements one Philox call serves), each computing what the CPU backend
- * computes for that element, in the same order of operations. Backward ops blend
- * into their input gradient: beta 0 overwrites without reading. */
+ * timestep embedding and the class embedding's gather (its backward: below). All
+ * memory-bound, one thread per output element (dropout: per four, the elements one
+ * Philox call serves), each computing what the CPU backend computes for that element,
+ * in the same order of operations. Backward ops blend into their input gradient: beta 0
+ * overwrites without reading. */
 #include "column_sums.cuh"
 #include "cuda_ops.cuh"
 

@@ -1113,7 +1113,8 @@ static void mse_check(const OpCase *c, OpRun *r) {
     float *eval = xmalloc(c->n * sizeof(float));
     mse_forward(c, &(OpRun){.be = r->be, .t = {[MS_PRED] = r->t[MS_PRED],
                                                 [MS_TARGET] = r->t[MS_TARGET], [MS_LOSS] = eval}});
-    CHECK(!memcmp(eval, F(MS_LOSS), c->n * sizeof(float)), "mse with dpred NULL gives another loss");
+    CHECK(!memcmp(eval, F(MS_LOSS), c->n * sizeof(float)),
+          "mse with dpred NULL gives another loss");
     expect_ref(c, "loss", F(MS_LOSS), loss, c->n, c->ref_tol);
     expect_ref(c, "dpred", F(MS_DPRED), dpred, total, c->ref_tol);
     free(loss), free(dpred), free(eval);
@@ -1241,7 +1242,8 @@ static void diffusion_loss_case(int k, LossSpec spec) {
     c->spec = spec;
     float tables[7][DL_STEPS];   /* a, b, coef1, coef2, post_logvar, log_var_range, fixed */
     for (int t = 0; t < DL_STEPS; t++) {
-        double beta = 1e-4 + (0.02 - 1e-4) * t / (DL_STEPS - 1), ac = exp(-2.0 * (t + 1) / DL_STEPS);
+        double beta = 1e-4 + (0.02 - 1e-4) * t / (DL_STEPS - 1);
+        double ac = exp(-2.0 * (t + 1) / DL_STEPS);
         tables[0][t] = (float)sqrt(1 / ac);
         tables[1][t] = (float)-sqrt(1 / ac - 1);
         tables[2][t] = (float)(0.3 + 0.6 * t / DL_STEPS);
