@@ -1013,6 +1013,23 @@ static void q_sample_check(const OpCase *c, OpRun *r) {
     free(ex), free(et);
 }
 
+/* The timesteps (the first and the last among them) and the sqrt tables of a q_sample
+ * case: the inputs after its x0. */
+static void q_sample_tables(OpCase *c, int n) {
+    int32_t *t = xmalloc((size_t)n * sizeof(int32_t));
+    for (int s = 0; s < n; s++) t[s] = s == 1 ? 0 : s == 2 ? QS_STEPS - 1 : (s * 389) % QS_STEPS;
+    float sqrt_ac[QS_STEPS], sqrt_1m_ac[QS_STEPS];
+    for (int k = 0; k < QS_STEPS; k++) {
+        double ac = exp(-5.0 * k / QS_STEPS);
+        sqrt_ac[k] = (float)sqrt(ac);
+        sqrt_1m_ac[k] = (float)sqrt(1 - ac);
+    }
+    input_bytes(c, "t", (size_t)n, 4, t);
+    input_bytes(c, "sqrt_ac", QS_STEPS, 4, sqrt_ac);
+    input_bytes(c, "sqrt_1m_ac", QS_STEPS, 4, sqrt_1m_ac);
+    free(t);
+}
+
 static void q_sample_case(unsigned modes, int n, int h, int w, int ch, PredictionType pred,
                           int flip, int with_x0, uint32_t seed) {
     OpCase *c = add_case(modes, "q_sample_images n%d %dx%dx%d pred %d flip %d%s", n, h, w, ch,
@@ -1024,24 +1041,14 @@ static void q_sample_case(unsigned modes, int n, int h, int w, int ch, Predictio
     uint8_t *images = xmalloc(total);
     for (size_t i = 0; i < total; i++) images[i] = (uint8_t)((i * 37 + i / 7) % 256);
     images[0] = 0, images[1] = 255;
-    int32_t *t = xmalloc((size_t)n * sizeof(int32_t));
-    for (int s = 0; s < n; s++) t[s] = s == 1 ? 0 : s == 2 ? QS_STEPS - 1 : (s * 389) % QS_STEPS;
-    float sqrt_ac[QS_STEPS], sqrt_1m_ac[QS_STEPS];
-    for (int k = 0; k < QS_STEPS; k++) {
-        double ac = exp(-5.0 * k / QS_STEPS);
-        sqrt_ac[k] = (float)sqrt(ac);
-        sqrt_1m_ac[k] = (float)sqrt(1 - ac);
-    }
     input_bytes(c, "images", total, 1, images);
-    input_bytes(c, "t", (size_t)n, 4, t);
-    input_bytes(c, "sqrt_ac", QS_STEPS, 4, sqrt_ac);
-    input_bytes(c, "sqrt_1m_ac", QS_STEPS, 4, sqrt_1m_ac);
+    q_sample_tables(c, n);
     output(c, "x_t", total, -1);
     set_tol(c, output(c, "target", total, -1), pred == PRED_EPS ? 1e-6 : 1e-5);
     if (with_x0) set_tol(c, output(c, "x0", total, -1), 0.0);
     else absent(c);
     set_op(c, q_sample_forward, NULL, q_sample_check);
-    free(images), free(t);
+    free(images);
 }
 
 enum { QF_X0, QF_T, QF_SA, QF_S1, QF_XT, QF_TARGET };
@@ -1072,22 +1079,11 @@ static void q_sample_float_case(unsigned modes, int n, int d, PredictionType pre
     OpCase *c = add_case(modes, "q_sample float n%d d%d pred %d", n, d, pred);
     c->n = n, c->k = d, c->flag = pred;
     c->key2 = (RngKey){11, RNG_STREAM_EPS, 5, 0};
-    int32_t *t = xmalloc((size_t)n * sizeof(int32_t));
-    for (int s = 0; s < n; s++) t[s] = s == 1 ? 0 : s == 2 ? QS_STEPS - 1 : (s * 389) % QS_STEPS;
-    float sqrt_ac[QS_STEPS], sqrt_1m_ac[QS_STEPS];
-    for (int k = 0; k < QS_STEPS; k++) {
-        double ac = exp(-5.0 * k / QS_STEPS);
-        sqrt_ac[k] = (float)sqrt(ac);
-        sqrt_1m_ac[k] = (float)sqrt(1 - ac);
-    }
     input(c, "x0", (size_t)n * d, -3, 3);
-    input_bytes(c, "t", (size_t)n, 4, t);
-    input_bytes(c, "sqrt_ac", QS_STEPS, 4, sqrt_ac);
-    input_bytes(c, "sqrt_1m_ac", QS_STEPS, 4, sqrt_1m_ac);
+    q_sample_tables(c, n);
     output(c, "x_t", (size_t)n * d, -1);
     set_tol(c, output(c, "target", (size_t)n * d, -1), pred == PRED_EPS ? 1e-6 : 1e-5);
     set_op(c, q_sample_float_forward, NULL, q_sample_float_check);
-    free(t);
 }
 
 enum { MS_PRED, MS_TARGET, MS_W, MS_LOSS, MS_DPRED };

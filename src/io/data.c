@@ -245,6 +245,15 @@ int idx_labels_path(const char *images_path, char *out, size_t out_size) {
     return n >= 0 && (size_t)n < out_size ? 0 : -1;
 }
 
+static gzFile open_gz(const char *path, char *err, size_t err_size) {
+    errno = 0;
+    gzFile gz = gzopen(path, "rb");
+    if (!gz)
+        snprintf(err, err_size, "%s: cannot open: %s", path,
+                 errno ? strerror(errno) : "out of memory");
+    return gz;
+}
+
 /* The first `count` labels of an IDX1 file whose own count must be `expected`. */
 static int read_idx_labels(gzFile gz, const char *path, uint32_t expected, int count,
                            int32_t *labels, int *num_classes, char *err, size_t err_size) {
@@ -284,13 +293,8 @@ static int load_idx_labels(Dataset *d, const char *images_path, uint32_t file_co
     char path[4096];
     if (idx_labels_path(images_path, path, sizeof path) != 0) return 0;
     if (access(path, F_OK) != 0) return 0;
-    errno = 0;
-    gzFile gz = gzopen(path, "rb");
-    if (!gz) {
-        snprintf(err, err_size, "%s: cannot open: %s", path,
-                 errno ? strerror(errno) : "out of memory");
-        return -1;
-    }
+    gzFile gz = open_gz(path, err, err_size);
+    if (!gz) return -1;
     d->labels = xmalloc((size_t)d->count * sizeof(int32_t));
     int rc = read_idx_labels(gz, path, file_count, d->count, d->labels, &d->num_classes, err,
                              err_size);
@@ -302,13 +306,8 @@ int dataset_load_idx(Dataset *d, const char *path, int pad_to, int limit, char *
                      size_t err_size) {
     *d = (Dataset){0};
     if (require_regular_file(path, err, err_size) != 0) return -1;
-    errno = 0;
-    gzFile gz = gzopen(path, "rb");
-    if (!gz) {
-        snprintf(err, err_size, "%s: cannot open: %s", path,
-                 errno ? strerror(errno) : "out of memory");
-        return -1;
-    }
+    gzFile gz = open_gz(path, err, err_size);
+    if (!gz) return -1;
     gzbuffer(gz, GZ_BUFFER_BYTES);
     IdxHeader h;
     int rc = read_idx_header(gz, path, &h, err, err_size);
