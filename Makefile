@@ -122,7 +122,7 @@ test-sanitize:
 # Coverage-guided fuzzing of the loaders (tests/fuzz/): libFuzzer through clang, with
 # ASan and UBSan. `make fuzz` builds bin-fuzz/fuzz_*; tests/fuzz/run_fuzz.sh runs them.
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,bin-fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
-FUZZ_SECONDS ?= 5
+FUZZ_SECONDS ?= 30
 fuzz:
 	@command -v clang >/dev/null || { echo "make fuzz: clang not found (install clang)"; exit 1; }
 	@$(MAKE) --no-print-directory BUILD=build-fuzz BIN=bin-fuzz CC=clang CUDA=0 \

@@ -13,13 +13,12 @@
 static const char *flag_value(int argc, char **argv, const char *flag, const char *const *known,
                               const char *command) {
     const char *value = NULL;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) {   /* flag, value */
         int ok = 0;
         for (const char *const *k = known; *k; k++) ok |= strcmp(argv[i], *k) == 0;
         if (!ok || i + 1 >= argc)
             die("%s: unexpected argument '%s' (see ddpm --help)", command, argv[i]);
         if (strcmp(argv[i], flag) == 0) value = argv[i + 1];
-        i++;
     }
     return value;
 }

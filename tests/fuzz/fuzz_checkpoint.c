@@ -10,7 +10,7 @@
 #include "fuzz_input.h"
 #include "unet.h"
 
-static UNet *model;
+static Net *model;
 static float *buffers[CKPT_BUFFERS];
 static float step_counts[4];
 
@@ -40,7 +40,7 @@ static void write_seed(const char *path, const Config *c) {
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     Config c = tiny_model_config();
-    model = unet_create(backend_cpu(), &c, 1);
+    model = unet_build(backend_cpu(), &c, 1, 0);
     for (int b = 0; b < CKPT_BUFFERS; b++)
         buffers[b] = backend_cpu()->alloc(model->num_parameters * sizeof(float));
     if (getenv("FUZZ_WRITE_SEED")) write_seed(getenv("FUZZ_WRITE_SEED"), &c);
