@@ -129,6 +129,18 @@ static const char *find_flag(int argc, char **argv, const char *flag) {
     return NULL;
 }
 
+/* `ddpm COMMAND --help` or `-h`; sample, invert and eval print their own fuller usage. */
+static int asks_help(int argc, char **argv) {
+    for (int i = 2; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return 1;
+    return 0;
+}
+
+static int has_own_usage(const char *command) {
+    return strcmp(command, "sample") == 0 || strcmp(command, "invert") == 0 ||
+           strcmp(command, "eval") == 0;
+}
+
 int main(int argc, char **argv) {
     prefer_passive_omp_wait(argv);
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -136,6 +148,10 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     const char *command = argv[1];
+    if (asks_help(argc, argv) && !has_own_usage(command)) {
+        usage(stdout);
+        return 0;
+    }
     if (strcmp(command, "train") == 0) {
         ConfigArgs a = parse_config_args(argc - 1, argv + 1);
         set_threads(a.cfg.threads);
