@@ -56,7 +56,7 @@ static inline double bench_median(double *ms, int n) {
 
 /* Random uint8 images: benchmarks never run on zeros. */
 static inline void bench_random_dataset(Dataset *d, const Config *c, int count) {
-    d->count = count;
+    *d = (Dataset){.count = count};
     d->height = d->width = c->image_size;
     d->channels = c->in_channels;
     size_t bytes = (size_t)count * c->image_size * c->image_size * c->in_channels;
