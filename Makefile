@@ -32,6 +32,8 @@ SRC        := $(wildcard src/*.c src/*/*.c)
 LIB_OBJ    := $(patsubst src/%.c,$(BUILD)/%.o,$(filter-out src/cli/main.c,$(SRC)))
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BINS  := $(patsubst tests/%.c,$(BIN)/%,$(TEST_SRC))
+# The benchmarks are built for the suite too: tests/e2e_cli.sh runs each for one step.
+TEST_BINS  += $(BIN)/bench_train $(BIN)/bench_sample
 
 # ---- detection: every line reports what was found, and where ----
 CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda $(dir $(shell command -v nvcc 2>/dev/null)).. ))

@@ -74,4 +74,12 @@ for command in train sample invert eval export import forward schedule info back
     grep -q "usage" <<<"$out" || fail "ddpm $command --help prints no usage"
 done
 ok
+# the benchmarks (tools/bench_*.c), one step each: they must run, not crash
+bench_dir=$(dirname "$DDPM")
+for bench in bench_train bench_sample; do
+    out=$("$bench_dir/$bench" --config "$ROOT/configs/tiny" --device cpu --warmup 0 --iters 1 \
+        batch_size=2 2>&1) || fail "$bench: $out"
+    grep -q '"ms_per_step"' <<<"$out" || fail "$bench printed no timing: $out"
+done
+ok
 finish
