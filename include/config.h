@@ -17,9 +17,17 @@ typedef enum {
     DATASET_LATENTS = 3,        /* float data: data_path is a safetensors file (data.h) */
     DATASET_FOLDER = 4          /* PNG/JPEG files, classes by subfolder (data.h) */
 } DatasetKind;
+/* What a run trains: the objective, and with it the network (src/train/models.c). */
+typedef enum {
+    OBJECTIVE_DDPM = 0,         /* the U-Net on the diffusion process (objective_ddpm.c) */
+    OBJECTIVE_FLOW = 1,         /* the U-Net on a flow-matching path */
+    OBJECTIVE_CLASSIFIER = 2,   /* a noisy classifier on x_t (classifier guidance) */
+    OBJECTIVE_VAE = 3           /* a KL autoencoder (latent diffusion's first stage) */
+} ObjectiveKind;
 #define CONFIG_STR 256
 
 typedef struct {
+    int objective;                            /* ObjectiveKind: ddpm | flow | classifier | vae */
     /* model: the DDPM U-Net (diffusers UNet2DModel layout) */
     int image_size, in_channels, out_channels;
     int ch;                                   /* base channels; block i has ch*ch_mult[i] */

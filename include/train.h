@@ -37,6 +37,7 @@ typedef struct {
     float *grad_norm;                      /* (1) backend */
     uint8_t *host_images;                  /* (b, H, W, C) */
     float *host_values;                    /* (b, H, W, C), for float data */
+    int32_t *host_labels;                  /* (B) the global batch's labels, or NULL */
     float *host_stats;                     /* (W, K*b + 1) */
     float **stats_by_kind;                 /* (K) host arrays of (B): every rank's, in order */
     uint32_t *order;                       /* (data.count) permutation of the current epoch */

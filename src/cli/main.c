@@ -12,6 +12,7 @@
 #include "eval.h"
 #include "sample.h"
 #include "train.h"
+#include "models.h"
 #include "unet.h"
 #include "util.h"
 
@@ -111,7 +112,7 @@ static int schedule_main(int argc, char **argv) {
 
 static int info_main(int argc, char **argv) {
     ConfigArgs a = parse_config_args(argc, argv);
-    Net *m = unet_build(backend_cpu(), &a.cfg, 1, 0);
+    Net *m = model_build(backend_cpu(), &a.cfg, 1, 0);
     for (int i = 0; i < m->n_params; i++) {
         const ParamInfo *p = &m->params[i];
         printf("%-60s [", p->name);

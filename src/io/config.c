@@ -36,6 +36,7 @@ typedef struct {
 #define ENUM(name, choices, model) {#name, KEY_ENUM, OFF(name), 0, 0, 0, choices, model}
 
 static const ConfigKey keys[] = {
+    ENUM(objective, "ddpm|flow|classifier|vae", 1),
     NUM(image_size, KEY_INT, 4, 1024, 1),
     NUM(in_channels, KEY_INT, 1, 64, 1),
     NUM(out_channels, KEY_INT, 1, 128, 1),

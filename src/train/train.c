@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "unet.h"
+#include "models.h"
 #include "util.h"
 
 /* ---------------- data order ---------------- */
@@ -45,6 +45,10 @@ static void gather_batch(Trainer *tr, long step) {
         else
             memcpy(tr->host_images + i * D, tr->data.images + index * D, D);
     }
+    /* every rank holds the whole batch's labels, as objective.h's StepBatch says */
+    long first_global = first - tr->sample0;
+    for (int i = 0; tr->data.labels && i < c->batch_size; i++)
+        tr->host_labels[i] = tr->data.labels[tr->order[first_global + i]];
     tr->progress.data_epoch = (step + 1) / batches_per_epoch(tr);
     tr->progress.data_index = ((step + 1) % batches_per_epoch(tr)) * c->batch_size;
 }
@@ -91,8 +95,8 @@ void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *da
             cfg->batch_size);
     split_batch(tr, dist);
     int b = tr->local_batch;
-    tr->model = unet_build(be, cfg, b, 0);
-    tr->objective = objective_ddpm_create(be, cfg, b, cfg->batch_size);
+    tr->model = model_build(be, cfg, b, 0);
+    tr->objective = objective_create(be, cfg, b, cfg->batch_size);
     size_t P = tr->model->num_parameters;
     size_t image_bytes = (size_t)tr->data.height * tr->data.width * tr->data.channels;
     tr->ema = be->alloc(P * sizeof(float));
@@ -107,6 +111,7 @@ void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *da
         tr->host_images = xmalloc((size_t)b * image_bytes);
     }
     tr->grad_norm = be->alloc(sizeof(float));
+    if (tr->data.labels) tr->host_labels = xmalloc((size_t)cfg->batch_size * sizeof(int32_t));
     tr->order = xmalloc((size_t)tr->data.count * sizeof(uint32_t));
     tr->order_epoch = -1;
     tr->progress.world_size = tr->world_size;
@@ -141,6 +146,7 @@ void trainer_free(Trainer *tr) {
     be->release(tr->grad_norm);
     free(tr->host_images);
     free(tr->host_values);
+    free(tr->host_labels);
     free(tr->order);
     objective_free(tr->objective);
     net_free(tr->model);
@@ -209,7 +215,8 @@ StepResult trainer_step(Trainer *tr) {
     if (tr->data.values) be->to_device(tr->values, tr->host_values, (size_t)b * D * sizeof(float));
     else be->to_device(tr->images, tr->host_images, (size_t)b * D);
     StepBatch batch = {.step = step, .b = b, .B = c->batch_size, .sample0 = tr->sample0,
-                       .images = tr->images, .values = tr->values};
+                       .images = tr->images, .values = tr->values,
+                       .labels = tr->host_labels};
     o->ops->prepare(o, m, &batch);
     RngKey dropout_key = {c->seed, RNG_STREAM_DROPOUT, (uint32_t)step, tr->sample0};
     m->training = 1;
