@@ -187,6 +187,13 @@ typedef enum { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2 } PredictionType;
      * dpred = 2 (pred - target) / (N*D), the gradient of the batch mean. */                    \
     X(void, mse_loss, (float *loss_per_sample, float *dpred, const float *pred,                 \
                        const float *target, int n, size_t d))                                   \
+    /* Softmax cross-entropy of n samples over `classes` logits (N, classes):               \
+     * loss[s] = logsumexp(logits[s]) - logits[s][labels[s]], formed in double; correct[s]    \
+     * (or NULL) = 1 when labels[s] is the first maximum of logits[s], else 0; dlogits (or     \
+     * NULL) = grad_scale * (softmax(logits[s]) - onehot(labels[s])): 1/N for the batch mean,  \
+     * -1 for the gradient of sum_s log p(labels[s] | x) that classifier guidance follows. */  \
+    X(void, cross_entropy, (float *loss, float *correct, float *dlogits, const float *logits,   \
+                            const int32_t *labels, int n, int classes, float grad_scale))       \
     /* The DDPM losses, fused. For each sample s at timestep t[s], over its D = HW*C elements:  \
      *   mse[s] = mean of (prediction - target)^2;                                              \
      *   vb[s]  = L_t in bits/dim: the decoder NLL -log p(x0|x1) (discretized, 256 bins) at     \

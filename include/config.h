@@ -36,6 +36,10 @@ typedef struct {
     int attn_resolutions[CONFIG_MAX_LEVELS], n_attn_resolutions;
     int groups;
     double dropout;
+    int num_classes;                          /* objective=classifier: the head's outputs */
+    int classifier_t_max;                     /* objective=classifier: t drawn uniformly in
+                                                 [0, classifier_t_max); 0: all timesteps,
+                                                 1: a clean classifier (t = 0) */
     /* diffusion */
     int timesteps;
     char beta_schedule[CONFIG_STR];           /* linear | cosine | quadratic | sigmoid */

@@ -43,6 +43,9 @@ typedef struct Objective Objective;
 
 typedef struct {
     const char *name;
+    /* the report's aux in the progress line (printf format of one double, e.g.
+     * "L_t %.4f bits/dim") and its log.csv column; NULL: "aux %.4f", "aux" */
+    const char *aux_format, *aux_column;
     void (*draw)(Objective *o, long step, int B);
     void (*prepare)(Objective *o, Net *net, const StepBatch *batch);
     void (*loss)(Objective *o, Net *net, const StepBatch *batch, float *stats);
@@ -65,6 +68,9 @@ struct Objective {
 /* The DDPM objective for cfg (L_simple, hybrid or kl; uniform or importance-sampled
  * timesteps), for b local samples of a global batch of B. */
 Objective *objective_ddpm_create(const Backend *be, const Config *cfg, int b, int B);
+/* The noisy classifier's cross-entropy on x_t (objective=classifier; classifier.h). The
+ * report's aux is the batch accuracy. */
+Objective *objective_classifier_create(const Backend *be, const Config *cfg, int b, int B);
 void objective_free(Objective *o);
 
 #endif

@@ -9,7 +9,7 @@
  *   linear_*                            kernels/linear.cu (cuBLAS)
  *   attention_*                         kernels/attention.cu
  *   q_sample_images, mse_loss, sample_update, normal_fill  kernels/diffusion_ops.cu
- *   diffusion_loss                      kernels/diffusion_loss.cu
+ *   diffusion_loss, cross_entropy       kernels/diffusion_loss.cu
  *   global_norm, adamw, ema_update      kernels/optim.cu
  * Also the few helpers one file offers another. */
 #ifndef DDPM_CUDA_OPS_CUH

@@ -1,6 +1,6 @@
-/* The fused DDPM losses on the GPU (backend.h: diffusion_loss): L_simple, the MSE of
- * the prediction, and the variational-bound term L_t in bits/dim, with the gradient
- * of their weighted batch mean, in one pass.
+/* The losses on the GPU. diffusion_loss (backend.h): L_simple, the MSE of the prediction,
+ * and the variational-bound term L_t in bits/dim, with the gradient of their weighted
+ * batch mean, in one pass; cross_entropy: a classifier's softmax cross-entropy.
  *
  * One block per sample; each thread takes elements THREADS apart and evaluates, in
  * double, what src/cpu_loss.c evaluates for that element, with the shared formulas
@@ -48,5 +48,36 @@ void cuda_diffusion_loss(float *mse, float *vb, float *dout, const float *out,
     if (n <= 0) return;
     diffusion_loss_kernel<<<n, THREADS, 0, cuda.stream>>>(mse, vb, dout, out, target, x0, x_t, t,
                                                           weight, n, hw, c, spec, tables);
+    cudaCheckLaunch();
+}
+
+/* One thread per sample: a classifier has few classes, and the loop is the CPU's, in the
+ * same order and precision. */
+__global__ void cross_entropy_kernel(float *loss, float *correct, float *dlogits,
+                                     const float *logits, const int32_t *labels, int n,
+                                     int classes, float grad_scale) {
+    const int s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= n) return;
+    const float *z = logits + (size_t)s * classes;
+    int best = 0;
+    for (int k = 1; k < classes; k++)
+        if (z[k] > z[best]) best = k;
+    double sum = 0;
+    for (int k = 0; k < classes; k++) sum += exp((double)z[k] - z[best]);
+    const int y = labels[s];
+    loss[s] = (float)(log(sum) + z[best] - z[y]);
+    if (correct) correct[s] = best == y ? 1.0f : 0.0f;
+    if (!dlogits) return;
+    for (int k = 0; k < classes; k++) {
+        const double p = exp((double)z[k] - z[best]) / sum;
+        dlogits[(size_t)s * classes + k] = (float)(grad_scale * (p - (k == y)));
+    }
+}
+
+void cuda_cross_entropy(float *loss, float *correct, float *dlogits, const float *logits,
+                        const int32_t *labels, int n, int classes, float grad_scale) {
+    if (n <= 0) return;
+    cross_entropy_kernel<<<(n + THREADS - 1) / THREADS, THREADS, 0, cuda.stream>>>(
+        loss, correct, dlogits, logits, labels, n, classes, grad_scale);
     cudaCheckLaunch();
 }

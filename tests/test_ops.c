@@ -1131,6 +1131,63 @@ static void mse_case(unsigned modes, int n, size_t d, float lo, float hi) {
     c->ref_tol = 1e-6, c->fd = FD_POINTWISE;
 }
 
+enum { CE_LOGITS, CE_LABELS, CE_WEIGHTS, CE_LOSS, CE_DLOGITS };
+
+static void cross_entropy_forward(const OpCase *c, OpRun *r) {
+    r->be->cross_entropy(F(CE_LOSS), NULL, NULL, F(CE_LOGITS), I32(CE_LABELS), c->n, c->k,
+                         1.0f / c->n);
+}
+/* dlogits is the gradient of the batch mean: the loss weights are 1/N */
+static void cross_entropy_backward(const OpCase *c, OpRun *r, float beta) {
+    r->be->cross_entropy(F(CE_LOSS), NULL, F(CE_DLOGITS), F(CE_LOGITS), I32(CE_LABELS), c->n,
+                         c->k, 1.0f / c->n);
+}
+
+/* The float64 softmax, and the accuracy flag against a plain argmax. */
+static void cross_entropy_check(const OpCase *c, OpRun *r) {
+    const int n = c->n, k = c->k;
+    double *loss = zeros(n), *dlogits = zeros((size_t)n * k);
+    float *correct = xmalloc(n * sizeof(float));
+    int flags_ok = 1;
+    r->be->cross_entropy(F(CE_LOSS), correct, NULL, F(CE_LOGITS), I32(CE_LABELS), n, k, 1.0f);
+    for (int s = 0; s < n; s++) {
+        const float *z = F(CE_LOGITS) + (size_t)s * k;
+        double sum = 0;
+        int best = 0;
+        for (int j = 0; j < k; j++) {
+            sum += exp((double)z[j]);
+            if (z[j] > z[best]) best = j;
+        }
+        int y = I32(CE_LABELS)[s];
+        loss[s] = log(sum) - z[y];
+        for (int j = 0; j < k; j++)
+            dlogits[(size_t)s * k + j] = (exp((double)z[j]) / sum - (j == y)) / n;
+        flags_ok &= correct[s] == (best == y ? 1.0f : 0.0f);
+    }
+    CHECK(flags_ok, "%s: correct is not (argmax == label)", c->name);
+    expect_ref(c, "loss", F(CE_LOSS), loss, n, c->ref_tol);
+    expect_ref(c, "dlogits", F(CE_DLOGITS), dlogits, (size_t)n * k, c->ref_tol);
+    free(loss), free(dlogits), free(correct);
+}
+
+static void cross_entropy_case(unsigned modes, int n, int classes, float range) {
+    OpCase *c = add_case(modes, "cross_entropy n%d classes%d range%g", n, classes, range);
+    c->n = n, c->k = classes;
+    int logits = input(c, "logits", (size_t)n * classes, -range, range);
+    int32_t *labels = xmalloc(n * sizeof(int32_t));
+    for (int s = 0; s < n; s++) labels[s] = (s * 3 + 1) % classes;
+    input_bytes(c, "labels", n, 4, labels);
+    free(labels);
+    float *w = xmalloc(n * sizeof(float));
+    for (int s = 0; s < n; s++) w[s] = 1.0f / n;
+    int weights = input_bytes(c, "weights", n, 4, w);
+    free(w);
+    output(c, "loss", n, weights);
+    param_grad(c, "dlogits", logits);
+    set_op(c, cross_entropy_forward, cross_entropy_backward, cross_entropy_check);
+    c->ref_tol = 1e-6, c->fd = FD_POINTWISE;
+}
+
 enum { SU_X_IN, SU_OUT, SU_X };
 
 static void sample_update_forward(const OpCase *c, OpRun *r) {
@@ -1278,6 +1335,9 @@ static void diffusion_cases(void) {
             q_sample_case(MODE_CUDA | MODE_BENCH, 4, 6, 5, 3, pred, flip, flip, 3);
     mse_case(MODE_ALL, 4, 50, -1, 1);
     mse_case(MODE_CUDA | MODE_BENCH, 5, 3 * 32 * 32 + 7, -2, 2);
+    cross_entropy_case(MODE_ALL, 6, 10, 3);
+    cross_entropy_case(MODE_ALL, 5, 4, 40);     /* large logits: the shift by the maximum */
+    cross_entropy_case(MODE_CUDA | MODE_BENCH, 300, 1000, 5);
     /* the formula in float: bit for bit, except learned variances (expf of v) */
     sample_update_case(MODE_ALL, "sigma 0", 3, 101,
                        (SampleUpdate){.x0_from_xt = 1.3f, .x0_from_out = -0.7f, .coef_x0 = 0.4f,

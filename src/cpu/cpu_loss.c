@@ -1,5 +1,6 @@
-/* The fused DDPM losses on the CPU: L_simple (the MSE of the prediction) and the
- * variational-bound term L_t in bits/dim, with their gradients, one pass per sample.
+/* The losses on the CPU: the fused DDPM losses (L_simple, the MSE of the prediction, and
+ * the variational-bound term L_t in bits/dim, with their gradients, one pass per sample),
+ * and the softmax cross-entropy of a classifier.
  * The scalar formulas live in vlb_math.h, shared with the CUDA backend. */
 #include <math.h>
 
@@ -43,5 +44,25 @@ void cpu_diffusion_loss(float *mse, float *vb, float *dout, const float *out, co
         double scale = (weight ? weight[s] : 1.0) / n;
         loss_one_sample(mse, vb, dout, out, target, x0, x_t, s, t[s], scale, hw, c, &spec,
                         &tables);
+    }
+}
+
+void cpu_cross_entropy(float *loss, float *correct, float *dlogits, const float *logits,
+                       const int32_t *labels, int n, int classes, float grad_scale) {
+    for (int s = 0; s < n; s++) {
+        const float *z = logits + (size_t)s * classes;
+        int best = 0;
+        for (int k = 1; k < classes; k++)
+            if (z[k] > z[best]) best = k;
+        double sum = 0;   /* shifted by the maximum, so exp never overflows */
+        for (int k = 0; k < classes; k++) sum += exp((double)z[k] - z[best]);
+        const int y = labels[s];
+        loss[s] = (float)(log(sum) + z[best] - z[y]);
+        if (correct) correct[s] = best == y ? 1.0f : 0.0f;
+        if (!dlogits) continue;
+        for (int k = 0; k < classes; k++) {
+            double p = exp((double)z[k] - z[best]) / sum;
+            dlogits[(size_t)s * classes + k] = (float)(grad_scale * (p - (k == y)));
+        }
     }
 }

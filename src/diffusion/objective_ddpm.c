@@ -155,6 +155,8 @@ static void ddpm_free(Objective *o) {
 
 static const ObjectiveOps ddpm_ops = {
     .name = "ddpm",
+    .aux_format = "L_t %.4f bits/dim",
+    .aux_column = "vb_bpd",
     .draw = ddpm_draw,
     .prepare = ddpm_prepare,
     .loss = ddpm_loss,

@@ -46,6 +46,8 @@ static const ConfigKey keys[] = {
     LIST(attn_resolutions, 1, 1024),
     NUM(groups, KEY_INT, 1, 1024, 1),
     NUM(dropout, KEY_DOUBLE, 0, 0.99, 1),
+    NUM(num_classes, KEY_INT, 0, 100000, 1),
+    NUM(classifier_t_max, KEY_INT, 0, 100000, 0),
     NUM(timesteps, KEY_INT, 2, 100000, 1),
     STR(beta_schedule, "linear|cosine|quadratic|sigmoid", 1),
     ENUM(prediction, "eps|x0|v", 1),
@@ -349,6 +351,11 @@ int config_validate(const Config *c, char *err, size_t err_size) {
                     "(learn_sigma): use hybrid or kl", o);
     if (c->beta1 >= 1 || c->beta2 >= 1)
         return fail(err, err_size, "%s: keys 'beta1' and 'beta2' must be below 1", o);
+    if (c->objective == OBJECTIVE_CLASSIFIER && c->num_classes < 2)
+        return fail(err, err_size, "%s: objective = classifier needs key 'num_classes' >= 2", o);
+    if (c->classifier_t_max > c->timesteps)
+        return fail(err, err_size, "%s: key 'classifier_t_max' = %d exceeds 'timesteps' = %d", o,
+                    c->classifier_t_max, c->timesteps);
     return 0;
 }
 

@@ -179,7 +179,11 @@ static void trim_log(const char *path, long step) {
     free(text);
 }
 
-static FILE *open_log(const Config *c, long step) {
+static const char *aux_column(const Objective *o) {
+    return o->ops->aux_column ? o->ops->aux_column : "aux";
+}
+
+static FILE *open_log(const Config *c, const Objective *o, long step) {
     char path[1024];
     snprintf(path, sizeof path, "%s/log.csv", c->out_dir);
     trim_log(path, step);
@@ -187,7 +191,7 @@ static FILE *open_log(const Config *c, long step) {
     if (!f) die("%s: cannot open for writing: %s", path, strerror(errno));
     if (ftell(f) == 0)
         fprintf(f, "step,loss,grad_norm,lr,img_per_s,skipped,loss_q0,loss_q1,loss_q2,loss_q3,"
-                   "vb_bpd\n");
+                   "%s\n", aux_column(o));
     return f;
 }
 
@@ -206,8 +210,10 @@ static void log_interval(FILE *log, Trainer *tr, Interval *iv, double lr) {
     double eta = (double)(c->steps - step) * c->batch_size / img_per_s;
     char eta_text[32];
     format_duration(eta_text, sizeof eta_text, eta);
-    char vb_text[48] = "";
-    if (isfinite(iv->vb)) snprintf(vb_text, sizeof vb_text, " | L_t %.4f bits/dim", iv->vb / taken);
+    char vb_text[64] = "", format[48];
+    const char *aux_format = tr->objective->ops->aux_format;
+    snprintf(format, sizeof format, " | %s", aux_format ? aux_format : "aux %.4f");
+    if (isfinite(iv->vb)) snprintf(vb_text, sizeof vb_text, format, iv->vb / taken);
     fprintf(stderr, "step %ld/%d | loss %.5f%s | grad %.3f | lr %.2e | %.1f img/s | ETA %s%s\n",
             step, c->steps, iv->loss / taken, vb_text, iv->grad_norm / taken, lr, img_per_s,
             eta_text, tr->progress.skipped_steps ? " | skipped steps!" : "");
@@ -326,7 +332,7 @@ static FILE *start_run(Trainer *tr, const Config *cfg, const Backend *be, int re
     write_run_config(cfg, &tr->data);
     checkpoint_prune(cfg->out_dir, cfg->keep_ckpts);   /* a kill before the last prune */
     announce(tr, cfg, be);
-    return open_log(cfg, tr->progress.step);
+    return open_log(cfg, tr->objective, tr->progress.step);
 }
 
 static int alone_and_stopped(const Trainer *tr) { return tr->world_size == 1 && stop_requested; }
