@@ -19,4 +19,8 @@
 Net *classifier_build(const Backend *be, const Config *cfg, int max_batch, int input_grad,
                       int *features);
 
+/* A trained classifier from a checkpoint (objective=classifier; its EMA weights), for
+ * batches up to max_batch. cfg receives its config. Dies with a message naming the file. */
+Net *classifier_load(const char *ckpt, const Backend *be, int max_batch, int input_grad,
+                     Config *cfg, int *features);
 #endif

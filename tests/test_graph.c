@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "classifier.h"
 #include "graph.h"
 #include "nn_blocks.h"
 #include "testing.h"
@@ -33,19 +34,10 @@ static Config small_config(void) {
     return cfg;
 }
 
-/* The noisy classifier: logits (B, CLASSES) of x_t at time t. */
-static Net *classifier_build(const Config *cfg) {
-    Net *net = net_create(backend_cpu(), B);
-    int x = net_add_input(net, "sample", NET_F32, cfg->image_size, cfg->image_size,
-                          cfg->in_channels, 1);
-    int t = net_add_input(net, "timestep", NET_F32, 1, 1, 1, 0);
-    int skips[64], n_skips, temb;
-    int h = unet_encoder(net, cfg, x, t, &temb, skips, &n_skips);
-    h = net_groupnorm(net, "out.0", h, cfg->groups, 1e-6f, 1);
-    h = net_mean_pool(net, h);
-    net_add_output(net, "logits", net_linear(net, "out.2", h, CLASSES));
-    net_finish(net);
-    return net;
+/* The noisy classifier (classifier.h): logits (B, CLASSES) of x_t at time t. */
+static Net *small_classifier(Config *cfg) {
+    cfg->num_classes = CLASSES;
+    return classifier_build(backend_cpu(), cfg, B, 1, NULL);
 }
 
 /* Class labels through an embedding, a SiLU and a linear layer. */
@@ -144,7 +136,7 @@ static void gradients(Net *net, const float *w, const char *out) {
 
 static void test_classifier(void) {
     Config cfg = small_config();
-    Net *net = classifier_build(&cfg);
+    Net *net = small_classifier(&cfg);
     net->training = 0;
     net_init_weights(net, 3, NULL);
     CHECK(net_find_param(net, "down_blocks.0.resnets.0.conv1.weight") &&

@@ -1,4 +1,4 @@
-/* bin/ddpm: the command line. Dispatches `ddpm train`, `sample`, `invert`, `eval`,
+ * bin/ddpm: the command line. Dispatches `ddpm train`, `sample`, `invert`, `eval`, `evaluate`,
  * `schedule`, `info` and `backends`; picks the backend and the thread count. */
 #include <cblas.h>
 #include <getopt.h>
@@ -25,6 +25,7 @@
 int export_main(int argc, char **argv);                    /* src/cli/interop_cli.c */
 int import_main(int argc, char **argv);
 int forward_main(int argc, char **argv, const Backend *be);
+int evaluate_main(int argc, char **argv, const Backend *be);   /* src/cli/evaluate.c */
 
 static void usage(FILE *to) {
     fprintf(to,
@@ -35,6 +36,8 @@ static void usage(FILE *to) {
             "              [--noise x_T.npy] [--save-noise x_T.npy]\n"
             "  ddpm invert --ckpt FILE --images x0.npy --out x_T.npy [--steps SPEC]  (DDIM inversion)\n"
             "  ddpm eval --ckpt FILE --data PATH [--n N] [--mc K] [--csv FILE]  (bound in bits/dim)\n"
+            "  ddpm evaluate --classifier CKPT --samples F.npz [--data PATH] [--n N]\n"
+            "                (class accuracy and Frechet distance of samples, with its floor)\n"
             "  ddpm export --ckpt FILE --out DIR     (diffusers DDPMPipeline folder, EMA weights)\n"
             "  ddpm import DIR --out FILE            (diffusers folder -> checkpoint at step 0)\n"
             "  ddpm forward --ckpt FILE --x x.npy --t T[,T...] --out y.npy  (one U-Net pass, NHWC)\n"
@@ -139,7 +142,7 @@ static int asks_help(int argc, char **argv) {
 
 static int has_own_usage(const char *command) {
     return strcmp(command, "sample") == 0 || strcmp(command, "invert") == 0 ||
-           strcmp(command, "eval") == 0;
+           strcmp(command, "eval") == 0 || strcmp(command, "evaluate") == 0;
 }
 
 int main(int argc, char **argv) {
@@ -162,6 +165,8 @@ int main(int argc, char **argv) {
         return sample_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
     if (strcmp(command, "eval") == 0)
         return eval_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
+    if (strcmp(command, "evaluate") == 0)
+        return evaluate_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
     if (strcmp(command, "invert") == 0)
         return invert_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
     if (strcmp(command, "export") == 0) return export_main(argc - 1, argv + 1);
