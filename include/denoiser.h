@@ -31,15 +31,20 @@ struct Denoiser {
     int max_batch;
     size_t sample_size;     /* floats per sample of x: H*W*C */
     ModelOutput output;
+    const int32_t *labels;  /* (n) host: the class of each sample of the current predict() call,
+                               or NULL: unconditional */
 };
 
 /* A network with inputs "sample" and "timestep" and output "sample", run in eval mode
- * on the given weights (backend memory; e.g. the EMA weights). */
+ * on the given weights (backend memory; e.g. the EMA weights). A class-conditional
+ * network (an int32 input "class_labels") gets base.labels there; it must have labels,
+ * each a row of its class embedding. */
 typedef struct {
     Denoiser base;
     Net *net;
     const float *weights;
     float *t_host;          /* (max_batch) the time input, staged on the host */
+    int class_rows;         /* rows of class_embedding.weight; 0: unconditional network */
 } NetDenoiser;
 
 void net_denoiser_init(NetDenoiser *d, Net *net, const float *weights, ModelOutput output);

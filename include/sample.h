@@ -59,19 +59,23 @@ void sampler_run(const SamplerPlan *plan, Denoiser *den, float *x, int n, RngKey
 
 /* Generates n images into out (n, H, W, C) host floats, in chunks of at most
  * den->max_batch. x_T is drawn from (seed, chunk) unless x_T (host, n*D) is given.
- * The same seed and batch size give the same images. */
+ * labels: (n) host, the class of each image, or NULL (unconditional); each chunk's
+ * share is handed to the denoiser as den->labels. The same seed and batch size give
+ * the same images. */
 void sample_images(Denoiser *den, const SamplerPlan *plan, int n, uint64_t seed,
-                   const float *x_T, float *out, int verbose);
+                   const float *x_T, const int32_t *labels, float *out, int verbose);
 /* The chunks c (of max_batch images) with c % world_size == rank, into their places
  * in out: world_size ranks together produce what one process does. */
 void sample_images_share(Denoiser *den, const SamplerPlan *plan, int n, uint64_t seed,
-                         const float *x_T, float *out, int verbose, int rank, int world_size);
+                         const float *x_T, const int32_t *labels, float *out, int verbose,
+                         int rank, int world_size);
 /* The x_T that sample_images draws for (n, seed) when none is given. */
 void sample_initial_noise(Denoiser *den, int n, uint64_t seed, float *out);
 /* The ancestral sampler over every timestep, for a U-Net with the given weights
- * (training-time grids). */
+ * (training-time grids); labels (n) host or NULL as for sample_images. */
 void sample_images_default(Net *net, const float *weights, const GaussianDiffusion *d,
-                           int learned_var, int n, uint64_t seed, int clip_denoised, float *out);
+                           int learned_var, int n, uint64_t seed, int clip_denoised,
+                           const int32_t *labels, float *out);
 
 /* `ddpm sample`. */
 int sample_main(int argc, char **argv, const Backend *be);

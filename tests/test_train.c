@@ -44,7 +44,7 @@ static void check_samples(Trainer *tr, const char *spacing) {
     net_denoiser_init(&den, m, tr->ema, output);
     SamplerPlan plan;
     if (sampler_plan_init(&plan, &d, &opt, &output, err, sizeof err) != 0) die("%s", err);
-    sample_images(&den.base, &plan, n, 7, NULL, images, 0);
+    sample_images(&den.base, &plan, n, 7, NULL, NULL, images, 0);
     sampler_plan_free(&plan);
     net_denoiser_free(&den);
     diffusion_free(&d);

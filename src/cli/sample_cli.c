@@ -246,7 +246,7 @@ int sample_main(int argc, char **argv, const Backend *be) {
                 W > 1 ? ", chunks shared over the ranks" : "");
     float *images = xmalloc((size_t)a.n * D * sizeof(float));
     double started = now_seconds();
-    sample_images_share(den, &plan, a.n, a.seed, x_T, images, rank == 0, rank, W);
+    sample_images_share(den, &plan, a.n, a.seed, x_T, NULL, images, rank == 0, rank, W);
     if (W > 1) gather_parts(dist, &a, &inf.cfg, images, batch, D);
     if (rank == 0) {
         fprintf(stderr, "sampled in %.1f s\n", now_seconds() - started);
@@ -279,7 +279,7 @@ int invert_main(int argc, char **argv, const Backend *be) {
     SamplerPlan plan;
     make_plan(&plan, &inf, &a, 1);
     float *x_T = xmalloc((size_t)n * inf.denoiser.base.sample_size * sizeof(float));
-    sample_images(&inf.denoiser.base, &plan, n, 0, x0, x_T, 1);
+    sample_images(&inf.denoiser.base, &plan, n, 0, x0, NULL, x_T, 1);
     write_npy_images(a.out_file, x_T, n, &inf.cfg);
     free(x0);
     free(x_T);

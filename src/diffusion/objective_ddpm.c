@@ -133,7 +133,7 @@ static void ddpm_sample(Objective *o, Net *net, const float *weights, int n, uin
                         float *out) {
     Ddpm *d = o->state;
     sample_images_default(net, weights, &d->diffusion, d->cfg.learn_sigma, n, seed,
-                          d->cfg.clip_denoised, out);
+                          d->cfg.clip_denoised, NULL, out);
 }
 
 static void ddpm_free(Objective *o) {

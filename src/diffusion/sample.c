@@ -143,29 +143,33 @@ void sample_initial_noise(Denoiser *den, int n, uint64_t seed, float *out) {
 }
 
 void sample_images_share(Denoiser *den, const SamplerPlan *plan, int n, uint64_t seed,
-                         const float *x_T, float *out, int verbose, int rank, int world_size) {
+                         const float *x_T, const int32_t *labels, float *out, int verbose,
+                         int rank, int world_size) {
     const Backend *be = den->be;
     size_t D = den->sample_size;
     float *x = be->alloc((size_t)den->max_batch * D * sizeof(float));
     for (int first = 0, chunk = 0; first < n; first += den->max_batch, chunk++) {
         if (chunk % world_size != rank) continue;
         int count = chunk_size(den, n, first);
+        den->labels = labels ? labels + first : NULL;
         if (x_T) be->to_device(x, x_T + (size_t)first * D, (size_t)count * D * sizeof(float));
         else be->normal_fill(x, count, D, chunk_key(seed, RNG_STREAM_SAMPLE_XT, chunk));
         if (verbose) fprintf(stderr, "images %d-%d of %d\n", first + 1, first + count, n);
         sampler_run(plan, den, x, count, chunk_key(seed, RNG_STREAM_SAMPLE_Z, chunk), verbose);
         be->to_host(out + (size_t)first * D, x, (size_t)count * D * sizeof(float));
     }
+    den->labels = NULL;
     be->release(x);
 }
 
 void sample_images(Denoiser *den, const SamplerPlan *plan, int n, uint64_t seed,
-                   const float *x_T, float *out, int verbose) {
-    sample_images_share(den, plan, n, seed, x_T, out, verbose, 0, 1);
+                   const float *x_T, const int32_t *labels, float *out, int verbose) {
+    sample_images_share(den, plan, n, seed, x_T, labels, out, verbose, 0, 1);
 }
 
 void sample_images_default(Net *net, const float *weights, const GaussianDiffusion *d,
-                           int learned_var, int n, uint64_t seed, int clip_denoised, float *out) {
+                           int learned_var, int n, uint64_t seed, int clip_denoised,
+                           const int32_t *labels, float *out) {
     int channels = net_channels(net, net_input(net, "sample"));
     ModelOutput model = {.prediction = d->pred, .learned_var = learned_var, .channels = channels};
     SamplerOptions opt = {.kind = SAMPLER_ANCESTRAL, .clip_denoised = clip_denoised};
@@ -174,7 +178,7 @@ void sample_images_default(Net *net, const float *weights, const GaussianDiffusi
     SamplerPlan plan;
     char err[256];
     if (sampler_plan_init(&plan, d, &opt, &model, err, sizeof err) != 0) die("%s", err);
-    sample_images(&den.base, &plan, n, seed, NULL, out, 0);
+    sample_images(&den.base, &plan, n, seed, NULL, labels, out, 0);
     sampler_plan_free(&plan);
     net_denoiser_free(&den);
 }
