@@ -1,4 +1,4 @@
- * bin/ddpm: the command line. Dispatches `ddpm train`, `sample`, `invert`, `eval`, `evaluate`,
+/* bin/ddpm: the command line. Dispatches `ddpm train`, `sample`, `invert`, `eval`, `evaluate`,
  * `schedule`, `info` and `backends`; picks the backend and the thread count. */
 #include <cblas.h>
 #include <getopt.h>
