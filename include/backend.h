@@ -212,6 +212,12 @@ typedef enum { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2 } PredictionType;
                             RngKey z_key))                                                      \
     /* x (N, D) = philox_normal(key, s, e) */                                                   \
     X(void, normal_fill, (float *x, int n, size_t d, RngKey key))                               \
+    /* classifier-free guidance: pair (2N, P, C_out) holds the conditional outputs (samples     \
+     * 0..N-1), then the unconditional ones; C_out = c, or 2c with learned variances. out      \
+     * (N, P, C_out): the first c channels fmaf(scale, cond, (1-scale)*uncond), the rest       \
+     * (the variances' v) cond's. P = pixels per sample. */                                     \
+    X(void, guidance_combine, (float *out, const float *pair, int n, size_t pixels, int c,      \
+                               int learned_var, float scale))                                   \
                                                                                                 \
     /* ==== optimizer over flat buffers ==== */                                                 \
     /* *out = sqrt(sum of g^2), written to backend memory (one float) */                        \

@@ -40,6 +40,11 @@ typedef struct {
     int classifier_t_max;                     /* objective=classifier: t drawn uniformly in
                                                  [0, classifier_t_max); 0: all timesteps,
                                                  1: a clean classifier (t = 0) */
+    int num_class_embeds;                     /* rows of class_embedding.weight (diffusers'
+                                                 num_class_embeds); 0: unconditional */
+    double class_dropout;                     /* classifier-free guidance: the probability a
+                                                 training label becomes the null class, the
+                                                 last row; 0: no null class */
     /* diffusion */
     int timesteps;
     char beta_schedule[CONFIG_STR];           /* linear | cosine | quadratic | sigmoid */
@@ -101,6 +106,10 @@ int config_model_mismatch(const Config *saved, const Config *current, char *err,
 char *config_to_json(const Config *c);
 /* Just the model-defining keys, as JSON (stored in checkpoints); caller frees. */
 char *config_model_json(const Config *c);
+/* Class conditioning: the classes of the data (num_class_embeds, less the null class when
+ * class_dropout > 0), and the null class's id (-1 when there is none). */
+int config_num_classes(const Config *c);
+int config_null_class(const Config *c);
 /* The name of an enum key's value, e.g. ("loss", LOSS_HYBRID) -> "hybrid". */
 const char *config_enum_name(const char *key, int value);
 

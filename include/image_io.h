@@ -14,8 +14,15 @@ uint8_t *images_upscale_nearest(const uint8_t *images, int n, int h, int w, int 
  * Atomic; returns 0 or -1 with err filled. */
 int write_png_grid(const char *path, const uint8_t *images, int n, int h, int w, int c,
                    char *err, size_t err_size);
+/* The same grid with cols columns (0: near-square), e.g. one row per class. */
+int write_png_grid_cols(const char *path, const uint8_t *images, int n, int h, int w, int c,
+                        int cols, char *err, size_t err_size);
 /* Writes a NumPy .npz archive holding one uint8 array arr_0 of shape (n, h, w, c). */
 int write_npz_u8(const char *path, const uint8_t *images, int n, int h, int w, int c, char *err,
                  size_t err_size);
+/* The same, and when labels (n) is not NULL arr_1: the labels as int64 (n) (guided-diffusion's
+ * samples.npz). */
+int write_npz_u8_labels(const char *path, const uint8_t *images, int n, int h, int w, int c,
+                        const int32_t *labels, char *err, size_t err_size);
 
 #endif

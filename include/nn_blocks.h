@@ -24,5 +24,10 @@ int block_upsample(Net *net, const char *prefix, int x);
 /* sinusoid(t) -> linear_1 -> SiLU -> linear_2 -> SiLU: the last SiLU is the one every
  * ResNet block applies to the embedding first, computed once. */
 int block_time_embedding(Net *net, int t, int ch, int temb_dim);
+/* The same with a class: row class_ids of "class_embedding.weight" (class_rows, temb_dim)
+ * added after linear_2, before the SiLU (diffusers' UNet2DModel with num_class_embeds).
+ * class_ids < 0: no class, as block_time_embedding. */
+int block_time_class_embedding(Net *net, int t, int ch, int temb_dim, int class_ids,
+                               int class_rows);
 
 #endif

@@ -32,6 +32,7 @@ enum {
     RNG_STREAM_SHUFFLE = 5,     /* data order; step = epoch */
     RNG_STREAM_SAMPLE_XT = 6,   /* initial x_T of a sampling run */
     RNG_STREAM_SAMPLE_Z = 7,    /* per-step sampling noise; step = t */
+    RNG_STREAM_LABEL_DROP = 8,  /* classifier-free guidance: a label replaced by the null class */
     RNG_STREAM_DROPOUT = 0x100, /* + layer index */
 };
 

@@ -1,7 +1,8 @@
 /* The DDPM U-Net (diffusers UNet2DModel, as for google/ddpm-cifar10-32): a builder
  * over the graph (graph.h). Inputs "sample" (H, W, in_channels) and "timestep" (one
  * float per sample: DDPM's integer t, or a continuous time); output "sample"
- * (H, W, out_channels). */
+ * (H, W, out_channels). With num_class_embeds > 0 also "class_labels" (one int32 per
+ * sample, a row of class_embedding.weight), whose embedding joins the time embedding. */
 #ifndef DDPM_UNET_H
 #define DDPM_UNET_H
 
@@ -14,7 +15,8 @@ Net *unet_build(const Backend *be, const Config *cfg, int max_batch, int input_g
 
 /* The U-Net's encoder half on an existing graph: the time embedding of t, conv_in, the
  * down blocks and the middle block over x. Returns the middle block's output. Shared
- * by the U-Net and by networks that stop halfway (a noisy classifier). */
+ * by the U-Net and by networks that stop halfway (a noisy classifier). With
+ * cfg->num_class_embeds > 0 the net must already have the "class_labels" input. */
 int unet_encoder(Net *net, const Config *cfg, int x, int t, int *temb_out, int *skips,
                  int *n_skips);
 

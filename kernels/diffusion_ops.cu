@@ -6,7 +6,8 @@
  *                    the sum in double with the fixed-order block_sum;
  *   sample_update:   x0 from (x, model output), clip, posterior mean, + sigma*z (scaled
  *                    by the model's variance when it is learned);
- *   normal_fill.
+ *   normal_fill;
+ *   guidance_combine: classifier-free guidance's combine of a doubled batch's outputs.
  * All noise is philox_normal/philox_uniform(key, sample, element) from philox.h, the
  * same function the CPU backend calls, so both draw the same numbers (up to the last
  * ulp or two of the device's logf/sinf/cosf). */
@@ -111,5 +112,17 @@ void cuda_sample_update(float *x, const float *model_out, int n, size_t d, Sampl
 void cuda_normal_fill(float *x, int n, size_t d, RngKey key) {
     launch_elementwise((size_t)n * d, [=] __device__(size_t i) {
         x[i] = philox_normal(key, (uint32_t)(i / d), i % d);
+    });
+}
+
+/* As the CPU reference: one fmaf per guided element, the variance channels copied. */
+void cuda_guidance_combine(float *out, const float *pair, int n, size_t pixels, int c,
+                           int learned_var, float scale) {
+    const size_t c_out = (size_t)c * (learned_var ? 2 : 1), per_sample = pixels * c_out;
+    const float *uncond = pair + (size_t)n * per_sample;
+    const float uncond_weight = 1.0f - scale;
+    launch_elementwise((size_t)n * per_sample, [=] __device__(size_t i) {
+        const size_t channel = i % c_out;
+        out[i] = channel < (size_t)c ? fmaf(scale, pair[i], uncond_weight * uncond[i]) : pair[i];
     });
 }

@@ -1,5 +1,6 @@
 /* `ddpm sample` and `ddpm invert`: a checkpoint's EMA weights through a sampler plan. */
 #include <getopt.h>
+#include <math.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,6 +8,7 @@
 
 #include "checkpoint.h"
 #include "dist.h"
+#include "guidance.h"
 #include "image_io.h"
 #include "npy.h"
 #include "sample.h"
@@ -36,6 +38,8 @@ void inference_free(Inference *inf) {
 
 typedef struct {
     const char *ckpt, *out_dir, *noise, *save_noise, *images, *out_file;
+    const char *classes;        /* --class: "C", "C1,C2,..." or "all" */
+    double guidance_scale;      /* --guidance-scale; NAN when not given */
     int n, batch, clip, scale;
     unsigned long long seed;
     SamplerOptions sampler;
@@ -46,16 +50,23 @@ static void usage(void) {
             "usage: ddpm sample --ckpt FILE [--n N] [--out DIR] [--seed S] [--batch B] [--clip 0|1]\n"
             "                   [--sampler ancestral|ddim] [--steps SPEC] [--eta E]\n"
             "                   [--noise x_T.npy] [--save-noise x_T.npy] [--scale K]\n"
+            "                   [--class C|C1,C2,...|all] [--guidance-scale S]\n"
             "       ddpm invert --ckpt FILE --images x0.npy --out x_T.npy [--steps SPEC] [--batch B]\n"
             "  SPEC: every timestep (default), N (respaced), ddimN, or section counts like 10,10,20\n"
             "  sample writes DIR/samples.png and DIR/samples.npz (arr_0: uint8 N,H,W,C)\n"
-            "  --scale K enlarges each image of samples.png K times (nearest neighbour)\n");
+            "  --scale K enlarges each image of samples.png K times (nearest neighbour)\n"
+            "  class-conditional checkpoints (num_class_embeds > 0) need --class: one class for\n"
+            "  every image, a list cycled over the images, or all: N/classes images of each class,\n"
+            "  one row per class in samples.png; samples.npz then holds arr_1 (int64 labels)\n"
+            "  --guidance-scale S: classifier-free guidance eps_u + S (eps_c - eps_u) (default 1:\n"
+            "  the conditional model alone; 0: unconditional); S != 1 needs a model trained with\n"
+            "  class_dropout > 0, and runs both halves as one batch of 2B\n");
 }
 
 enum { MAX_GRID_SCALE = 16 };
 
 static SampleArgs parse_args(int argc, char **argv) {
-    SampleArgs a = {.out_dir = "samples", .n = 16, .clip = -1, .scale = 1,
+    SampleArgs a = {.out_dir = "samples", .n = 16, .clip = -1, .scale = 1, .guidance_scale = NAN,
                     .sampler = {.kind = SAMPLER_ANCESTRAL}};
     static const struct option options[] = {
         {"ckpt", required_argument, 0, 'c'},    {"n", required_argument, 0, 'n'},
@@ -65,6 +76,7 @@ static SampleArgs parse_args(int argc, char **argv) {
         {"eta", required_argument, 0, 'e'},     {"noise", required_argument, 0, 'z'},
         {"save-noise", required_argument, 0, 'Z'}, {"images", required_argument, 0, 'i'},
         {"device", required_argument, 0, 'd'},  {"scale", required_argument, 0, 'x'},
+        {"class", required_argument, 0, 'C'}, {"guidance-scale", required_argument, 0, 'g'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int opt;
@@ -87,6 +99,12 @@ static SampleArgs parse_args(int argc, char **argv) {
         case 'Z': a.save_noise = optarg; break;
         case 'i': a.images = optarg; break;
         case 'x': a.scale = (int)parse_long_flag("--scale", optarg, 1, MAX_GRID_SCALE); break;
+        case 'C': a.classes = optarg; break;
+        case 'g':
+            a.guidance_scale = parse_double_flag("--guidance-scale", optarg);
+            if (!isfinite(a.guidance_scale) || fabs(a.guidance_scale) > 1e4)
+                die("--guidance-scale: %s is not a finite scale in [-1e4, 1e4]", optarg);
+            break;
         case 'd': break;   /* handled by main */
         case 'h': usage(); exit(0);
         default: usage(); exit(2);
@@ -98,6 +116,45 @@ static SampleArgs parse_args(int argc, char **argv) {
         die("--ckpt is required");
     }
     return a;
+}
+
+/* --class as n labels for the checkpoint's config: one class, a list cycled over the
+ * images, or "all" (n/classes images per class, in order: *grid_cols = n/classes puts one
+ * class per row of samples.png). NULL for an unconditional checkpoint. */
+static int32_t *sample_labels(const SampleArgs *a, const Config *c, int n, int *grid_cols) {
+    const int classes = config_num_classes(c);
+    if (c->num_class_embeds == 0) {
+        if (a->classes)
+            die("--class: %s is an unconditional model (num_class_embeds = 0)", a->ckpt);
+        if (!isnan(a->guidance_scale))
+            die("--guidance-scale: %s is an unconditional model (num_class_embeds = 0)", a->ckpt);
+        return NULL;
+    }
+    if (!a->classes)
+        die("--class is required: %s is class-conditional (%d classes); give a class, a list "
+            "C1,C2,... or all", a->ckpt, classes);
+    int32_t *labels = xmalloc((size_t)n * sizeof(int32_t));
+    if (strcmp(a->classes, "all") == 0) {
+        if (n % classes != 0)
+            die("--class all: --n %d is not a multiple of the %d classes", n, classes);
+        for (int i = 0; i < n; i++) labels[i] = i / (n / classes);
+        *grid_cols = n / classes;
+        return labels;
+    }
+    int count = 0;
+    for (const char *p = a->classes;; count++) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || (*end != ',' && *end != 0) || v < 0 || v >= classes)
+            die("--class: '%s' is not a class of %s or a list of them (0 to %d, or all)",
+                a->classes, a->ckpt, classes - 1);
+        if (count < n) labels[count] = (int32_t)v;
+        if (*end == 0) break;
+        p = end + 1;
+    }
+    count++;
+    for (int i = count; i < n; i++) labels[i] = labels[i % count];
+    return labels;
 }
 
 /* Reads an (N, H, W, C) float32 array that must fit the model; sets *n. */
@@ -124,29 +181,29 @@ static void write_npy_images(const char *path, const float *x, int n, const Conf
 
 /* The PNG grid, each image enlarged scale times; samples.npz keeps the model's size. */
 static void write_grid(const char *path, const uint8_t *pixels, int n, const Config *cfg,
-                       int scale) {
+                       int grid_cols, int scale) {
     int side = cfg->image_size, c = cfg->in_channels;
     uint8_t *scaled = scale > 1 ? images_upscale_nearest(pixels, n, side, side, c, scale) : NULL;
     char err[1024];
-    if (write_png_grid(path, scaled ? scaled : pixels, n, side * scale, side * scale, c, err,
-                       sizeof err) != 0)
+    if (write_png_grid_cols(path, scaled ? scaled : pixels, n, side * scale, side * scale, c,
+                            grid_cols, err, sizeof err) != 0)
         die("%s", err);
     free(scaled);
     fprintf(stderr, "wrote %s\n", path);
 }
 
 static void write_outputs(const char *out_dir, int n, const Config *cfg, const float *images,
-                          int scale) {
+                          const int32_t *labels, int grid_cols, int scale) {
     size_t D = (size_t)cfg->image_size * cfg->image_size * cfg->in_channels;
     uint8_t *pixels = xmalloc((size_t)n * D);
     images_to_u8(pixels, images, (size_t)n * D);
     char err[1024], path[1024];
     if (make_dirs(out_dir, err, sizeof err) != 0) die("%s", err);
     snprintf(path, sizeof path, "%s/samples.png", out_dir);
-    write_grid(path, pixels, n, cfg, scale);
+    write_grid(path, pixels, n, cfg, grid_cols, scale);
     snprintf(path, sizeof path, "%s/samples.npz", out_dir);
-    if (write_npz_u8(path, pixels, n, cfg->image_size, cfg->image_size, cfg->in_channels, err,
-                     sizeof err) != 0)
+    if (write_npz_u8_labels(path, pixels, n, cfg->image_size, cfg->image_size, cfg->in_channels,
+                            labels, err, sizeof err) != 0)
         die("%s", err);
     fprintf(stderr, "wrote %s\n", path);
     free(pixels);
@@ -227,13 +284,28 @@ int sample_main(int argc, char **argv, const Backend *be) {
     /* Before the work, not after it: an unwritable --out would waste the whole run. */
     if (check_writable_dir(a.out_dir, 1, err, sizeof err) != 0) die("--out: %s", err);
     if (a.noise) x_T = read_images_npy(a.noise, &peek, &a.n);
+    int grid_cols = 0;
+    int32_t *labels = sample_labels(&a, &peek, a.n, &grid_cols);
+    float guidance = isnan(a.guidance_scale) ? 1.0f : (float)a.guidance_scale;
+    if (labels && guidance != 1.0f && config_null_class(&peek) < 0)
+        die("--guidance-scale %g: %s was trained without label dropout (class_dropout = 0), so "
+            "it has no null class; only scale 1 (conditional) samples it", guidance, a.ckpt);
     int batch = a.batch ? a.batch : (a.n < 64 ? a.n : 64);
+    /* both halves of a guided step run as one batch: the network is planned for 2x */
+    int doubled = labels && guidance != 0.0f && guidance != 1.0f;
     Dist *dist = dist_start(be, peek.dist_timeout);
     const int rank = dist->env.rank, W = dist->env.world_size;
-    inference_load(&inf, a.ckpt, be, batch);
+    inference_load(&inf, a.ckpt, be, doubled ? 2 * batch : batch);
     SamplerPlan plan;
     make_plan(&plan, &inf, &a, 0);
     Denoiser *den = &inf.denoiser.base;
+    GuidedDenoiser guided = {0};
+    if (labels) {
+        if (guided_denoiser_init(&guided, den, guidance, config_null_class(&inf.cfg), err,
+                                 sizeof err) != 0)
+            die("--guidance-scale: %s", err);
+        den = &guided.base;
+    }
     size_t D = den->sample_size;
     if (!x_T && a.save_noise) {
         x_T = xmalloc((size_t)a.n * D * sizeof(float));
@@ -241,18 +313,21 @@ int sample_main(int argc, char **argv, const Backend *be) {
     }
     if (a.save_noise && rank == 0) write_npy_images(a.save_noise, x_T, a.n, &inf.cfg);
     if (rank == 0)
-        fprintf(stderr, "sampling %d images: %s, %d steps, batch %d, seed %llu, backend %s%s\n",
+        fprintf(stderr, "sampling %d images: %s, %d steps, batch %d, seed %llu, backend %s%s%s\n",
                 a.n, a.sampler.kind == SAMPLER_DDIM ? "ddim" : "ancestral", plan.count, batch, a.seed, be->name,
-                W > 1 ? ", chunks shared over the ranks" : "");
+                W > 1 ? ", chunks shared over the ranks" : "",
+                labels ? (doubled ? ", classifier-free guidance (batch doubled)" : ", class-conditional") : "");
     float *images = xmalloc((size_t)a.n * D * sizeof(float));
     double started = now_seconds();
-    sample_images_share(den, &plan, a.n, a.seed, x_T, NULL, images, rank == 0, rank, W);
+    sample_images_share(den, &plan, a.n, a.seed, x_T, labels, images, rank == 0, rank, W);
     if (W > 1) gather_parts(dist, &a, &inf.cfg, images, batch, D);
     if (rank == 0) {
         fprintf(stderr, "sampled in %.1f s\n", now_seconds() - started);
-        write_outputs(a.out_dir, a.n, &inf.cfg, images, a.scale);
+        write_outputs(a.out_dir, a.n, &inf.cfg, images, labels, grid_cols, a.scale);
     }
     free(images);
+    free(labels);
+    if (labels) guided_denoiser_free(&guided);
     dist_finalize(dist);
     free(x_T);
     sampler_plan_free(&plan);
@@ -272,6 +347,9 @@ int invert_main(int argc, char **argv, const Backend *be) {
     free(out_copy);
     int n;
     float *x0 = read_images_npy(a.images, &peek, &n);
+    if (!isnan(a.guidance_scale)) die("--guidance-scale: invert runs the conditional model only");
+    int grid_cols = 0;
+    int32_t *labels = sample_labels(&a, &peek, n, &grid_cols);
     int batch = a.batch ? a.batch : (n < 64 ? n : 64);
     Inference inf;
     inference_load(&inf, a.ckpt, be, batch);
@@ -279,7 +357,8 @@ int invert_main(int argc, char **argv, const Backend *be) {
     SamplerPlan plan;
     make_plan(&plan, &inf, &a, 1);
     float *x_T = xmalloc((size_t)n * inf.denoiser.base.sample_size * sizeof(float));
-    sample_images(&inf.denoiser.base, &plan, n, 0, x0, NULL, x_T, 1);
+    sample_images(&inf.denoiser.base, &plan, n, 0, x0, labels, x_T, 1);
+    free(labels);
     write_npy_images(a.out_file, x_T, n, &inf.cfg);
     free(x0);
     free(x_T);

@@ -127,3 +127,17 @@ void cpu_normal_fill(float *x, int n, size_t d, RngKey key) {
     for (int s = 0; s < n; s++)
         for (size_t e = 0; e < d; e++) x[(size_t)s * d + e] = philox_normal(key, (uint32_t)s, e);
 }
+
+/* One fmaf: at scale s the result is s*cond + (1-s)*uncond rounded once, the same on
+ * every backend (s = 3 gives 3 cond - 2 uncond exactly rounded). */
+void cpu_guidance_combine(float *out, const float *pair, int n, size_t pixels, int c,
+                          int learned_var, float scale) {
+    const size_t c_out = (size_t)c * (learned_var ? 2 : 1), per_sample = pixels * c_out;
+    const float *uncond = pair + (size_t)n * per_sample;
+    const float uncond_weight = 1.0f - scale;
+#pragma omp parallel for schedule(static)
+    for (long long i = 0; i < (long long)n * (long long)per_sample; i++) {
+        size_t channel = (size_t)i % c_out;
+        out[i] = channel < (size_t)c ? fmaf(scale, pair[i], uncond_weight * uncond[i]) : pair[i];
+    }
+}

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "diffusion.h"
+#include "guidance.h"
 #include "objective.h"
 #include "sample.h"
 #include "timestep_sampler.h"
@@ -32,6 +33,8 @@ typedef struct {
     float *host_time;                /* (B) host_t as the network's float time input */
     float *host_weight;              /* (B) */
     float *host_loss;                /* (B) the per-sample training loss */
+    int32_t *host_class;             /* (b) class-conditional: this step's labels after dropout */
+    int32_t *grid_labels;            /* (sample_n) class-conditional: the training grids' classes */
 } Ddpm;
 
 /* hybrid: L_simple + (T/1000) L_t, i.e. lambda = 0.001 on L_vlb = T E_t[L_t], with the
@@ -54,6 +57,18 @@ static void ddpm_draw(Objective *o, long step, int B) {
     for (int i = 0; i < B; i++) d->host_time[i] = (float)d->host_t[i];
 }
 
+/* The class input of a class-conditional model: the batch's labels, each replaced by the
+ * null class with probability class_dropout (classifier-free guidance). */
+static void feed_classes(Ddpm *d, Net *net, const StepBatch *batch) {
+    const Config *c = &d->cfg;
+    if (!batch->labels) die("internal: a class-conditional model got a batch without labels");
+    RngKey key = {c->seed, RNG_STREAM_LABEL_DROP, (uint32_t)batch->step, 0};
+    label_dropout(d->host_class, batch->labels + batch->sample0, batch->b, batch->sample0,
+                  config_null_class(c) >= 0 ? c->class_dropout : 0.0, config_null_class(c), key);
+    d->be->to_device(net_input_data(net, "class_labels"), d->host_class,
+                     (size_t)batch->b * sizeof(int32_t));
+}
+
 static void ddpm_prepare(Objective *o, Net *net, const StepBatch *batch) {
     Ddpm *d = o->state;
     const Backend *be = d->be;
@@ -66,6 +81,7 @@ static void ddpm_prepare(Objective *o, Net *net, const StepBatch *batch) {
     RngKey flip_key = {c->seed, RNG_STREAM_FLIP, step, batch->sample0};
     RngKey eps_key = {c->seed, RNG_STREAM_EPS, step, batch->sample0};
     float *x_t = net_input_data(net, "sample");
+    if (c->num_class_embeds > 0) feed_classes(d, net, batch);
     if (batch->values) {
         be->q_sample(x_t, d->target, batch->values, d->t, d->schedule.sqrt_ac,
                      d->schedule.sqrt_1m_ac, b, net_per_sample(net, net_input(net, "sample")),
@@ -132,8 +148,15 @@ static int ddpm_extras(Objective *o, CheckpointExtra *extras, int max) {
 static void ddpm_sample(Objective *o, Net *net, const float *weights, int n, uint64_t seed,
                         float *out) {
     Ddpm *d = o->state;
+    const int32_t *labels = NULL;
+    if (d->cfg.num_class_embeds > 0) {   /* the grid cycles through the classes */
+        free(d->grid_labels);
+        d->grid_labels = xmalloc((size_t)n * sizeof(int32_t));
+        for (int i = 0; i < n; i++) d->grid_labels[i] = i % config_num_classes(&d->cfg);
+        labels = d->grid_labels;
+    }
     sample_images_default(net, weights, &d->diffusion, d->cfg.learn_sigma, n, seed,
-                          d->cfg.clip_denoised, NULL, out);
+                          d->cfg.clip_denoised, labels, out);
 }
 
 static void ddpm_free(Objective *o) {
@@ -150,6 +173,8 @@ static void ddpm_free(Objective *o) {
     free(d->host_time);
     free(d->host_weight);
     free(d->host_loss);
+    free(d->host_class);
+    free(d->grid_labels);
     free(d);
 }
 
@@ -186,6 +211,7 @@ Objective *objective_ddpm_create(const Backend *be, const Config *cfg, int b, in
     d->host_time = xmalloc((size_t)B * sizeof(float));
     d->host_weight = xmalloc((size_t)B * sizeof(float));
     d->host_loss = xmalloc((size_t)B * sizeof(float));
+    d->host_class = xmalloc((size_t)b * sizeof(int32_t));
     Objective *o = xcalloc(1, sizeof *o);
     *o = (Objective){.ops = &ddpm_ops, .stats_per_sample = DDPM_STATS, .state = d};
     return o;

@@ -48,6 +48,8 @@ static const ConfigKey keys[] = {
     NUM(dropout, KEY_DOUBLE, 0, 0.99, 1),
     NUM(num_classes, KEY_INT, 0, 100000, 1),
     NUM(classifier_t_max, KEY_INT, 0, 100000, 0),
+    NUM(num_class_embeds, KEY_INT, 0, 1000000, 1),
+    NUM(class_dropout, KEY_DOUBLE, 0, 0.99, 1),
     NUM(timesteps, KEY_INT, 2, 100000, 1),
     STR(beta_schedule, "linear|cosine|quadratic|sigmoid", 1),
     ENUM(prediction, "eps|x0|v", 1),
@@ -105,6 +107,7 @@ void config_defaults(Config *c) {
         .image_size = 32, .in_channels = 1, .out_channels = 1, .ch = 64,
         .ch_mult = {1, 2, 2, 2}, .n_ch_mult = 4, .num_res_blocks = 2,
         .attn_resolutions = {16}, .n_attn_resolutions = 1, .groups = 32, .dropout = 0.1,
+        .class_dropout = 0.1,
         .timesteps = 1000, .clip_denoised = 1, .data_limit = 0, .hflip = 1,
         .batch_size = 32, .steps = 1000, .lr = 2e-4, .warmup = 100,
         .beta1 = 0.9, .beta2 = 0.999, .adam_eps = 1e-8, .weight_decay = 0.0,
@@ -356,7 +359,19 @@ int config_validate(const Config *c, char *err, size_t err_size) {
     if (c->classifier_t_max > c->timesteps)
         return fail(err, err_size, "%s: key 'classifier_t_max' = %d exceeds 'timesteps' = %d", o,
                     c->classifier_t_max, c->timesteps);
+    if (c->num_class_embeds > 0 && config_num_classes(c) < 1)
+        return fail(err, err_size, "%s: key 'num_class_embeds' = %d leaves no class beside the "
+                    "null class (class_dropout > 0 makes the last row the null class)", o,
+                    c->num_class_embeds);
     return 0;
+}
+
+int config_num_classes(const Config *c) {
+    return c->num_class_embeds - (c->num_class_embeds > 0 && c->class_dropout > 0);
+}
+
+int config_null_class(const Config *c) {
+    return c->num_class_embeds > 0 && c->class_dropout > 0 ? c->num_class_embeds - 1 : -1;
 }
 
 /* Saved activations per resolution in a residual block: two norms, two activations, two

@@ -61,10 +61,10 @@ typedef struct {
     long long cols, rows, width, height; /* long long: checked against PNG_MAX_SIDE */
 } GridLayout;
 
-/* The nearest-to-square grid: ceil(sqrt(n)) columns, as many rows as needed. */
-static GridLayout grid_layout(int n, int h, int w) {
-    long long cols = 1;
-    while (cols * cols < n) cols++;
+/* cols columns (0: the nearest-to-square grid, ceil(sqrt(n))), as many rows as needed. */
+static GridLayout grid_layout(int n, int h, int w, int fixed_cols) {
+    long long cols = fixed_cols > 0 ? fixed_cols : 1;
+    while (fixed_cols <= 0 && cols * cols < n) cols++;
     long long rows = (n + cols - 1) / cols;
     return (GridLayout){.cols = cols, .rows = rows,
                         .width = cols * w + (cols + 1) * GRID_GAP,
@@ -150,12 +150,17 @@ static int encode_png(PngWriter *out, const uint8_t *pixels, int width, int heig
 
 int write_png_grid(const char *path, const uint8_t *images, int n, int h, int w, int c,
                    char *err, size_t err_size) {
+    return write_png_grid_cols(path, images, n, h, w, c, 0, err, err_size);
+}
+
+int write_png_grid_cols(const char *path, const uint8_t *images, int n, int h, int w, int c,
+                        int cols, char *err, size_t err_size) {
     if (check_image_shape(path, n, h, w, c, err, err_size) != 0) return -1;
     if (c != 1 && c != 3) {
         snprintf(err, err_size, "%s: PNG grid needs 1 or 3 channels, got %d", path, c);
         return -1;
     }
-    GridLayout g = grid_layout(n, h, w);
+    GridLayout g = grid_layout(n, h, w, cols);
     if (g.width > PNG_MAX_SIDE || g.height > PNG_MAX_SIDE) {
         snprintf(err, err_size, "%s: a %lld x %lld grid is too large for a PNG", path, g.width,
                  g.height);
@@ -177,11 +182,11 @@ int write_png_grid(const char *path, const uint8_t *images, int n, int h, int w,
 /* Writes the .npy v1.0 preamble of a C-order uint8 array of shape (n, h, w, c): magic,
  * version, little-endian header length, then the header dict padded with spaces and a
  * final '\n' to a multiple of NPY_ALIGN bytes. Returns the preamble's length. */
-static size_t npy_preamble(unsigned char out[NPY_PREAMBLE_MAX], int n, int h, int w, int c) {
+static size_t npy_preamble_of(unsigned char out[NPY_PREAMBLE_MAX], const char *descr,
+                              const char *shape) {
     char dict[NPY_PREAMBLE_MAX];
     int dict_len = snprintf(dict, sizeof dict,
-                            "{'descr': '|u1', 'fortran_order': False, 'shape': (%d, %d, %d, %d), }",
-                            n, h, w, c);
+                            "{'descr': '%s', 'fortran_order': False, 'shape': %s, }", descr, shape);
     size_t unpadded = NPY_FIXED_BYTES + (size_t)dict_len + 1; /* + 1 for the '\n' */
     size_t total = (unpadded + NPY_ALIGN - 1) / NPY_ALIGN * NPY_ALIGN;
     size_t header_len = total - NPY_FIXED_BYTES;
@@ -192,6 +197,12 @@ static size_t npy_preamble(unsigned char out[NPY_PREAMBLE_MAX], int n, int h, in
     memset(out + NPY_FIXED_BYTES + dict_len, ' ', header_len - (size_t)dict_len - 1);
     out[total - 1] = '\n';
     return total;
+}
+
+static size_t npy_preamble(unsigned char out[NPY_PREAMBLE_MAX], int n, int h, int w, int c) {
+    char shape[128];
+    snprintf(shape, sizeof shape, "(%d, %d, %d, %d)", n, h, w, c);
+    return npy_preamble_of(out, "|u1", shape);
 }
 
 /* Adds one uncompressed entry made of the given pieces (not copied; they must outlive
@@ -243,8 +254,10 @@ static int read_source(zip_source_t *source, unsigned char **bytes, size_t *size
     return 0;
 }
 
-/* Builds a zip archive holding one entry, entirely in memory. */
+/* Builds a zip archive holding one entry (two when name2 is not NULL: parts2), entirely in
+ * memory. */
 static int zip_in_memory(const char *name, zip_buffer_fragment_t *parts, int n_parts,
+                         const char *name2, zip_buffer_fragment_t *parts2, int n_parts2,
                          unsigned char **bytes, size_t *size, char *msg, size_t msg_size) {
     zip_error_t error;
     zip_error_init(&error);
@@ -259,6 +272,7 @@ static int zip_in_memory(const char *name, zip_buffer_fragment_t *parts, int n_p
     zip_error_fini(&error);
     zip_source_keep(memory); /* the archive frees its source on close; we read it after */
     int rc = add_stored_entry(archive, name, parts, n_parts, msg, msg_size);
+    if (rc == 0 && name2) rc = add_stored_entry(archive, name2, parts2, n_parts2, msg, msg_size);
     if (rc == 0 && zip_close(archive) != 0) {
         snprintf(msg, msg_size, "%s", zip_strerror(archive));
         rc = -1;
@@ -271,6 +285,11 @@ static int zip_in_memory(const char *name, zip_buffer_fragment_t *parts, int n_p
 
 int write_npz_u8(const char *path, const uint8_t *images, int n, int h, int w, int c, char *err,
                  size_t err_size) {
+    return write_npz_u8_labels(path, images, n, h, w, c, NULL, err, err_size);
+}
+
+int write_npz_u8_labels(const char *path, const uint8_t *images, int n, int h, int w, int c,
+                        const int32_t *labels, char *err, size_t err_size) {
     if (check_image_shape(path, n, h, w, c, err, err_size) != 0) return -1;
     unsigned char preamble[NPY_PREAMBLE_MAX];
     size_t preamble_size = npy_preamble(preamble, n, h, w, c);
@@ -281,7 +300,19 @@ int write_npz_u8(const char *path, const uint8_t *images, int n, int h, int w, i
     unsigned char *archive = NULL;
     size_t archive_size = 0;
     char reason[256];
-    if (zip_in_memory("arr_0.npy", parts, 2, &archive, &archive_size, reason, sizeof reason) != 0) {
+    /* arr_1: the labels as int64, as numpy.savez writes guided-diffusion's */
+    unsigned char label_preamble[NPY_PREAMBLE_MAX];
+    char label_shape[32];
+    snprintf(label_shape, sizeof label_shape, "(%d,)", n);
+    int64_t *wide = labels ? xmalloc((size_t)n * sizeof(int64_t) + 1) : NULL;
+    for (int i = 0; labels && i < n; i++) wide[i] = labels[i];
+    zip_buffer_fragment_t label_parts[2] = {
+        {label_preamble, npy_preamble_of(label_preamble, "<i8", label_shape)},
+        {(zip_uint8_t *)wide, (size_t)n * sizeof(int64_t)}};
+    int zipped = zip_in_memory("arr_0.npy", parts, 2, labels ? "arr_1.npy" : NULL, label_parts,
+                               2, &archive, &archive_size, reason, sizeof reason);
+    free(wide);
+    if (zipped != 0) {
         snprintf(err, err_size, "%s: building the zip archive failed: %s", path, reason);
         return -1;
     }

@@ -62,9 +62,16 @@ int block_upsample(Net *net, const char *prefix, int x) {
 }
 
 int block_time_embedding(Net *net, int t, int ch, int temb_dim) {
+    return block_time_class_embedding(net, t, ch, temb_dim, -1, 0);
+}
+
+int block_time_class_embedding(Net *net, int t, int ch, int temb_dim, int class_ids,
+                               int class_rows) {
     int sinusoid = net_timestep_embedding(net, t, ch);
     int h = net_linear(net, "time_embedding.linear_1", sinusoid, temb_dim);
     h = net_silu(net, h);
     h = net_linear(net, "time_embedding.linear_2", h, temb_dim);
+    if (class_ids >= 0)
+        h = net_add(net, h, net_embedding(net, "class_embedding", class_ids, class_rows, temb_dim));
     return net_silu(net, h);
 }

@@ -25,7 +25,13 @@ int unet_encoder(Net *net, const Config *cfg, int x, int t, int *temb_out, int *
     const BlockNorm norm = unet_norm(cfg);
     const int levels = cfg->n_ch_mult;
     char name[96];
-    int temb = block_time_embedding(net, t, cfg->ch, 4 * cfg->ch);
+    int class_ids = -1;
+    if (cfg->num_class_embeds > 0) {
+        class_ids = net_input(net, "class_labels");
+        if (class_ids < 0) die("internal: a class-conditional encoder needs a class_labels input");
+    }
+    int temb = block_time_class_embedding(net, t, cfg->ch, 4 * cfg->ch, class_ids,
+                                          cfg->num_class_embeds);
     *n_skips = 0;
     x = net_conv(net, "conv_in", x, cfg->ch, 3, 1, 1, 1);
     skips[(*n_skips)++] = x;
@@ -85,6 +91,7 @@ Net *unet_build(const Backend *be, const Config *cfg, int max_batch, int input_g
     int x = net_add_input(net, "sample", NET_F32, cfg->image_size, cfg->image_size,
                           cfg->in_channels, input_grad);
     int t = net_add_input(net, "timestep", NET_F32, 1, 1, 1, 0);
+    if (cfg->num_class_embeds > 0) net_add_input(net, "class_labels", NET_I32, 1, 1, 1, 0);
     int skips[UNET_MAX_SKIPS], n_skips, temb;
     int mid = unet_encoder(net, cfg, x, t, &temb, skips, &n_skips);
     net_add_output(net, "sample", unet_decoder(net, cfg, mid, temb, skips, n_skips));

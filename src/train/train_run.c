@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "dist.h"
+#include "guidance.h"
 #include "image_io.h"
 #include "sample.h"
 #include "train.h"
@@ -49,6 +50,9 @@ static void load_dataset(const Config *c, Dataset *data) {
         die("%s: images are %dx%dx%d, the config wants %dx%dx%d (image_size, in_channels)",
             c->data_path, data->height, data->width, data->channels, c->image_size,
             c->image_size, c->in_channels);
+    if (c->num_class_embeds > 0 &&
+        dataset_check_classes(data, c->data_path, config_num_classes(c), err, sizeof err) != 0)
+        die("%s", err);
 }
 
 /* One run per out_dir: a second run would interleave checkpoints and log rows with this
