@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "checkpoint.h"
+#include "classifier.h"
+#include "classifier_guidance.h"
 #include "dist.h"
 #include "guidance.h"
 #include "image_io.h"
@@ -40,6 +42,8 @@ typedef struct {
     const char *ckpt, *out_dir, *noise, *save_noise, *images, *out_file;
     const char *classes;        /* --class: "C", "C1,C2,..." or "all" */
     double guidance_scale;      /* --guidance-scale; NAN when not given */
+    const char *classifier;     /* --classifier: a noisy classifier checkpoint (guidance) */
+    double classifier_scale;    /* --classifier-scale; NAN when not given */
     int n, batch, clip, scale;
     unsigned long long seed;
     SamplerOptions sampler;
@@ -51,6 +55,7 @@ static void usage(void) {
             "                   [--sampler ancestral|ddim] [--steps SPEC] [--eta E]\n"
             "                   [--noise x_T.npy] [--save-noise x_T.npy] [--scale K]\n"
             "                   [--class C|C1,C2,...|all] [--guidance-scale S]\n"
+            "                   [--classifier CKPT [--classifier-scale S]]\n"
             "       ddpm invert --ckpt FILE --images x0.npy --out x_T.npy [--steps SPEC] [--batch B]\n"
             "  SPEC: every timestep (default), N (respaced), ddimN, or section counts like 10,10,20\n"
             "  sample writes DIR/samples.png and DIR/samples.npz (arr_0: uint8 N,H,W,C)\n"
@@ -60,13 +65,18 @@ static void usage(void) {
             "  one row per class in samples.png; samples.npz then holds arr_1 (int64 labels)\n"
             "  --guidance-scale S: classifier-free guidance eps_u + S (eps_c - eps_u) (default 1:\n"
             "  the conditional model alone; 0: unconditional); S != 1 needs a model trained with\n"
-            "  class_dropout > 0, and runs both halves as one batch of 2B\n");
+            "  class_dropout > 0, and runs both halves as one batch of 2B\n"
+            "  --classifier CKPT: classifier guidance (objective=classifier checkpoint, trained on\n"
+            "  x_t) at --classifier-scale S (default 1): ancestral sampling shifts each step's mean\n"
+            "  by S Sigma grad log p(y|x_t), DDIM shifts eps by -S sqrt(1-abar) grad log p(y|x_t);\n"
+            "  --class then names the classes, also for an unconditional model\n");
 }
 
 enum { MAX_GRID_SCALE = 16 };
 
 static SampleArgs parse_args(int argc, char **argv) {
     SampleArgs a = {.out_dir = "samples", .n = 16, .clip = -1, .scale = 1, .guidance_scale = NAN,
+                    .classifier_scale = NAN,
                     .sampler = {.kind = SAMPLER_ANCESTRAL}};
     static const struct option options[] = {
         {"ckpt", required_argument, 0, 'c'},    {"n", required_argument, 0, 'n'},
@@ -77,6 +87,8 @@ static SampleArgs parse_args(int argc, char **argv) {
         {"save-noise", required_argument, 0, 'Z'}, {"images", required_argument, 0, 'i'},
         {"device", required_argument, 0, 'd'},  {"scale", required_argument, 0, 'x'},
         {"class", required_argument, 0, 'C'}, {"guidance-scale", required_argument, 0, 'g'},
+        {"classifier", required_argument, 0, 'K'},
+        {"classifier-scale", required_argument, 0, 'G'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int opt;
@@ -105,6 +117,12 @@ static SampleArgs parse_args(int argc, char **argv) {
             if (!isfinite(a.guidance_scale) || fabs(a.guidance_scale) > 1e4)
                 die("--guidance-scale: %s is not a finite scale in [-1e4, 1e4]", optarg);
             break;
+        case 'K': a.classifier = optarg; break;
+        case 'G':
+            a.classifier_scale = parse_double_flag("--classifier-scale", optarg);
+            if (!isfinite(a.classifier_scale) || fabs(a.classifier_scale) > 1e4)
+                die("--classifier-scale: %s is not a finite scale in [-1e4, 1e4]", optarg);
+            break;
         case 'd': break;   /* handled by main */
         case 'h': usage(); exit(0);
         default: usage(); exit(2);
@@ -115,15 +133,21 @@ static SampleArgs parse_args(int argc, char **argv) {
         usage();
         die("--ckpt is required");
     }
+    if (!isnan(a.classifier_scale) && !a.classifier)
+        die("--classifier-scale needs --classifier CKPT (a noisy classifier)");
     return a;
 }
 
 /* --class as n labels for the checkpoint's config: one class, a list cycled over the
  * images, or "all" (n/classes images per class, in order: *grid_cols = n/classes puts one
  * class per row of samples.png). NULL for an unconditional checkpoint. */
-static int32_t *sample_labels(const SampleArgs *a, const Config *c, int n, int *grid_cols) {
-    const int classes = config_num_classes(c);
-    if (c->num_class_embeds == 0) {
+static int32_t *sample_labels(const SampleArgs *a, const Config *c, int classifier_classes,
+                              int n, int *grid_cols) {
+    /* classifier guidance names the classifier's classes, also for an unconditional model */
+    const int classes = c->num_class_embeds ? config_num_classes(c) : classifier_classes;
+    if (c->num_class_embeds == 0 && !isnan(a->guidance_scale))
+        die("--guidance-scale: %s is an unconditional model (num_class_embeds = 0)", a->ckpt);
+    if (c->num_class_embeds == 0 && classifier_classes == 0) {
         if (a->classes)
             die("--class: %s is an unconditional model (num_class_embeds = 0)", a->ckpt);
         if (!isnan(a->guidance_scale))
@@ -131,8 +155,9 @@ static int32_t *sample_labels(const SampleArgs *a, const Config *c, int n, int *
         return NULL;
     }
     if (!a->classes)
-        die("--class is required: %s is class-conditional (%d classes); give a class, a list "
-            "C1,C2,... or all", a->ckpt, classes);
+        die("--class is required: %s is %s (%d classes); give a class, a list C1,C2,... or all",
+            c->num_class_embeds ? a->ckpt : a->classifier,
+            c->num_class_embeds ? "class-conditional" : "a classifier", classes);
     int32_t *labels = xmalloc((size_t)n * sizeof(int32_t));
     if (strcmp(a->classes, "all") == 0) {
         if (n % classes != 0)
@@ -147,7 +172,7 @@ static int32_t *sample_labels(const SampleArgs *a, const Config *c, int n, int *
         long v = strtol(p, &end, 10);
         if (end == p || (*end != ',' && *end != 0) || v < 0 || v >= classes)
             die("--class: '%s' is not a class of %s or a list of them (0 to %d, or all)",
-                a->classes, a->ckpt, classes - 1);
+                a->classes, c->num_class_embeds ? a->ckpt : a->classifier, classes - 1);
         if (count < n) labels[count] = (int32_t)v;
         if (*end == 0) break;
         p = end + 1;
@@ -273,6 +298,27 @@ static void gather_parts(Dist *dist, const SampleArgs *a, const Config *c, float
     }
 }
 
+/* The classifier's config, checked against the model before any work: the same images
+ * (size, channels) and the same timesteps, so that it reads x_t at the model's t. */
+static void read_classifier_config(const SampleArgs *a, const Config *model, Config *c) {
+    char err[1024];
+    config_defaults(c);
+    if (checkpoint_read_config(a->classifier, c, err, sizeof err) != 0) die("%s", err);
+    if (c->objective != OBJECTIVE_CLASSIFIER)
+        die("--classifier %s: a %s checkpoint, not a classifier (objective=classifier)",
+            a->classifier, config_enum_name("objective", c->objective));
+    if (c->image_size != model->image_size || c->in_channels != model->in_channels)
+        die("--classifier %s: it reads %dx%dx%d images, the model %s makes %dx%dx%d",
+            a->classifier, c->image_size, c->image_size, c->in_channels, a->ckpt,
+            model->image_size, model->image_size, model->in_channels);
+    if (c->timesteps != model->timesteps)
+        die("--classifier %s: trained on %d timesteps, the model %s has %d", a->classifier,
+            c->timesteps, a->ckpt, model->timesteps);
+    if (model->num_class_embeds && config_num_classes(model) != c->num_classes)
+        die("--classifier %s: %d classes, the model %s has %d", a->classifier, c->num_classes,
+            a->ckpt, config_num_classes(model));
+}
+
 int sample_main(int argc, char **argv, const Backend *be) {
     SampleArgs a = parse_args(argc, argv);
     Inference inf;
@@ -285,14 +331,18 @@ int sample_main(int argc, char **argv, const Backend *be) {
     if (check_writable_dir(a.out_dir, 1, err, sizeof err) != 0) die("--out: %s", err);
     if (a.noise) x_T = read_images_npy(a.noise, &peek, &a.n);
     int grid_cols = 0;
-    int32_t *labels = sample_labels(&a, &peek, a.n, &grid_cols);
+    Config classifier_cfg;
+    if (a.classifier) read_classifier_config(&a, &peek, &classifier_cfg);
+    int32_t *labels = sample_labels(&a, &peek, a.classifier ? classifier_cfg.num_classes : 0,
+                                    a.n, &grid_cols);
     float guidance = isnan(a.guidance_scale) ? 1.0f : (float)a.guidance_scale;
     if (labels && guidance != 1.0f && config_null_class(&peek) < 0)
         die("--guidance-scale %g: %s was trained without label dropout (class_dropout = 0), so "
             "it has no null class; only scale 1 (conditional) samples it", guidance, a.ckpt);
     int batch = a.batch ? a.batch : (a.n < 64 ? a.n : 64);
     /* both halves of a guided step run as one batch: the network is planned for 2x */
-    int doubled = labels && guidance != 0.0f && guidance != 1.0f;
+    const int conditional = peek.num_class_embeds > 0;
+    int doubled = conditional && guidance != 0.0f && guidance != 1.0f;
     Dist *dist = dist_start(be, peek.dist_timeout);
     const int rank = dist->env.rank, W = dist->env.world_size;
     inference_load(&inf, a.ckpt, be, doubled ? 2 * batch : batch);
@@ -300,11 +350,24 @@ int sample_main(int argc, char **argv, const Backend *be) {
     make_plan(&plan, &inf, &a, 0);
     Denoiser *den = &inf.denoiser.base;
     GuidedDenoiser guided = {0};
-    if (labels) {
+    if (conditional) {
         if (guided_denoiser_init(&guided, den, guidance, config_null_class(&inf.cfg), err,
                                  sizeof err) != 0)
             die("--guidance-scale: %s", err);
         den = &guided.base;
+    }
+    ClassifierGuidance classifier_guided = {0};
+    NetClassGradient class_gradient = {0};
+    Net *classifier = NULL;
+    if (a.classifier) {
+        classifier = classifier_load(a.classifier, be, batch, 1, &classifier_cfg, NULL);
+        net_class_gradient_init(&class_gradient, classifier);
+        float scale = isnan(a.classifier_scale) ? 1.0f : (float)a.classifier_scale;
+        if (classifier_guidance_init(&classifier_guided, den, &class_gradient.base, &plan,
+                                     a.sampler.kind, inf.diffusion.num_timesteps, scale, err,
+                                     sizeof err) != 0)
+            die("--classifier %s: %s", a.classifier, err);
+        den = &classifier_guided.base;
     }
     size_t D = den->sample_size;
     if (!x_T && a.save_noise) {
@@ -316,7 +379,11 @@ int sample_main(int argc, char **argv, const Backend *be) {
         fprintf(stderr, "sampling %d images: %s, %d steps, batch %d, seed %llu, backend %s%s%s\n",
                 a.n, a.sampler.kind == SAMPLER_DDIM ? "ddim" : "ancestral", plan.count, batch, a.seed, be->name,
                 W > 1 ? ", chunks shared over the ranks" : "",
-                labels ? (doubled ? ", classifier-free guidance (batch doubled)" : ", class-conditional") : "");
+                conditional ? (doubled ? ", classifier-free guidance (batch doubled)"
+                                       : ", class-conditional") : "");
+    if (rank == 0 && a.classifier)
+        fprintf(stderr, "classifier guidance: %s at scale %g\n", a.classifier,
+                isnan(a.classifier_scale) ? 1.0 : a.classifier_scale);
     float *images = xmalloc((size_t)a.n * D * sizeof(float));
     double started = now_seconds();
     sample_images_share(den, &plan, a.n, a.seed, x_T, labels, images, rank == 0, rank, W);
@@ -327,7 +394,12 @@ int sample_main(int argc, char **argv, const Backend *be) {
     }
     free(images);
     free(labels);
-    if (labels) guided_denoiser_free(&guided);
+    if (conditional) guided_denoiser_free(&guided);
+    if (classifier) {
+        classifier_guidance_free(&classifier_guided);
+        net_class_gradient_free(&class_gradient);
+        net_free(classifier);
+    }
     dist_finalize(dist);
     free(x_T);
     sampler_plan_free(&plan);
@@ -348,8 +420,9 @@ int invert_main(int argc, char **argv, const Backend *be) {
     int n;
     float *x0 = read_images_npy(a.images, &peek, &n);
     if (!isnan(a.guidance_scale)) die("--guidance-scale: invert runs the conditional model only");
+    if (a.classifier) die("--classifier: invert runs the model only, without guidance");
     int grid_cols = 0;
-    int32_t *labels = sample_labels(&a, &peek, n, &grid_cols);
+    int32_t *labels = sample_labels(&a, &peek, 0, n, &grid_cols);
     int batch = a.batch ? a.batch : (n < 64 ? n : 64);
     Inference inf;
     inference_load(&inf, a.ckpt, be, batch);
