@@ -65,6 +65,9 @@ struct Objective {
 /* The DDPM objective for cfg (L_simple, hybrid or kl; uniform or importance-sampled
  * timesteps), for b local samples of a global batch of B. */
 Objective *objective_ddpm_create(const Backend *be, const Config *cfg, int b, int B);
+/* The rectified-flow objective (objective_flow.c, flow.h): the velocity eps - x0 at a
+ * uniform or logit-normal t, the network at time 1000 t. */
+Objective *objective_flow_create(const Backend *be, const Config *cfg, int b, int B);
 void objective_free(Objective *o);
 
 #endif
