@@ -82,4 +82,6 @@ expect_error "flow with the importance sampler" "loss_second_moment is for objec
     "$DDPM" train --config "$ROOT/configs/tiny" objective=flow timestep_sampler=loss_second_moment steps=1
 expect_error "eval of a flow checkpoint" "eval computes DDPM bits/dim" \
     "$DDPM" eval --ckpt "$ckpt" --data "$FASHION" --n 4
+expect_error "export of a flow checkpoint" "export writes a DDPMPipeline" \
+    "$DDPM" export --ckpt "$ckpt" --out "$WORK/exported"
 finish
