@@ -9,7 +9,8 @@
 # at nfe = 5 10 20 50 100 model evaluations, from the same seed and batch (hence the same x_T
 # for every set), shift 1. Each set's log keeps the time per model evaluation.
 #
-# usage: tools/flow_compare.sh DDPM_CKPT FLOW_CKPT OUT_DIR [ddpm|flow|all]
+# usage: tools/flow_compare.sh DDPM_CKPT FLOW_CKPT OUT_DIR [ddpm|euler|heun|flow|all]
+#   (flow = euler and heun; the parts can run as separate processes)
 #   N (default 500) images per set, BATCH (default 125), SEED (default 0), DDPM (binary,
 #   default bin/ddpm).
 set -euo pipefail
@@ -31,9 +32,7 @@ one() {   # name ckpt sampler steps
 }
 
 for nfe in $NFES; do
-    if [ "$which" != flow ]; then one "ddpm_ddim_$nfe" "$ddpm_ckpt" ddim "ddim$nfe"; fi
-    if [ "$which" != ddpm ]; then
-        one "fm_euler_$nfe" "$flow_ckpt" euler "$nfe"
-        one "fm_heun_$nfe" "$flow_ckpt" heun $(((nfe + 1) / 2))
-    fi
+    case $which in ddpm | all) one "ddpm_ddim_$nfe" "$ddpm_ckpt" ddim "ddim$nfe" ;; esac
+    case $which in euler | flow | all) one "fm_euler_$nfe" "$flow_ckpt" euler "$nfe" ;; esac
+    case $which in heun | flow | all) one "fm_heun_$nfe" "$flow_ckpt" heun $(((nfe + 1) / 2)) ;; esac
 done
