@@ -67,7 +67,9 @@ typedef struct {
     int vb_trains_mean;    /* 0 (hybrid): the VLB term's gradient reaches only v */
 } LossSpec;
 
-typedef enum { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2 } PredictionType;
+/* PRED_VELOCITY: flow matching's u = dx_t/dt = eps - x0 (flow.h); never a config value of
+ * `prediction` and never seen by the DDPM ops: the DDPM samplers refuse it. */
+typedef enum { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2, PRED_VELOCITY = 3 } PredictionType;
 
 /* BACKEND_OPS(X): every op of the table, X(return type, name, (parameters)), grouped as
  * memory, nn primitives, fused diffusion steps and optimizer. This one list declares the

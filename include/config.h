@@ -11,7 +11,10 @@
  * variance use PredictionType (backend.h) and VarianceType (diffusion.h). */
 typedef enum { LOSS_MSE = 0, LOSS_HYBRID = 1, LOSS_KL = 2 } LossKind;
 typedef enum { SAVE_ERROR_STOP = 0, SAVE_ERROR_CONTINUE = 1 } SaveErrorPolicy;
-typedef enum { TIMESTEPS_UNIFORM = 0, TIMESTEPS_LOSS_SECOND_MOMENT = 1 } TimestepSamplerKind;
+typedef enum {
+    TIMESTEPS_UNIFORM = 0, TIMESTEPS_LOSS_SECOND_MOMENT = 1,
+    TIMESTEPS_LOGIT_NORMAL = 2      /* flow: t = sigmoid(logit_mean + logit_std z) (SD3) */
+} TimestepSamplerKind;
 typedef enum {
     DATASET_FASHION_MNIST = 0, DATASET_MNIST = 1, DATASET_CIFAR10 = 2,
     DATASET_LATENTS = 3,        /* float data: data_path is a safetensors file (data.h) */
@@ -54,7 +57,12 @@ typedef struct {
     int learn_sigma;                          /* the model also outputs v: out_channels = 2 x in */
     int loss;                                 /* LossKind: mse | hybrid (mse + T/1000 L_vlb) |
                                                  kl (T L_t) */
-    int timestep_sampler;                     /* TimestepSamplerKind: uniform | loss_second_moment */
+    int timestep_sampler;                     /* TimestepSamplerKind: uniform | loss_second_moment
+                                                 (ddpm) | logit_normal (flow) */
+    /* flow matching (objective=flow, flow.h) */
+    double logit_mean, logit_std;             /* logit_normal time sampling (SD3: 0, 1) */
+    double flow_shift;                        /* sigma grid shift of the training-time grids */
+    int flow_steps;                           /* Euler steps of the training-time grids */
     int clip_denoised;                        /* clamp predicted x0 to [-1, 1] when sampling */
     /* data */
     int dataset;                              /* DatasetKind: fashion_mnist | mnist | cifar10 |

@@ -71,6 +71,9 @@ Objective *objective_ddpm_create(const Backend *be, const Config *cfg, int b, in
 /* The noisy classifier's cross-entropy on x_t (objective=classifier; classifier.h). The
  * report's aux is the batch accuracy. */
 Objective *objective_classifier_create(const Backend *be, const Config *cfg, int b, int B);
+/* The rectified-flow objective (objective_flow.c, flow.h): the velocity eps - x0 at a
+ * uniform or logit-normal t, the network at time 1000 t. */
+Objective *objective_flow_create(const Backend *be, const Config *cfg, int b, int B);
 void objective_free(Objective *o);
 
 #endif

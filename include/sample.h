@@ -13,16 +13,18 @@
 #include "diffusion.h"
 #include "graph.h"
 
-typedef enum { SAMPLER_ANCESTRAL = 0, SAMPLER_DDIM = 1 } SamplerKind;
+/* EULER and HEUN are the flow samplers (flow.h): they run a PRED_VELOCITY denoiser. */
+typedef enum { SAMPLER_ANCESTRAL = 0, SAMPLER_DDIM = 1, SAMPLER_EULER = 2, SAMPLER_HEUN = 3 } SamplerKind;
 
 typedef struct {
     SamplerKind kind;
     const char *spacing;     /* NULL or "": every timestep; else "50", "ddim50", "10,10,20" */
     double eta;              /* DDIM noise, in [0, 1] */
     int clip_denoised;
+    double shift;            /* flow samplers: the sigma grid's shift (> 0; 0 means 1) */
 } SamplerOptions;
 
-/* "ancestral" or "ddim"; returns -1 for anything else. */
+/* "ancestral", "ddim", "euler" or "heun"; returns -1 for anything else. */
 int sampler_kind_from_name(const char *name, SamplerKind *kind);
 
 typedef struct SamplerPlan SamplerPlan;
@@ -37,6 +39,12 @@ struct SamplerPlan {
     int *model_t;                /* (count) the model's timestep at step i */
     SampleUpdate *update;        /* (count) the fused update of an affine step */
     SamplerStepFn step;
+    /* flow samplers (flow.h): step i goes from sigmas[i] to sigmas[i + 1] (ascending = 1) */
+    double *sigmas;              /* (count + 1), or NULL */
+    int heun, heun_last_euler;
+    float *scratch;              /* (2, max_batch, D) backend: Heun's first velocity and its
+                                    Euler point, or NULL */
+    const Backend *scratch_be;
 };
 
 /* The plan for a model whose output is laid out as `model` says (its parameterisation

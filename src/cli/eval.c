@@ -162,6 +162,9 @@ static void evaluator_init(Evaluator *ev, const Backend *be, const char *ckpt, i
     memset(ev, 0, sizeof *ev);
     ev->be = be;
     inference_load(&ev->inf, ckpt, be, batch);
+    if (ev->inf.cfg.objective != OBJECTIVE_DDPM)
+        die("%s: eval computes DDPM bits/dim, and this checkpoint is objective=%s", ckpt,
+            config_enum_name("objective", ev->inf.cfg.objective));
     device_schedule_init(&ev->schedule, be, &ev->inf.diffusion);
     size_t D = ev->inf.denoiser.base.sample_size;
     int T = ev->inf.diffusion.num_timesteps;

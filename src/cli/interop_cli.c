@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "checkpoint.h"
 #include "diffusers.h"
 #include "npy.h"
 #include "sample.h"
@@ -29,6 +30,12 @@ int export_main(int argc, char **argv) {
     const char *out = flag_value(argc, argv, "--out", known, "export");
     if (!ckpt || !out) die("export: --ckpt FILE and --out DIR are required");
     char err[1024];
+    Config cfg;
+    config_defaults(&cfg);
+    if (checkpoint_read_config(ckpt, &cfg, err, sizeof err) != 0) die("%s", err);
+    if (cfg.objective != OBJECTIVE_DDPM)   /* a DDPMPipeline would sample it as a DDPM */
+        die("%s: export writes a DDPMPipeline, and this checkpoint is objective=%s", ckpt,
+            config_enum_name("objective", cfg.objective));
     if (diffusers_export(ckpt, out, err, sizeof err) != 0) die("%s", err);
     fprintf(stderr, "exported %s to %s (DDPMPipeline.from_pretrained)\n", ckpt, out);
     return 0;

@@ -11,6 +11,7 @@
 #include "classifier_guidance.h"
 #include "dist.h"
 #include "guidance.h"
+#include "flow.h"
 #include "image_io.h"
 #include "npy.h"
 #include "sample.h"
@@ -27,7 +28,8 @@ void inference_load(Inference *inf, const char *ckpt, const Backend *be, int bat
     inf->model = unet_build(be, c, batch, 0);
     float *bufs[CKPT_BUFFERS] = {NULL, inf->model->weights, NULL, NULL};
     if (checkpoint_read(ckpt, inf->model, bufs, NULL, err, sizeof err) != 0) die("%s", err);
-    ModelOutput output = {.prediction = inf->diffusion.pred, .learned_var = c->learn_sigma,
+    PredictionType pred = c->objective == OBJECTIVE_FLOW ? PRED_VELOCITY : inf->diffusion.pred;
+    ModelOutput output = {.prediction = pred, .learned_var = c->learn_sigma,
                           .channels = c->in_channels};
     net_denoiser_init(&inf->denoiser, inf->model, NULL, output);
 }
@@ -45,6 +47,7 @@ typedef struct {
     const char *classifier;     /* --classifier: a noisy classifier checkpoint (guidance) */
     double classifier_scale;    /* --classifier-scale; NAN when not given */
     int n, batch, clip, scale;
+    int convert;     /* run a DDPM model under a flow sampler, or the reverse */
     unsigned long long seed;
     SamplerOptions sampler;
 } SampleArgs;
@@ -52,12 +55,18 @@ typedef struct {
 static void usage(void) {
     fprintf(stderr,
             "usage: ddpm sample --ckpt FILE [--n N] [--out DIR] [--seed S] [--batch B] [--clip 0|1]\n"
-            "                   [--sampler ancestral|ddim] [--steps SPEC] [--eta E]\n"
+            "                   [--sampler ancestral|ddim|euler|heun] [--steps SPEC] [--eta E]\n"
+            "                   [--shift S] [--convert]\n"
             "                   [--noise x_T.npy] [--save-noise x_T.npy] [--scale K]\n"
             "                   [--class C|C1,C2,...|all] [--guidance-scale S]\n"
             "                   [--classifier CKPT [--classifier-scale S]]\n"
             "       ddpm invert --ckpt FILE --images x0.npy --out x_T.npy [--steps SPEC] [--batch B]\n"
             "  SPEC: every timestep (default), N (respaced), ddimN, or section counts like 10,10,20\n"
+            "  euler, heun: flow samplers for objective=flow checkpoints; --steps N (default 50)\n"
+            "    over diffusers' sigma grid with --shift S (> 0, default 1); heun's last step is\n"
+            "    euler, so it makes 2N-1 model evaluations\n"
+            "  --convert: sample a DDPM checkpoint with euler|heun, or a flow checkpoint with\n"
+            "    ancestral|ddim, through the conversion between eps/x0/v and the velocity\n"
             "  sample writes DIR/samples.png and DIR/samples.npz (arr_0: uint8 N,H,W,C)\n"
             "  --scale K enlarges each image of samples.png K times (nearest neighbour)\n"
             "  class-conditional checkpoints (num_class_embeds > 0) need --class: one class for\n"
@@ -74,6 +83,8 @@ static void usage(void) {
 
 enum { MAX_GRID_SCALE = 16 };
 
+static const char *const sampler_names[] = {"ancestral", "ddim", "euler", "heun"};
+
 static SampleArgs parse_args(int argc, char **argv) {
     SampleArgs a = {.out_dir = "samples", .n = 16, .clip = -1, .scale = 1, .guidance_scale = NAN,
                     .classifier_scale = NAN,
@@ -89,6 +100,7 @@ static SampleArgs parse_args(int argc, char **argv) {
         {"class", required_argument, 0, 'C'}, {"guidance-scale", required_argument, 0, 'g'},
         {"classifier", required_argument, 0, 'K'},
         {"classifier-scale", required_argument, 0, 'G'},
+        {"shift", required_argument, 0, 'S'},   {"convert", no_argument, 0, 'V'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int opt;
@@ -103,13 +115,19 @@ static SampleArgs parse_args(int argc, char **argv) {
         case 'l': a.clip = (int)parse_long_flag("--clip", optarg, 0, 1); break;
         case 'k':
             if (sampler_kind_from_name(optarg, &a.sampler.kind) != 0)
-                die("--sampler: unknown sampler '%s' (ancestral or ddim)", optarg);
+                die("--sampler: unknown sampler '%s' (ancestral, ddim, euler or heun)", optarg);
             break;
         case 'p': a.sampler.spacing = optarg; break;
         case 'e': a.sampler.eta = parse_double_flag("--eta", optarg); break;
         case 'z': a.noise = optarg; break;
         case 'Z': a.save_noise = optarg; break;
         case 'i': a.images = optarg; break;
+        case 'S':
+            a.sampler.shift = parse_double_flag("--shift", optarg);
+            if (!(a.sampler.shift > 0) || !isfinite(a.sampler.shift))
+                die("--shift %s: the shift must be a number > 0", optarg);
+            break;
+        case 'V': a.convert = 1; break;
         case 'x': a.scale = (int)parse_long_flag("--scale", optarg, 1, MAX_GRID_SCALE); break;
         case 'C': a.classes = optarg; break;
         case 'g':
@@ -129,6 +147,9 @@ static SampleArgs parse_args(int argc, char **argv) {
         }
     }
     if (optind < argc) die("unexpected argument '%s'", argv[optind]);
+    int flow_sampler = a.sampler.kind == SAMPLER_EULER || a.sampler.kind == SAMPLER_HEUN;
+    if (a.sampler.shift != 0 && !flow_sampler)
+        die("--shift applies to the flow samplers (--sampler euler or heun)");
     if (!a.ckpt) {
         usage();
         die("--ckpt is required");
@@ -234,10 +255,54 @@ static void write_outputs(const char *out_dir, int n, const Config *cfg, const f
     free(pixels);
 }
 
-static void make_plan(SamplerPlan *plan, Inference *inf, SampleArgs *a, int inversion) {
+/* The denoiser the sampler runs: the model itself, or (--convert) the model wrapped in the
+ * conversion to the sampler's parameterisation. Dies when the two do not match. */
+typedef struct {
+    VelocityFromDdpm as_velocity;
+    EpsFromVelocity as_eps;
+    Denoiser *den;
+} SamplerModel;
+
+static Denoiser *sampler_model(SamplerModel *m, Denoiser *model, Inference *inf,
+                               const SampleArgs *a, const char *ckpt) {
+    int flow_sampler = a->sampler.kind == SAMPLER_EULER || a->sampler.kind == SAMPLER_HEUN;
+    int flow_model = inf->cfg.objective == OBJECTIVE_FLOW;
+    const char *sampler = a->sampler.kind == SAMPLER_EULER ? "euler"
+                          : a->sampler.kind == SAMPLER_HEUN ? "heun"
+                          : a->sampler.kind == SAMPLER_DDIM ? "ddim" : "ancestral";
+    memset(m, 0, sizeof *m);
+    m->den = model;
+    if (flow_sampler == flow_model) return m->den;
+    if (!a->convert)
+        die("%s: --sampler %s needs %s, and this checkpoint is objective=%s: add --convert to "
+            "sample it through the conversion between eps/x0/v and the velocity", ckpt, sampler,
+            flow_sampler ? "a flow model (objective=flow)" : "a DDPM model (objective=ddpm)",
+            config_enum_name("objective", inf->cfg.objective));
+    if (flow_sampler) {
+        velocity_from_ddpm_init(&m->as_velocity, m->den, &inf->diffusion);
+        m->den = &m->as_velocity.base;
+    } else {
+        eps_from_velocity_init(&m->as_eps, m->den, &inf->diffusion);
+        m->den = &m->as_eps.base;
+    }
+    return m->den;
+}
+
+static void sampler_model_free(SamplerModel *m) {
+    if (m->as_velocity.buf) velocity_from_ddpm_free(&m->as_velocity);
+    if (m->as_eps.buf) eps_from_velocity_free(&m->as_eps);
+}
+
+static void make_plan(SamplerPlan *plan, Inference *inf, SampleArgs *a, Denoiser *den,
+                      int inversion) {
     char err[512];
     a->sampler.clip_denoised = a->clip >= 0 ? a->clip : inf->cfg.clip_denoised;
-    const ModelOutput *model = &inf->denoiser.base.output;
+    const ModelOutput *model = &den->output;
+    if (!inversion && (a->sampler.kind == SAMPLER_EULER || a->sampler.kind == SAMPLER_HEUN)) {
+        if (flow_plan_from_options(plan, &a->sampler, inf->cfg.timesteps, den, err, sizeof err))
+            die("%s", err);
+        return;
+    }
     int rc = inversion
                  ? sampler_plan_inversion(plan, &inf->diffusion, &a->sampler, model, err, sizeof err)
                  : sampler_plan_init(plan, &inf->diffusion, &a->sampler, model, err, sizeof err);
@@ -346,8 +411,6 @@ int sample_main(int argc, char **argv, const Backend *be) {
     Dist *dist = dist_start(be, peek.dist_timeout);
     const int rank = dist->env.rank, W = dist->env.world_size;
     inference_load(&inf, a.ckpt, be, doubled ? 2 * batch : batch);
-    SamplerPlan plan;
-    make_plan(&plan, &inf, &a, 0);
     Denoiser *den = &inf.denoiser.base;
     GuidedDenoiser guided = {0};
     if (conditional) {
@@ -356,10 +419,19 @@ int sample_main(int argc, char **argv, const Backend *be) {
             die("--guidance-scale: %s", err);
         den = &guided.base;
     }
+    Denoiser *model_den = den;
+    SamplerModel sampler_den;
+    den = sampler_model(&sampler_den, den, &inf, &a, a.ckpt);
+    const int converted = den != model_den;
+    SamplerPlan plan;
+    make_plan(&plan, &inf, &a, den, 0);
     ClassifierGuidance classifier_guided = {0};
     NetClassGradient class_gradient = {0};
     Net *classifier = NULL;
     if (a.classifier) {
+        if (plan.sigmas)
+            die("--classifier: classifier guidance runs with the ancestral and ddim samplers, "
+                "not --sampler %s", sampler_names[a.sampler.kind]);
         classifier = classifier_load(a.classifier, be, batch, 1, &classifier_cfg, NULL);
         net_class_gradient_init(&class_gradient, classifier);
         float scale = isnan(a.classifier_scale) ? 1.0f : (float)a.classifier_scale;
@@ -376,8 +448,10 @@ int sample_main(int argc, char **argv, const Backend *be) {
     }
     if (a.save_noise && rank == 0) write_npy_images(a.save_noise, x_T, a.n, &inf.cfg);
     if (rank == 0)
-        fprintf(stderr, "sampling %d images: %s, %d steps, batch %d, seed %llu, backend %s%s%s\n",
-                a.n, a.sampler.kind == SAMPLER_DDIM ? "ddim" : "ancestral", plan.count, batch, a.seed, be->name,
+        fprintf(stderr, "sampling %d images: %s%s, %d steps (%d model evaluations), batch %d, "
+                "seed %llu, backend %s%s%s\n", a.n, sampler_names[a.sampler.kind],
+                converted ? " (converted)" : "", plan.count,
+                plan.sigmas ? flow_plan_evaluations(&plan) : plan.count, batch, a.seed, be->name,
                 W > 1 ? ", chunks shared over the ranks" : "",
                 conditional ? (doubled ? ", classifier-free guidance (batch doubled)"
                                        : ", class-conditional") : "");
@@ -387,9 +461,13 @@ int sample_main(int argc, char **argv, const Backend *be) {
     float *images = xmalloc((size_t)a.n * D * sizeof(float));
     double started = now_seconds();
     sample_images_share(den, &plan, a.n, a.seed, x_T, labels, images, rank == 0, rank, W);
+    double sampled = now_seconds() - started;
     if (W > 1) gather_parts(dist, &a, &inf.cfg, images, batch, D);
     if (rank == 0) {
-        fprintf(stderr, "sampled in %.1f s\n", now_seconds() - started);
+        int evaluations = plan.sigmas ? flow_plan_evaluations(&plan) : plan.count;
+        int batches = (a.n + batch - 1) / batch;
+        fprintf(stderr, "sampled in %.1f s: %.1f ms per model evaluation of a batch of %d\n",
+                sampled, 1e3 * sampled / ((double)evaluations * batches), batch);
         write_outputs(a.out_dir, a.n, &inf.cfg, images, labels, grid_cols, a.scale);
     }
     free(images);
@@ -403,6 +481,7 @@ int sample_main(int argc, char **argv, const Backend *be) {
     dist_finalize(dist);
     free(x_T);
     sampler_plan_free(&plan);
+    sampler_model_free(&sampler_den);
     inference_free(&inf);
     return 0;
 }
@@ -428,7 +507,7 @@ int invert_main(int argc, char **argv, const Backend *be) {
     inference_load(&inf, a.ckpt, be, batch);
     a.clip = 0;
     SamplerPlan plan;
-    make_plan(&plan, &inf, &a, 1);
+    make_plan(&plan, &inf, &a, &inf.denoiser.base, 1);
     float *x_T = xmalloc((size_t)n * inf.denoiser.base.sample_size * sizeof(float));
     sample_images(&inf.denoiser.base, &plan, n, 0, x0, labels, x_T, 1);
     free(labels);

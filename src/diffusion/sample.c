@@ -14,6 +14,8 @@
 int sampler_kind_from_name(const char *name, SamplerKind *kind) {
     if (strcmp(name, "ancestral") == 0) *kind = SAMPLER_ANCESTRAL;
     else if (strcmp(name, "ddim") == 0) *kind = SAMPLER_DDIM;
+    else if (strcmp(name, "euler") == 0) *kind = SAMPLER_EULER;
+    else if (strcmp(name, "heun") == 0) *kind = SAMPLER_HEUN;
     else return -1;
     return 0;
 }
@@ -37,6 +39,16 @@ static void affine_step(const SamplerPlan *plan, int i, Denoiser *den, float *x,
 static int plan_process(SamplerPlan *plan, const GaussianDiffusion *base, const SamplerOptions *opt,
                         const ModelOutput *model, char *err, size_t err_size) {
     memset(plan, 0, sizeof *plan);
+    if (model->prediction == PRED_VELOCITY) {
+        snprintf(err, err_size, "the model predicts the flow velocity (objective=flow): sample "
+                 "it with euler or heun, or convert it to eps first (ddpm sample --convert)");
+        return -1;
+    }
+    if (opt->kind == SAMPLER_EULER || opt->kind == SAMPLER_HEUN) {
+        snprintf(err, err_size, "euler and heun are flow samplers: build their plan with "
+                 "flow_plan_init (flow.h)");
+        return -1;
+    }
     int T = base->num_timesteps;
     int *keep = xmalloc((size_t)T * sizeof(int));
     int count = T;
@@ -90,6 +102,8 @@ void sampler_plan_free(SamplerPlan *plan) {
     diffusion_free(&plan->process);
     free(plan->model_t);
     free(plan->update);
+    free(plan->sigmas);
+    if (plan->scratch) plan->scratch_be->release(plan->scratch);
     memset(plan, 0, sizeof *plan);
 }
 

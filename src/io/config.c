@@ -56,7 +56,11 @@ static const ConfigKey keys[] = {
     ENUM(variance, "fixedsmall|fixedlarge", 1),
     NUM(learn_sigma, KEY_BOOL, 0, 1, 1),
     ENUM(loss, "mse|hybrid|kl", 0),
-    ENUM(timestep_sampler, "uniform|loss_second_moment", 0),
+    ENUM(timestep_sampler, "uniform|loss_second_moment|logit_normal", 0),
+    NUM(logit_mean, KEY_DOUBLE, -10, 10, 0),
+    NUM(logit_std, KEY_DOUBLE, 0.01, 10, 0),
+    NUM(flow_shift, KEY_DOUBLE, 0.001, 1000, 0),
+    NUM(flow_steps, KEY_INT, 1, 100000, 0),
     NUM(clip_denoised, KEY_BOOL, 0, 1, 0),
     ENUM(dataset, "fashion_mnist|mnist|cifar10|latents|folder", 0),
     STR(data_path, NULL, 0),
@@ -114,6 +118,7 @@ void config_defaults(Config *c) {
         .grad_clip = 1.0, .ema_decay = 0.9999, .max_bad_steps = 10, .seed = 0,
         .log_every = 10, .sample_every = 0, .sample_n = 16, .ckpt_every = 0, .keep_ckpts = 3,
         .threads = 0, .bucket_mb = 25, .dist_timeout = 300,
+        .logit_mean = 0, .logit_std = 1, .flow_shift = 1, .flow_steps = 50,
     };
     strcpy(c->beta_schedule, "linear");
     c->prediction = PRED_EPS;
@@ -319,6 +324,23 @@ int config_set(Config *c, const char *assignment, char *err, size_t err_size) {
     return rc;
 }
 
+/* Which keys go with objective=flow, and which do not. */
+static int validate_flow_keys(const Config *c, const char *o, char *err, size_t err_size) {
+    int flow = c->objective == OBJECTIVE_FLOW;
+    if (!flow && c->timestep_sampler == TIMESTEPS_LOGIT_NORMAL)
+        return fail(err, err_size, "%s: key 'timestep_sampler' = logit_normal needs objective=flow",
+                    o);
+    if (!flow) return 0;
+    if (c->timestep_sampler == TIMESTEPS_LOSS_SECOND_MOMENT)
+        return fail(err, err_size, "%s: key 'timestep_sampler' = loss_second_moment is for "
+                    "objective=ddpm: objective=flow takes uniform or logit_normal", o);
+    if (c->learn_sigma || c->loss != LOSS_MSE || c->prediction != PRED_EPS)
+        return fail(err, err_size, "%s: objective=flow predicts the velocity eps - x0 with an MSE "
+                    "loss: keys 'learn_sigma', 'loss' and 'prediction' must keep their defaults "
+                    "(false, mse, eps)", o);
+    return 0;
+}
+
 int config_validate(const Config *c, char *err, size_t err_size) {
     const char *o = "config";
     if (c->n_ch_mult < 1) return fail(err, err_size, "%s: key 'ch_mult' must not be empty", o);
@@ -363,7 +385,7 @@ int config_validate(const Config *c, char *err, size_t err_size) {
         return fail(err, err_size, "%s: key 'num_class_embeds' = %d leaves no class beside the "
                     "null class (class_dropout > 0 makes the last row the null class)", o,
                     c->num_class_embeds);
-    return 0;
+    return validate_flow_keys(c, o, err, err_size);
 }
 
 int config_num_classes(const Config *c) {
