@@ -1,9 +1,12 @@
 /* Times one ancestral sampling step (the denoiser's model call + fused update) at batch_size,
  * on a random x_t, and prints one JSON line with the median and the implied time
- * for the full chain of `timesteps` steps. Usage as bench_train. */
+ * for the full chain of `timesteps` steps. Usage as bench_train. A class-conditional config
+ * (num_class_embeds > 0) samples classes 0, 1, ... through classifier-free guidance at
+ * --guidance-scale S (1: the conditional model alone; otherwise a doubled batch). */
 #include "bench_common.h"
 #include "denoiser.h"
 #include "diffusion.h"
+#include "guidance.h"
 #include "unet.h"
 
 int main(int argc, char **argv) {
@@ -13,12 +16,24 @@ int main(int argc, char **argv) {
     GaussianDiffusion d;
     if (diffusion_from_config(&d, c, err, sizeof err) != 0) die("%s", err);
     int B = c->batch_size;
-    Net *m = unet_build(a.be, c, B, 0);
+    float scale = (float)a.guidance_scale;
+    int conditional = c->num_class_embeds > 0, doubled = conditional && scale != 0 && scale != 1;
+    Net *m = unet_build(a.be, c, doubled ? 2 * B : B, 0);
     net_init_weights(m, c->seed, NULL);
     NetDenoiser den;
     ModelOutput output = {.prediction = d.pred, .learned_var = c->learn_sigma,
                           .channels = c->in_channels};
     net_denoiser_init(&den, m, NULL, output);
+    Denoiser *model = &den.base;
+    GuidedDenoiser guided = {0};
+    int32_t *labels = xmalloc((size_t)B * sizeof(int32_t));
+    for (int i = 0; i < B; i++) labels[i] = conditional ? i % config_num_classes(c) : 0;
+    if (conditional) {
+        if (guided_denoiser_init(&guided, model, scale, config_null_class(c), err, sizeof err))
+            die("%s", err);
+        model = &guided.base;
+        model->labels = labels;
+    }
     size_t D = den.base.sample_size;
     float *x = a.be->alloc((size_t)B * D * sizeof(float));
     a.be->normal_fill(x, B, D, (RngKey){c->seed, RNG_STREAM_SAMPLE_XT, 0, 0});
@@ -26,7 +41,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < a.warmup + a.iters; i++) {
         int t = c->timesteps - 1 - i % c->timesteps;
         double start = now_seconds();
-        const float *out = den.base.predict(&den.base, x, B, (float)t);
+        const float *out = model->predict(model, x, B, (float)t);
         a.be->sample_update(x, out, B, D, p_sample_update(&d, t, 1),
                             (RngKey){c->seed, RNG_STREAM_SAMPLE_Z, (uint32_t)t, 0});
         a.be->synchronize();
@@ -34,9 +49,14 @@ int main(int argc, char **argv) {
     }
     double median = bench_median(ms, a.iters);
     printf("{\"engine\": \"ddpm.c\", \"mode\": \"sample\", \"backend\": \"%s\", \"batch\": %d, "
-           "\"image_size\": %d, \"ch\": %d, \"ms_per_step\": %.3f, \"img_per_s_full_chain\": %.4f}\n",
-           a.be->name, B, c->image_size, c->ch, median, B / (median * c->timesteps / 1e3));
+           "\"image_size\": %d, \"ch\": %d, \"guidance_scale\": %g, \"forward_batch\": %d, "
+           "\"ms_per_step\": %.3f, "
+           "\"img_per_s_full_chain\": %.4f}\n",
+           a.be->name, B, c->image_size, c->ch, conditional ? scale : 1.0, doubled ? 2 * B : B,
+           median, B / (median * c->timesteps / 1e3));
     free(ms);
+    free(labels);
+    if (conditional) guided_denoiser_free(&guided);
     a.be->release(x);
     net_denoiser_free(&den);
     net_free(m);

@@ -364,7 +364,8 @@ static int read_unet_config(const char *dir, Config *c, char *err, size_t err_si
     c->num_class_embeds = 0;
     if (rc == 0 && classes && !cJSON_IsNull(classes))
         rc = get_int(j, "num_class_embeds", 0, &c->num_class_embeds, path, err, err_size);
-    c->class_dropout = cJSON_IsNumber(class_dropout) ? class_dropout->valuedouble : 0.0;
+    if (c->num_class_embeds > 0)   /* unconditional: the default stays, as a config has it */
+        c->class_dropout = cJSON_IsNumber(class_dropout) ? class_dropout->valuedouble : 0.0;
     cJSON_Delete(j);
     return rc;
 }
