@@ -1,9 +1,10 @@
 """Loads a `ddpm export` folder with real diffusers and compares it with the engine.
 
-usage: diffusers_check.py DIR x.npy t.txt y.npy schedule.csv
+usage: diffusers_check.py DIR x.npy t.txt y.npy schedule.csv [labels.txt]
 
 x.npy: inputs (N, H, W, C) float32; t.txt: N timesteps; y.npy: `ddpm forward` on them
-(N, H, W, C_out); schedule.csv: `ddpm schedule` of the same config. Checks:
+(N, H, W, C_out); schedule.csv: `ddpm schedule` of the same config; labels.txt: N class
+ids for a class-conditional model (UNet2DModel(num_class_embeds=...)). Checks:
 - UNet2DModel.from_pretrained, then load_state_dict(strict) of the file's tensors: every
   key and shape fits;
 - DDPMPipeline.from_pretrained loads a UNet2DModel and a DDPMScheduler;
@@ -39,15 +40,21 @@ def rel_error(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
 
 
-def check_model(folder, x_path, t_path, y_path):
+def check_model(folder, x_path, t_path, y_path, labels_path=None):
     unet = UNet2DModel.from_pretrained(f"{folder}/unet", low_cpu_mem_usage=False)
     tensors = safetensors.torch.load_file(f"{folder}/unet/diffusion_pytorch_model.safetensors")
     unet.load_state_dict(tensors, strict=True)   # raises naming any missing or extra key
     unet.eval()
     x = torch.from_numpy(np.load(x_path)).permute(0, 3, 1, 2).contiguous()
     t = torch.tensor([int(v) for v in open(t_path).read().split()], dtype=torch.long)
+    labels = None
+    if labels_path:
+        labels = torch.tensor([int(v) for v in open(labels_path).read().split()], dtype=torch.long)
+        if unet.class_embedding is None or unet.config.num_class_embeds is None:
+            fail("UNet2DModel has no class embedding for a class-conditional export")
+        print(f"UNet2DModel num_class_embeds = {unet.config.num_class_embeds}")
     with torch.no_grad():
-        out = unet(x, t).sample.permute(0, 2, 3, 1).numpy()
+        out = unet(x, t, class_labels=labels).sample.permute(0, 2, 3, 1).numpy()
     want = np.load(y_path)
     if out.shape != want.shape:
         fail(f"diffusers output shape {out.shape}, engine {want.shape}")
@@ -88,10 +95,10 @@ def check_scheduler(folder, schedule_path):
 
 
 def main():
-    if len(sys.argv) != 6:
+    if len(sys.argv) not in (6, 7):
         fail(__doc__)
-    folder, x_path, t_path, y_path, schedule_path = sys.argv[1:]
-    check_model(folder, x_path, t_path, y_path)
+    folder, x_path, t_path, y_path, schedule_path = sys.argv[1:6]
+    check_model(folder, x_path, t_path, y_path, sys.argv[6] if len(sys.argv) == 7 else None)
     check_scheduler(folder, schedule_path)
     print("diffusers: all checks passed")
 

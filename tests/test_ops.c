@@ -9,7 +9,8 @@
  *    few thousand terms); 1e-6 for silu, mse, global_norm, AdamW and sample_update
  *    with learned variances (one float rounding or a few); bit for bit where the op
  *    computes the formula exactly as written (add, bias, layout, dropout, the timestep
- *    embedding, the class embedding, the Philox draws, q_sample, sample_update, ema);
+ *    embedding, the class embedding, the Philox draws, q_sample, sample_update,
+ *    guidance_combine (one fmaf), ema);
  *  - beta 1: bit for bit for the elementwise and layout ops (one float add), 1e-6 for
  *    the GEMM-based ones (BLAS may fold the add into the product);
  *  - finite differences with a step of 1e-2: score <= 2e-3 with atol = the gradient's
@@ -1236,6 +1237,37 @@ static void sample_update_case(unsigned modes, const char *what, int n, size_t d
     set_op(c, sample_update_forward, NULL, sample_update_check);
 }
 
+enum { GC_PAIR, GC_OUT };
+
+static void guidance_combine_forward(const OpCase *c, OpRun *r) {
+    r->be->guidance_combine(F(GC_OUT), F(GC_PAIR), c->n, (size_t)c->k, c->ch, c->flag, c->scale);
+}
+
+/* bit for bit: fmaf(s, cond, (1-s) uncond) on the prediction channels, cond's variances */
+static void guidance_combine_check(const OpCase *c, OpRun *r) {
+    const size_t c_out = (size_t)c->ch * (c->flag ? 2 : 1), per = (size_t)c->k * c_out;
+    int exact = 1;
+    for (size_t i = 0; i < c->n * per; i++) {
+        float cond = F(GC_PAIR)[i], uncond = F(GC_PAIR)[c->n * per + i];
+        float want = i % c_out < (size_t)c->ch ? fmaf(c->scale, cond, (1.0f - c->scale) * uncond)
+                                               : cond;
+        exact &= F(GC_OUT)[i] == want;
+    }
+    CHECK(exact, "%s: differs from the formula", c->name);
+}
+
+static void guidance_combine_case(unsigned modes, int n, int pixels, int ch, int learned_var,
+                                  float scale) {
+    OpCase *c = add_case(modes, "guidance_combine n%d p%d c%d learned %d s %g", n, pixels, ch,
+                         learned_var, scale);
+    c->n = n, c->k = pixels, c->ch = ch, c->flag = learned_var, c->scale = scale;
+    size_t per = (size_t)pixels * ch * (learned_var ? 2 : 1);
+    input(c, "pair", 2 * n * per, -3, 3);
+    output(c, "out", n * per, -1);
+    set_op(c, guidance_combine_forward, NULL, guidance_combine_check);
+    set_tol(c, GC_OUT, 0);   /* one fmaf on both backends */
+}
+
 static void normal_fill_forward(const OpCase *c, OpRun *r) {
     r->be->normal_fill(F(0), c->n, (size_t)c->k, c->key);
 }
@@ -1359,6 +1391,9 @@ static void diffusion_cases(void) {
     learned.learned_var = 1, learned.use_model_var = 1, learned.channels = 3;
     learned.post_logvar = -6.5f, learned.log_var_range = 2.5f;
     sample_update_case(MODE_CUDA | MODE_BENCH, "learned variance", 3, 105, learned, 1e-6);
+    guidance_combine_case(MODE_ALL, 3, 49, 1, 0, 3.0f);
+    guidance_combine_case(MODE_ALL, 2, 37, 3, 1, 7.5f);
+    guidance_combine_case(MODE_CUDA | MODE_BENCH, 64, 28 * 28, 1, 0, 2.0f);
     normal_fill_case(MODE_CPU, 4, 250000, (RngKey){2024, RNG_STREAM_SAMPLE_XT, 0, 0});
     normal_fill_case(MODE_CUDA | MODE_BENCH, 3, 129, (RngKey){5, RNG_STREAM_SAMPLE_Z, 123, 0});
     diffusion_loss_case(0, (LossSpec){.learned_var = 0, .mse_weight = 1.0f});

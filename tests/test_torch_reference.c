@@ -15,6 +15,7 @@
 
 #define REF "tests/ref/unet_small.safetensors"
 #define REF_SIGMA "tests/ref/unet_learned_sigma.safetensors"
+#define REF_CLASS "tests/ref/unet_class.safetensors"
 #define TOL 1e-4
 
 static const StTensor *need(const StFile *f, const char *name) {
@@ -154,6 +155,63 @@ static void check_learned_sigma(void) {
     st_free(&f);
 }
 
+/* A class-conditional model (tools/make_reference_class.py): output, loss and every
+ * gradient, class_embedding.weight's included; the rows no label of the batch selects
+ * get exactly zero. */
+static void check_class_conditional(void) {
+    StFile f;
+    char err[1024];
+    if (st_read(&f, REF_CLASS, err, sizeof err) != 0) die("%s", err);
+    Config cfg;
+    config_defaults(&cfg);
+    if (config_load_json(&cfg, st_meta(&f, "config"), REF_CLASS, err, sizeof err) != 0)
+        die("%s", err);
+    const Backend *be = backend_cpu();
+    const StTensor *x_t = need(&f, "input.x_t"), *labels = need(&f, "input.labels");
+    int B = (int)x_t->shape[0];
+    Net *m = unet_build(be, &cfg, B, 0);
+    CHECK(net_input(m, "class_labels") >= 0, "the class-conditional U-Net has no class_labels input");
+    float *bufs[CKPT_BUFFERS] = {m->weights, NULL, NULL, NULL};
+    CHECK(checkpoint_read(REF_CLASS, m, bufs, NULL, err, sizeof err) == 0, "load: %s", err);
+    be->to_device(net_input_data(m, "sample"), x_t->data, x_t->nbytes);
+    be->to_device(net_input_data(m, "class_labels"), labels->data, labels->nbytes);
+    set_timesteps(m, need(&f, "input.t"), B, NULL);
+    float *target = be->alloc(x_t->nbytes), *loss_dev = be->alloc((size_t)B * sizeof(float));
+    be->to_device(target, need(&f, "input.target")->data, x_t->nbytes);
+    double loss = loss_and_grads(m, target, loss_dev, B);
+    float *ref_out = copy_floats(need(&f, "output"));
+    double e = rel_error(net_output_data(m, "sample"), ref_out,
+                         net_per_sample(m, net_output(m, "sample")) * B, 1e-12);
+    printf("  class-conditional: output relative error %.3g\n", e);
+    CHECK(e <= TOL, "class-conditional output: relative error %.3g", e);
+    float ref_loss;
+    memcpy(&ref_loss, need(&f, "loss")->data, sizeof ref_loss);
+    CHECK(fabs(loss - ref_loss) <= TOL * ref_loss, "class-conditional loss %.9g vs %.9g", loss,
+          ref_loss);
+    compare_params(m, &f, m->grads, "grad.", "class-cond. gradients", TOL, 1e-5);
+    const ParamInfo *table = net_find_param(m, "class_embedding.weight");
+    CHECK(table != NULL, "no class_embedding.weight");
+    int32_t ids[8];
+    memcpy(ids, labels->data, (size_t)B * sizeof(int32_t));
+    int used_nonzero = 1, unused_zero = 1;
+    for (int r = 0; table && r < (int)table->shape[0]; r++) {
+        int used = 0;
+        for (int i = 0; i < B; i++) used |= ids[i] == r;
+        double sum = 0;
+        for (int64_t k = 0; k < table->shape[1]; k++)
+            sum += fabs(m->grads[table->offset + r * table->shape[1] + k]);
+        if (used) used_nonzero &= sum > 0;
+        else unused_zero &= sum == 0;
+    }
+    CHECK(used_nonzero && unused_zero,
+          "class_embedding.weight: only the rows the batch uses may get a gradient");
+    free(ref_out);
+    be->release(target);
+    be->release(loss_dev);
+    net_free(m);
+    st_free(&f);
+}
+
 int main(void) {
     StFile f;
     char err[1024];
@@ -214,5 +272,6 @@ int main(void) {
     net_free(m);
     st_free(&f);
     check_learned_sigma();
+    check_class_conditional();
     return test_summary("torch_reference");
 }

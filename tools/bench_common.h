@@ -15,11 +15,13 @@ typedef struct {
     Config cfg;
     const Backend *be;
     int warmup, iters;
+    double guidance_scale;   /* bench_sample, class-conditional configs: --guidance-scale */
 } BenchArgs;
 
-/* --config F, --device cpu|cuda, --warmup N, --iters N, then key=value overrides. */
+/* --config F, --device cpu|cuda, --warmup N, --iters N, --guidance-scale S, then key=value
+ * overrides. */
 static inline BenchArgs bench_parse(int argc, char **argv) {
-    BenchArgs a = {.warmup = 3, .iters = 10};
+    BenchArgs a = {.warmup = 3, .iters = 10, .guidance_scale = 1.0};
     char err[1024];
     const char *device = "cpu";
     config_defaults(&a.cfg);
@@ -33,6 +35,8 @@ static inline BenchArgs bench_parse(int argc, char **argv) {
             a.warmup = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--iters") == 0 && has_value) {
             a.iters = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--guidance-scale") == 0 && has_value) {
+            a.guidance_scale = atof(argv[++i]);
         } else if (config_set(&a.cfg, argv[i], err, sizeof err) != 0) {
             die("%s", err);
         }

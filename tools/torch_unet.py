@@ -3,7 +3,8 @@
 Written from the ddpm.c spec; module/attribute names are chosen so that
 state_dict() keys equal the diffusers checkpoint keys exactly.
 Config keys: image_size, in_channels, out_channels, ch, ch_mult, num_res_blocks,
-attn_resolutions, groups, dropout.
+attn_resolutions, groups, dropout, and optionally num_class_embeds (a class-conditional
+model: class_embedding.weight's row for each label is added to the time embedding).
 """
 import math
 
@@ -162,6 +163,8 @@ class UNet2DModel(nn.Module):
 
         self.conv_in = nn.Conv2d(cfg["in_channels"], ch, 3, padding=1)
         self.time_embedding = TimestepEmbedding(ch, temb_dim)
+        if cfg.get("num_class_embeds", 0):
+            self.class_embedding = nn.Embedding(cfg["num_class_embeds"], temb_dim)
 
         # Track the channel count of every tensor pushed on the skip list, so
         # the up path can size its concatenations exactly as forward() will.
@@ -198,9 +201,12 @@ class UNet2DModel(nn.Module):
         self.conv_norm_out = nn.GroupNorm(g, ch, eps=EPS)
         self.conv_out = nn.Conv2d(ch, cfg["out_channels"], 3, padding=1)
 
-    def forward(self, x, t):
-        """x: (B, C, H, W) float; t: (B,) integer timesteps."""
+    def forward(self, x, t, class_labels=None):
+        """x: (B, C, H, W) float; t: (B,) integer timesteps; class_labels: (B,) long, for a
+        class-conditional model."""
         temb = self.time_embedding(timestep_embedding(t, self.cfg["ch"]))
+        if hasattr(self, "class_embedding"):
+            temb = temb + self.class_embedding(class_labels)
         x = self.conv_in(x)
         skips = [x]
         for blk in self.down_blocks:

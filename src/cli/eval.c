@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "data.h"
+#include "guidance.h"
 #include "eval.h"
 #include "sample.h"
 #include "util.h"
@@ -209,11 +210,21 @@ int eval_main(int argc, char **argv, const Backend *be) {
     evaluator_init(&ev, be, a.ckpt, batch);
     Dataset data;
     load_test_set(&data, &ev.inf.cfg, a.data, a.n);
+    char err[1024];
+    if (ev.inf.cfg.num_class_embeds > 0 &&
+        dataset_check_classes(&data, a.data,
+                              config_num_classes(&ev.inf.cfg), err, sizeof err) != 0)
+        die("%s", err);
     size_t D = ev.inf.denoiser.base.sample_size;
     double started = now_seconds();
     for (int first = 0, b = 0; first < data.count; first += batch, b++) {
         int n = data.count - first < batch ? data.count - first : batch;
         be->to_device(ev.images, data.images + (size_t)first * D, (size_t)n * D);
+        /* a class-conditional model is scored on each image's own class: the bound on
+         * -log p(x | y) */
+        if (ev.inf.cfg.num_class_embeds > 0)
+            be->to_device(net_input_data(ev.inf.model, "class_labels"), data.labels + first,
+                          (size_t)n * sizeof(int32_t));
         evaluate_batch(&ev, &a, n, b);
         fprintf(stderr, "\r%d/%d images, %.4f bits/dim so far", ev.images_done, data.count,
                 ev.total_sum / ev.images_done);

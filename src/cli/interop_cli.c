@@ -53,26 +53,29 @@ int import_main(int argc, char **argv) {
     return 0;
 }
 
-/* "3" for every image, or one comma-separated timestep per image. */
-static void parse_timesteps(const char *text, int n, int T, int32_t *t) {
+/* "3" for every image, or one comma-separated value in [0, T) per image (--t, --class). */
+static void parse_per_image(const char *flag, const char *text, int n, int T, int32_t *t) {
     int count = 0;
     for (const char *p = text;; p++) {
         char *end;
         long v = strtol(p, &end, 10);
         if (end == p || v < 0 || v >= T || (*end && *end != ',') || count == n)
-            die("forward: --t expects 1 or %d integers in [0, %d), got '%s'", n, T, text);
+            die("forward: %s expects 1 or %d integers in [0, %d), got '%s'", flag, n, T, text);
         t[count++] = (int32_t)v;
         if (!*end) break;
         p = end;
     }
     if (count != 1 && count != n)
-        die("forward: --t has %d values, the input has %d images", count, n);
+        die("forward: %s has %d values, the input has %d images", flag, count, n);
     for (int i = count; i < n; i++) t[i] = t[0];
 }
 
-/* ddpm forward --ckpt F --x x.npy --t T --out y.npy: the EMA model's output, NHWC. */
+/* ddpm forward --ckpt F --x x.npy --t T [--class L] --out y.npy: the EMA model's output,
+ * NHWC; --class (a row of class_embedding.weight per image) for class-conditional models. */
 int forward_main(int argc, char **argv, const Backend *be) {
-    static const char *const known[] = {"--ckpt", "--x", "--t", "--out", "--device", NULL};
+    static const char *const known[] = {"--ckpt", "--x", "--t", "--class", "--out", "--device",
+                                        NULL};
+    const char *class_text = flag_value(argc, argv, "--class", known, "forward");
     const char *ckpt = flag_value(argc, argv, "--ckpt", known, "forward");
     const char *x_path = flag_value(argc, argv, "--x", known, "forward");
     const char *t_text = flag_value(argc, argv, "--t", known, "forward");
@@ -95,7 +98,18 @@ int forward_main(int argc, char **argv, const Backend *be) {
     Net *m = inf.model;
     int32_t *t = xmalloc((size_t)n * sizeof(int32_t));
     float *time = xmalloc((size_t)n * sizeof(float));
-    parse_timesteps(t_text, n, c->timesteps, t);
+    parse_per_image("--t", t_text, n, c->timesteps, t);
+    if (c->num_class_embeds > 0) {
+        if (!class_text)
+            die("forward: --class is required: %s is class-conditional (ids 0 to %d)", ckpt,
+                c->num_class_embeds - 1);
+        int32_t *ids = xmalloc((size_t)n * sizeof(int32_t));
+        parse_per_image("--class", class_text, n, c->num_class_embeds, ids);
+        be->to_device(net_input_data(m, "class_labels"), ids, (size_t)n * sizeof(int32_t));
+        free(ids);
+    } else if (class_text) {
+        die("forward: --class: %s is an unconditional model (num_class_embeds = 0)", ckpt);
+    }
     for (int i = 0; i < n; i++) time[i] = (float)t[i];
     be->to_device(net_input_data(m, "sample"), x,
                   (size_t)n * net_per_sample(m, net_input(m, "sample")) * sizeof(float));

@@ -80,6 +80,13 @@ static cJSON *unet_config_json(const Config *c) {
     cJSON_AddNumberToObject(j, "layers_per_block", c->num_res_blocks);
     cJSON_AddNumberToObject(j, "norm_num_groups", c->groups);
     cJSON_AddNumberToObject(j, "dropout", c->dropout);
+    if (c->num_class_embeds > 0) {
+        cJSON_AddNumberToObject(j, "num_class_embeds", c->num_class_embeds);
+        /* private ('_') keys are ignored by diffusers: the null class's rate, for the import */
+        cJSON_AddNumberToObject(j, "_ddpm_class_dropout", c->class_dropout);
+    } else {
+        cJSON_AddNullToObject(j, "num_class_embeds");
+    }
     return j;
 }
 
@@ -103,7 +110,6 @@ static const struct {
     {"resnet_time_scale_shift", "\"default\"", "\"default\""},
     {"add_attention", "true", "true"},
     {"class_embed_type", "null", "null"},
-    {"num_class_embeds", "null", "null"},
     {"num_train_timesteps", "null", "null"},
 };
 #define N_FIXED_UNET_KEYS (sizeof fixed_unet_keys / sizeof fixed_unet_keys[0])
@@ -273,7 +279,7 @@ static int check_fixed_unet_keys(const cJSON *j, const char *path, char *err, si
 static int is_known_unet_key(const char *key) {
     static const char *const variable[] = {
         "sample_size", "in_channels", "out_channels", "block_out_channels", "down_block_types",
-        "up_block_types", "layers_per_block", "norm_num_groups", "dropout"};
+        "up_block_types", "layers_per_block", "norm_num_groups", "dropout", "num_class_embeds"};
     if (key[0] == '_') return 1;
     for (size_t i = 0; i < sizeof variable / sizeof variable[0]; i++)
         if (strcmp(key, variable[i]) == 0) return 1;
@@ -352,6 +358,14 @@ static int read_unet_config(const char *dir, Config *c, char *err, size_t err_si
     if (rc == 0) rc = read_channels(j, c, path, err, err_size);
     if (rc == 0) rc = read_block_types(j, c, path, err, err_size);
     c->dropout = cJSON_IsNumber(dropout) ? dropout->valuedouble : 0.0;
+    /* a class-conditional UNet2DModel; the null class only when the export said so */
+    const cJSON *classes = cJSON_GetObjectItemCaseSensitive(j, "num_class_embeds");
+    const cJSON *class_dropout = cJSON_GetObjectItemCaseSensitive(j, "_ddpm_class_dropout");
+    c->num_class_embeds = 0;
+    if (rc == 0 && classes && !cJSON_IsNull(classes))
+        rc = get_int(j, "num_class_embeds", 0, &c->num_class_embeds, path, err, err_size);
+    if (c->num_class_embeds > 0)   /* unconditional: the default stays, as a config has it */
+        c->class_dropout = cJSON_IsNumber(class_dropout) ? class_dropout->valuedouble : 0.0;
     cJSON_Delete(j);
     return rc;
 }
