@@ -65,6 +65,8 @@ struct Objective {
 /* The DDPM objective for cfg (L_simple, hybrid or kl; uniform or importance-sampled
  * timesteps), for b local samples of a global batch of B. */
 Objective *objective_ddpm_create(const Backend *be, const Config *cfg, int b, int B);
+/* The KL autoencoder's objective (objective_vae.c): reconstruction + kl_weight * KL. */
+Objective *objective_vae_create(const Backend *be, const Config *cfg, int b, int B);
 void objective_free(Objective *o);
 
 #endif

@@ -9,7 +9,8 @@
  *   elementwise, layout, timestep_embedding, embedding_*   src/cpu/cpu_pointwise.c
  *   q_sample_images, mse_loss, sample_update, normal_fill  src/cpu/cpu_diffusion_ops.c
  *   diffusion_loss          src/cpu/cpu_loss.c
- *   global_norm, adamw, ema_update                         src/cpu/cpu_optim.c */
+ *   global_norm, adamw, ema_update                         src/cpu/cpu_optim.c
+ *   gaussian_sample_*, gaussian_kl, recon_loss             src/cpu/cpu_vae.c */
 #ifndef DDPM_CPU_BACKEND_H
 #define DDPM_CPU_BACKEND_H
 

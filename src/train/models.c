@@ -1,12 +1,14 @@
 /* The registry (models.h): one case per objective. */
 #include "models.h"
 
+#include "autoencoder.h"
 #include "unet.h"
 #include "util.h"
 
 Net *model_build(const Backend *be, const Config *cfg, int max_batch, int input_grad) {
     switch ((ObjectiveKind)cfg->objective) {
     case OBJECTIVE_DDPM: return unet_build(be, cfg, max_batch, input_grad);
+    case OBJECTIVE_VAE: return autoencoder_build(be, cfg, max_batch, input_grad);
     default: break;
     }
     die("objective=%s: this build has no network for it",
@@ -17,6 +19,7 @@ Net *model_build(const Backend *be, const Config *cfg, int max_batch, int input_
 Objective *objective_create(const Backend *be, const Config *cfg, int b, int B) {
     switch ((ObjectiveKind)cfg->objective) {
     case OBJECTIVE_DDPM: return objective_ddpm_create(be, cfg, b, B);
+    case OBJECTIVE_VAE: return objective_vae_create(be, cfg, b, B);
     default: break;
     }
     die("objective=%s: this build cannot train it", config_enum_name("objective", cfg->objective));
