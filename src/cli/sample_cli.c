@@ -8,6 +8,7 @@
 #include "checkpoint.h"
 #include "dist.h"
 #include "image_io.h"
+#include "latent.h"
 #include "npy.h"
 #include "sample.h"
 #include "unet.h"
@@ -36,6 +37,7 @@ void inference_free(Inference *inf) {
 
 typedef struct {
     const char *ckpt, *out_dir, *noise, *save_noise, *images, *out_file;
+    const char *vae;   /* a latent model's autoencoder: decode the samples to images */
     int n, batch, clip, scale;
     unsigned long long seed;
     SamplerOptions sampler;
@@ -45,11 +47,13 @@ static void usage(void) {
     fprintf(stderr,
             "usage: ddpm sample --ckpt FILE [--n N] [--out DIR] [--seed S] [--batch B] [--clip 0|1]\n"
             "                   [--sampler ancestral|ddim] [--steps SPEC] [--eta E]\n"
-            "                   [--noise x_T.npy] [--save-noise x_T.npy] [--scale K]\n"
+            "                   [--noise x_T.npy] [--save-noise x_T.npy] [--scale K] [--vae FILE]\n"
             "       ddpm invert --ckpt FILE --images x0.npy --out x_T.npy [--steps SPEC] [--batch B]\n"
             "  SPEC: every timestep (default), N (respaced), ddimN, or section counts like 10,10,20\n"
             "  sample writes DIR/samples.png and DIR/samples.npz (arr_0: uint8 N,H,W,C)\n"
-            "  --scale K enlarges each image of samples.png K times (nearest neighbour)\n");
+            "  --scale K enlarges each image of samples.png K times (nearest neighbour)\n"
+            "  --vae FILE: the model samples latents (dataset=latents); decode them with this\n"
+            "  autoencoder checkpoint (x = decoder(z / scaling_factor)) into the grid and npz\n");
 }
 
 enum { MAX_GRID_SCALE = 16 };
@@ -65,7 +69,7 @@ static SampleArgs parse_args(int argc, char **argv) {
         {"eta", required_argument, 0, 'e'},     {"noise", required_argument, 0, 'z'},
         {"save-noise", required_argument, 0, 'Z'}, {"images", required_argument, 0, 'i'},
         {"device", required_argument, 0, 'd'},  {"scale", required_argument, 0, 'x'},
-        {"help", no_argument, 0, 'h'},
+        {"vae", required_argument, 0, 'V'},     {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int opt;
     optind = 1;
@@ -87,6 +91,7 @@ static SampleArgs parse_args(int argc, char **argv) {
         case 'Z': a.save_noise = optarg; break;
         case 'i': a.images = optarg; break;
         case 'x': a.scale = (int)parse_long_flag("--scale", optarg, 1, MAX_GRID_SCALE); break;
+        case 'V': a.vae = optarg; break;
         case 'd': break;   /* handled by main */
         case 'h': usage(); exit(0);
         default: usage(); exit(2);
@@ -216,6 +221,29 @@ static void gather_parts(Dist *dist, const SampleArgs *a, const Config *c, float
     }
 }
 
+/* --vae: before any sampling, the autoencoder must be one whose latent the model samples. */
+static void open_decoder(FirstStage *vae, const SampleArgs *a, const Config *model,
+                         const Backend *be, int batch) {
+    char err[1024];
+    if (model->dataset != DATASET_LATENTS)
+        die("--vae: %s is a pixel model (dataset '%s'), not a latent one (dataset=latents)",
+            a->ckpt, config_enum_name("dataset", model->dataset));
+    if (first_stage_open(vae, a->vae, be, batch, 1, err, sizeof err) != 0) die("--vae: %s", err);
+    if (vae->side != model->image_size || vae->cfg.latent_channels != model->in_channels)
+        die("--vae: %s has %dx%dx%d latents, but %s samples %dx%dx%d", a->vae, vae->side,
+            vae->side, vae->cfg.latent_channels, a->ckpt, model->image_size, model->image_size,
+            model->in_channels);
+}
+
+static void decode_and_write(FirstStage *vae, const SampleArgs *a, const float *latents) {
+    float *images = xmalloc((size_t)a->n * first_stage_image_size(vae) * sizeof(float));
+    first_stage_decode(vae, latents, a->n, (float)vae->cfg.scaling_factor, images);
+    fprintf(stderr, "decoded %d latents with %s (scaling_factor %g)\n", a->n, a->vae,
+            vae->cfg.scaling_factor);
+    write_outputs(a->out_dir, a->n, &vae->cfg, images, a->scale);
+    free(images);
+}
+
 int sample_main(int argc, char **argv, const Backend *be) {
     SampleArgs a = parse_args(argc, argv);
     Inference inf;
@@ -228,6 +256,8 @@ int sample_main(int argc, char **argv, const Backend *be) {
     if (check_writable_dir(a.out_dir, 1, err, sizeof err) != 0) die("--out: %s", err);
     if (a.noise) x_T = read_images_npy(a.noise, &peek, &a.n);
     int batch = a.batch ? a.batch : (a.n < 64 ? a.n : 64);
+    FirstStage vae = {0};
+    if (a.vae) open_decoder(&vae, &a, &peek, be, batch);
     Dist *dist = dist_start(be, peek.dist_timeout);
     const int rank = dist->env.rank, W = dist->env.world_size;
     inference_load(&inf, a.ckpt, be, batch);
@@ -250,8 +280,10 @@ int sample_main(int argc, char **argv, const Backend *be) {
     if (W > 1) gather_parts(dist, &a, &inf.cfg, images, batch, D);
     if (rank == 0) {
         fprintf(stderr, "sampled in %.1f s\n", now_seconds() - started);
-        write_outputs(a.out_dir, a.n, &inf.cfg, images, a.scale);
+        if (a.vae) decode_and_write(&vae, &a, images);
+        else write_outputs(a.out_dir, a.n, &inf.cfg, images, a.scale);
     }
+    first_stage_free(&vae);
     free(images);
     dist_finalize(dist);
     free(x_T);

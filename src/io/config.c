@@ -82,7 +82,7 @@ static const ConfigKey keys[] = {
     NUM(bucket_mb, KEY_DOUBLE, 0.001, 4096, 0),
     NUM(dist_timeout, KEY_DOUBLE, 1, 1e6, 0),
     NUM(latent_channels, KEY_INT, 1, 64, 1),
-    NUM(scaling_factor, KEY_DOUBLE, 1e-6, 1e6, 1),
+    NUM(scaling_factor, KEY_DOUBLE, 1e-6, 1e6, 0),
     ENUM(recon_loss, "l1|l2", 0),
     NUM(kl_weight, KEY_DOUBLE, 0, 1e6, 0),
     NUM(learn_logvar, KEY_BOOL, 0, 1, 1),

@@ -81,7 +81,9 @@ static void vae_report(Objective *o, float *const *stats, int B, ObjectiveReport
         loss += v->host_loss[i];
         kl_sum += kl[i];
     }
-    *out = (ObjectiveReport){.loss = loss / B, .aux = kl_sum / B,
+    /* aux is NaN: the trainer's log names its second statistic L_t (bits/dim) */
+    (void)kl_sum;
+    *out = (ObjectiveReport){.loss = loss / B, .aux = NAN,
                              .loss_per_sample = v->host_loss, .t = NULL};
 }
 
