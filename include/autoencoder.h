@@ -41,4 +41,10 @@ Net *autoencoder_encoder_build(const Backend *be, const Config *cfg, int max_bat
 /* The decoder alone: input "latent" (h, w, latent_channels), output "sample". */
 Net *autoencoder_decoder_build(const Backend *be, const Config *cfg, int max_batch);
 
+/* `ddpm export` of an autoencoder checkpoint: DIR/config.json and
+ * DIR/diffusion_pytorch_model.safetensors for AutoencoderKL.from_pretrained(DIR), from the
+ * EMA weights, without the loss's "logvar" (src/vae/vae_export.c). */
+int autoencoder_export(const char *ckpt_path, const Config *cfg, const char *dir, char *err,
+                       size_t err_size);
+
 #endif
