@@ -5,13 +5,20 @@
  *     prepare/loss/report and the checkpoint reader (names and layout);
  *   - the KL op against the float64 closed form, 0 at mean 0 / logvar 0, gradient 0
  *     where the logvar clamp is active;
- *   - the downsampler's (0,1,0,1) padding on a known 4x4 case. */
+ *   - the downsampler's (0,1,0,1) padding on a known 4x4 case;
+ *   - pipeline identity: with an orthogonal linear first stage, latent sampling decoded by
+ *     first_stage_decode (what `ddpm sample --vae` runs) gives the pixel model's samples:
+ *     exactly for DDIM at scaling factor 1, and in distribution at scaling factor 4, so a
+ *     scale applied in the wrong place or order shows. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "autoencoder.h"
 #include "checkpoint.h"
+#include "cpu_backend.h"
+#include "latent.h"
+#include "sample.h"
 #include "nn_blocks.h"
 #include "objective.h"
 #include "safetensors.h"
@@ -207,10 +214,117 @@ static void check_padding(void) {
     net_free(net);
 }
 
+/* ---- pipeline identity ---- */
+
+/* Toy data x0 ~ N(mu_c, S^2) per element; the optimal noise predictor is exact:
+ * E[eps | x_t] = sqrt(1-ab) (x_t - sqrt(ab) mu) / (ab S^2 + 1 - ab). */
+enum { SIDE = 20, CH = 4, PD = SIDE * SIDE * CH };
+#define TOY_S 0.5
+
+typedef struct {
+    Denoiser base;
+    const GaussianDiffusion *process;
+    double mean[CH], sd;
+    float out[PD];
+} Toy;
+
+static const float *toy_predict(Denoiser *self, const float *x, int n, float t) {
+    Toy *toy = (Toy *)self;
+    double ab = toy->process->alphas_cumprod[(int)t];
+    double k = sqrt(1 - ab) / (ab * toy->sd * toy->sd + 1 - ab);
+    for (size_t i = 0; i < (size_t)n * PD; i++)
+        toy->out[i] = (float)(k * (x[i] - sqrt(ab) * toy->mean[i % CH]));
+    return toy->out;
+}
+
+/* A fixed orthogonal channel map (a 4x4 Hadamard matrix / 2): the encoder applies A, the
+ * decoder its transpose. */
+static double hadamard(int r, int c) { return (__builtin_popcount(r & c) % 2 ? -0.5 : 0.5); }
+
+static void toy_sample(Toy *toy, const GaussianDiffusion *d, SamplerKind kind, float *x) {
+    toy->base = (Denoiser){.predict = toy_predict, .be = backend_cpu(), .max_batch = 1,
+                           .sample_size = PD, .output = {.prediction = PRED_EPS, .channels = CH}};
+    toy->process = d;
+    SamplerOptions opt = {.kind = kind, .eta = 0.0};
+    SamplerPlan plan;
+    char err[256];
+    if (sampler_plan_init(&plan, d, &opt, &toy->base.output, err, sizeof err) != 0) die("%s", err);
+    sampler_run(&plan, &toy->base, x, 1, (RngKey){5, 77, 0, 0}, 0);
+    sampler_plan_free(&plan);
+}
+
+/* The decoder A^T as a first stage: input "latent", one linear node, output "sample". */
+static void linear_first_stage(FirstStage *fs) {
+    memset(fs, 0, sizeof *fs);
+    config_defaults(&fs->cfg);
+    fs->cfg.image_size = SIDE, fs->cfg.in_channels = CH, fs->cfg.latent_channels = CH;
+    fs->be = backend_cpu(), fs->batch = 1, fs->side = SIDE;
+    Net *net = net_create(fs->be, 1);
+    int z = net_add_input(net, "latent", NET_F32, SIDE, SIDE, CH, 0);
+    int w = net_param(net, PARAM_PLAIN, CH, 2, (int64_t[]){CH, CH}, "decode");
+    net_add_output(net, "sample", net_linear_with(net, z, CH, w, -1));
+    net_finish(net);
+    for (int r = 0; r < CH; r++)   /* y = W x with W = A^T */
+        for (int c = 0; c < CH; c++) net->weights[r * CH + c] = (float)hadamard(c, r);
+    fs->net = net;
+}
+
+static void check_pipeline_identity(void) {
+    GaussianDiffusion d;
+    char err[256];
+    if (diffusion_init(&d, "linear", 1000, PRED_EPS, VAR_FIXED_SMALL, err, sizeof err)) die("%s", err);
+    const double mu[CH] = {0.3, -0.2, 0.1, 0.5};
+    static Toy pixel, latent;
+    static float x[PD], z[PD], decoded[PD];
+    FirstStage fs;
+    linear_first_stage(&fs);
+    for (int factor_case = 0; factor_case < 2; factor_case++) {
+        const double s = factor_case ? 4.0 : 1.0;
+        const SamplerKind kind = factor_case ? SAMPLER_ANCESTRAL : SAMPLER_DDIM;
+        pixel.sd = TOY_S, latent.sd = s * TOY_S;   /* z0 = s A x0 */
+        for (int r = 0; r < CH; r++) {
+            pixel.mean[r] = mu[r], latent.mean[r] = 0;
+            for (int c = 0; c < CH; c++) latent.mean[r] += s * hadamard(r, c) * mu[c];
+        }
+        cpu_normal_fill(x, 1, PD, (RngKey){3, 1, 0, 0});
+        for (int p = 0; p < SIDE * SIDE; p++)   /* the same noise, mapped: z_T = A x_T */
+            for (int r = 0; r < CH; r++) {
+                double v = 0;
+                for (int c = 0; c < CH; c++) v += hadamard(r, c) * x[p * CH + c];
+                z[p * CH + r] = (float)v;
+            }
+        toy_sample(&pixel, &d, kind, x);
+        toy_sample(&latent, &d, kind, z);
+        first_stage_decode(&fs, z, 1, (float)s, decoded);
+        if (!factor_case) {
+            double e = rel_error(decoded, x, PD, 1e-6);
+            CHECK(e <= 1e-5, "DDIM, scaling factor 1: decoded latent samples differ from the "
+                  "pixel samples by %.3g relative", e);
+            printf("  pipeline identity, DDIM, factor 1: relative difference %.3g\n", e);
+            continue;
+        }
+        for (int c = 0; c < CH; c++) {   /* ancestral, factor 4: the same distribution */
+            double m = 0, v = 0;
+            for (int p = 0; p < SIDE * SIDE; p++) m += decoded[p * CH + c];
+            m /= SIDE * SIDE;
+            for (int p = 0; p < SIDE * SIDE; p++) v += pow(decoded[p * CH + c] - m, 2);
+            double sd = sqrt(v / (SIDE * SIDE - 1));
+            CHECK(fabs(m - mu[c]) < 0.1 && fabs(sd / TOY_S - 1) < 0.15,
+                  "factor 4, channel %d: decoded samples have mean %.3f sd %.3f, the pixel "
+                  "model's data %.3f %.3f", c, m, sd, mu[c], TOY_S);
+            if (c == 0) printf("  pipeline identity, ancestral, factor 4: channel 0 mean %.3f "
+                               "(data %.3f), sd %.3f (data %.3f)\n", m, mu[0], sd, TOY_S);
+        }
+    }
+    net_free(fs.net);
+    diffusion_free(&d);
+}
+
 int main(void) {
     check_parity("l1", 1, 0);
     check_parity("l2lv", 0, 1);
     check_kl();
     check_padding();
+    check_pipeline_identity();
     return test_summary("vae");
 }
