@@ -221,6 +221,31 @@ typedef enum { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2, PRED_VELOCITY = 3 } Predic
     X(void, guidance_combine, (float *out, const float *pair, int n, size_t pixels, int c,      \
                                int learned_var, float scale))                                   \
                                                                                                 \
+    /* ==== the KL autoencoder (latent diffusion's first stage) ==== */                          \
+    /* Its posterior is a diagonal Gaussian: moments (N, HW, 2C) hold per pixel                 \
+     * [mean (C) | logvar (C)], as diffusers' DiagonalGaussianDistribution chunks them; logvar   \
+     * is clamped to [-30, 20] first, and where the clamp is active its gradient is 0           \
+     * (torch.clamp: the bounds themselves pass it). */                                         \
+    /* z (N, HW, C) = mean + exp(logvar/2) * noise (N, HW, C) */                                \
+    X(void, gaussian_sample_forward, (float *z, const float *moments, const float *noise,       \
+                                      int n, int hw, int c))                                    \
+    /* dmoments = beta*dmoments + [dz | dz * noise * exp(logvar/2) / 2] */                      \
+    X(void, gaussian_sample_backward, (float *dmoments, float beta, const float *dz,            \
+                                       const float *moments, const float *noise, int n, int hw, \
+                                       int c))                                                  \
+    /* kl (N) = KL(posterior || N(0, I)) = 0.5 * sum over HW*C of (mean^2 + exp(logvar) - 1 -   \
+     * logvar), summed in double; dmoments (N, HW, 2C), when not NULL, is overwritten with the  \
+     * gradient of weight * (1/N) sum_s kl[s]. */                                               \
+    X(void, gaussian_kl, (float *kl, float *dmoments, const float *moments, int n, int hw,      \
+                          int c, float weight))                                                 \
+    /* The reconstruction term per sample: r = |out - target| (l1) or (out - target)^2, summed  \
+     * over D in double; with a learned log variance lv (one float, or logvar NULL: 0)          \
+     * loss[s] = sum r / exp(lv) + D*lv (a Laplace/Gaussian NLL up to constants). dout (N, D)   \
+     * and dlogvar (one float), when not NULL, are overwritten with the gradient of             \
+     * (1/N) sum_s loss[s]; |x|' at 0 is 0. */                                                  \
+    X(void, recon_loss, (float *loss, float *dout, float *dlogvar, const float *out,            \
+                         const float *target, const float *logvar, int n, size_t d, int l1))    \
+                                                                                                \
     /* ==== optimizer over flat buffers ==== */                                                 \
     /* *out = sqrt(sum of g^2), written to backend memory (one float) */                        \
     X(void, global_norm, (float *out, const float *g, size_t n))                                \

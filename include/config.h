@@ -27,6 +27,8 @@ typedef enum {
     OBJECTIVE_CLASSIFIER = 2,   /* a noisy classifier on x_t (classifier guidance) */
     OBJECTIVE_VAE = 3           /* a KL autoencoder (latent diffusion's first stage) */
 } ObjectiveKind;
+/* The autoencoder's reconstruction term. */
+typedef enum { RECON_L1 = 0, RECON_L2 = 1 } ReconLossKind;
 #define CONFIG_STR 256
 
 typedef struct {
@@ -91,6 +93,14 @@ typedef struct {
     /* data parallelism (dist.h): batch_size is the global batch, split over the ranks */
     double bucket_mb;                         /* gradient all-reduce bucket size, MiB */
     double dist_timeout;                      /* seconds a collective may take before the run stops */
+    /* the KL autoencoder (objective vae, autoencoder.h): ch*ch_mult are diffusers'
+       block_out_channels, num_res_blocks its layers_per_block, groups its norm_num_groups */
+    int latent_channels;                      /* channels of the latent (the posterior's mean) */
+    double scaling_factor;                    /* 1/std of the latents (ddpm encode measures it) */
+    int recon_loss;                           /* ReconLossKind: l1 | l2, summed over pixels */
+    double kl_weight;                         /* beta on the KL, summed over latent units */
+    int learn_logvar;                         /* a learned scalar log variance on the
+                                                 reconstruction (parameter "logvar") */
 } Config;
 
 void config_defaults(Config *c);

@@ -9,7 +9,8 @@
  * which add (a tensor read by several nodes gets its gradient summed), from which
  * flat offset the parameter gradients are final after each backward node (for the
  * data-parallel buckets), and one arena holding every activation, gradient and saved
- * statistic. Nothing is allocated after that.
+ * statistic. Nothing is allocated after that. The caller writes each output's gradient
+ * before net_backward; a node that also reads an output adds its gradient to that one.
  *
  * Parameters live in one flat buffer, in registration order. Conv weights are stored
  * (OC, KH, KW, IC) internally and converted to PyTorch's (OC, IC, KH, KW) at the
@@ -120,6 +121,10 @@ int net_attention(Net *net, int qkv);
 int net_embedding(Net *net, const char *prefix, int ids, int rows, int dim);
 /* (1, 1, C): the mean over the H*W positions (a classifier's pooling). */
 int net_mean_pool(Net *net, int x);
+/* (H, W, C): a sample mean + exp(logvar/2) * noise of the diagonal Gaussian whose moments
+ * (H, W, 2C) are [mean | logvar] per pixel (logvar clamped to [-30, 20]); noise (H, W, C)
+ * is an input the caller fills (the autoencoder's posterior). */
+int net_gaussian_sample(Net *net, int moments, int noise);
 /* Sinusoidal embedding (1, 1, dim) of a (1, 1, 1) timestep input. */
 int net_timestep_embedding(Net *net, int t, int dim);
 

@@ -74,6 +74,8 @@ Objective *objective_classifier_create(const Backend *be, const Config *cfg, int
 /* The rectified-flow objective (objective_flow.c, flow.h): the velocity eps - x0 at a
  * uniform or logit-normal t, the network at time 1000 t. */
 Objective *objective_flow_create(const Backend *be, const Config *cfg, int b, int B);
+/* The KL autoencoder's objective (objective_vae.c): reconstruction + kl_weight * KL. */
+Objective *objective_vae_create(const Backend *be, const Config *cfg, int b, int B);
 void objective_free(Objective *o);
 
 #endif

@@ -33,6 +33,7 @@ enum {
     RNG_STREAM_SAMPLE_XT = 6,   /* initial x_T of a sampling run */
     RNG_STREAM_SAMPLE_Z = 7,    /* per-step sampling noise; step = t */
     RNG_STREAM_LABEL_DROP = 8,  /* classifier-free guidance: a label replaced by the null class */
+    RNG_STREAM_POSTERIOR = 0x10, /* the autoencoder's posterior eps (training, ddpm encode) */
     RNG_STREAM_DROPOUT = 0x100, /* + layer index */
 };
 

@@ -11,6 +11,7 @@
  *   q_sample_images, mse_loss, sample_update, normal_fill  kernels/diffusion_ops.cu
  *   diffusion_loss, cross_entropy       kernels/diffusion_loss.cu
  *   global_norm, adamw, ema_update      kernels/optim.cu
+ *   gaussian_sample_*, gaussian_kl, recon_loss   kernels/vae_ops.cu
  * Also the few helpers one file offers another. */
 #ifndef DDPM_CUDA_OPS_CUH
 #define DDPM_CUDA_OPS_CUH

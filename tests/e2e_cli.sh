@@ -69,7 +69,8 @@ ok
 expect_error "sample without --ckpt" "--ckpt is required" "$DDPM" sample --n 2
 expect_error "missing checkpoint" "$WORK/none.safetensors" "$DDPM" sample --ckpt "$WORK/none.safetensors"
 # --help on every command: the usage on stdout, status 0
-for command in train sample invert eval evaluate export import forward schedule info backends; do
+for command in train sample invert eval evaluate export import forward schedule info backends \
+    encode reconstruct; do
     out=$("$DDPM" "$command" --help 2>&1) || fail "ddpm $command --help exits non-zero"
     grep -q "usage" <<<"$out" || fail "ddpm $command --help prints no usage"
 done

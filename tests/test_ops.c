@@ -1523,6 +1523,142 @@ static void optimizer_cases(void) {
     ema_case(MODE_CUDA | MODE_BENCH, 4099, 0.999f);
 }
 
+/* ---- the KL autoencoder ---- */
+
+enum { GS_M, GS_NOISE, GS_DZ, GS_Z, GS_DM };
+
+/* c->n samples, c->h pixels, c->ch latent channels: moments (n, h, 2ch) */
+static void gaussian_sample_forward(const OpCase *c, OpRun *r) {
+    r->be->gaussian_sample_forward(F(GS_Z), F(GS_M), F(GS_NOISE), c->n, c->h, c->ch);
+}
+static void gaussian_sample_backward(const OpCase *c, OpRun *r, float beta) {
+    r->be->gaussian_sample_backward(F(GS_DM), beta, F(GS_DZ), F(GS_M), F(GS_NOISE), c->n, c->h,
+                                    c->ch);
+}
+
+static void gaussian_sample_check(const OpCase *c, OpRun *r) {
+    size_t pixels = (size_t)c->n * c->h, total = pixels * c->ch;
+    double *z = zeros(total);
+    for (size_t p = 0; p < pixels; p++)
+        for (int k = 0; k < c->ch; k++) {
+            double lv = F(GS_M)[p * 2 * c->ch + c->ch + k];
+            lv = lv < -30 ? -30 : lv > 20 ? 20 : lv;
+            z[p * c->ch + k] = F(GS_M)[p * 2 * c->ch + k] + exp(lv / 2) * F(GS_NOISE)[p * c->ch + k];
+        }
+    expect_ref(c, "z", F(GS_Z), z, total, c->ref_tol);
+    free(z);
+}
+
+static void gaussian_sample_case(unsigned modes, int n, int hw, int ch) {
+    OpCase *c = add_case(modes, "gaussian_sample n%d hw%d c%d", n, hw, ch);
+    c->n = n, c->h = hw, c->ch = ch;
+    size_t total = (size_t)n * hw * ch;
+    int m = input(c, "moments", 2 * total, -3, 3);
+    input(c, "noise", total, -2, 2);
+    int dz = input(c, "dz", total, -1, 1);
+    output(c, "z", total, dz);
+    grad(c, "dmoments", m);
+    set_op(c, gaussian_sample_forward, gaussian_sample_backward, gaussian_sample_check);
+    c->ref_tol = 1e-6, c->fd = FD_POINTWISE;
+}
+
+enum { KL_M, KL_W, KL_KL, KL_DM };
+
+static void gaussian_kl_forward(const OpCase *c, OpRun *r) {
+    r->be->gaussian_kl(F(KL_KL), NULL, F(KL_M), c->n, c->h, c->ch, c->p);
+}
+/* dmoments is the gradient of p * (1/N) sum kl: the loss weights are 1/N, scaled by p */
+static void gaussian_kl_backward(const OpCase *c, OpRun *r, float beta) {
+    r->be->gaussian_kl(F(KL_KL), F(KL_DM), F(KL_M), c->n, c->h, c->ch, c->p);
+}
+
+/* the float64 closed form (test_vae.c checks the clamp's gradient) */
+static void gaussian_kl_check(const OpCase *c, OpRun *r) {
+    double *kl = zeros(c->n);
+    for (int s = 0; s < c->n; s++)
+        for (int p = 0; p < c->h; p++)
+            for (int k = 0; k < c->ch; k++) {
+                size_t im = ((size_t)s * c->h + p) * 2 * c->ch + k;
+                double mean = F(KL_M)[im], lv = F(KL_M)[im + c->ch];
+                kl[s] += 0.5 * (mean * mean + exp(lv) - 1 - lv);
+            }
+    expect_ref(c, "kl", F(KL_KL), kl, c->n, c->ref_tol);
+    free(kl);
+}
+
+static void gaussian_kl_case(unsigned modes, int n, int hw, int ch, float weight) {
+    OpCase *c = add_case(modes, "gaussian_kl n%d hw%d c%d weight %g", n, hw, ch, weight);
+    c->n = n, c->h = hw, c->ch = ch, c->p = weight;
+    int m = input(c, "moments", (size_t)n * hw * 2 * ch, -2, 2);
+    float *w = xmalloc(n * sizeof(float));
+    for (int s = 0; s < n; s++) w[s] = weight / n;
+    int weights = input_bytes(c, "weights", n, 4, w);
+    free(w);
+    output(c, "kl", n, weights);
+    param_grad(c, "dmoments", m);
+    set_op(c, gaussian_kl_forward, gaussian_kl_backward, gaussian_kl_check);
+    c->ref_tol = 1e-6, c->fd = FD_POINTWISE;
+}
+
+enum { RL_OUT, RL_TARGET, RL_LOGVAR, RL_W, RL_LOSS, RL_DOUT, RL_DLOGVAR };
+
+/* c->flag: l1; c->k: D; the logvar slot absent or one float */
+static void recon_forward(const OpCase *c, OpRun *r) {
+    r->be->recon_loss(F(RL_LOSS), NULL, NULL, F(RL_OUT), F(RL_TARGET), F(RL_LOGVAR), c->n,
+                      (size_t)c->k, c->flag);
+}
+static void recon_backward(const OpCase *c, OpRun *r, float beta) {
+    r->be->recon_loss(F(RL_LOSS), F(RL_DOUT), F(RL_DLOGVAR), F(RL_OUT), F(RL_TARGET),
+                      F(RL_LOGVAR), c->n, (size_t)c->k, c->flag);
+}
+
+static void recon_check(const OpCase *c, OpRun *r) {
+    size_t d = (size_t)c->k;
+    double lv = F(RL_LOGVAR) ? F(RL_LOGVAR)[0] : 0.0, *loss = zeros(c->n);
+    for (int s = 0; s < c->n; s++) {
+        for (size_t e = 0; e < d; e++) {
+            double diff = (double)F(RL_OUT)[s * d + e] - F(RL_TARGET)[s * d + e];
+            loss[s] += c->flag ? fabs(diff) : diff * diff;
+        }
+        loss[s] = loss[s] / exp(lv) + (double)d * lv;
+    }
+    expect_ref(c, "loss", F(RL_LOSS), loss, c->n, c->ref_tol);
+    free(loss);
+}
+
+/* target = out's range + shift: with |shift| > 2 every l1 difference has one sign, away
+ * from the kink that a finite difference cannot see through */
+static void recon_case(unsigned modes, int n, size_t d, int l1, int logvar, float shift) {
+    OpCase *c = add_case(modes, "recon_loss %s n%d d%zu%s", l1 ? "l1" : "l2", n, d,
+                         logvar ? " learned logvar" : "");
+    c->n = n, c->k = (int)d, c->flag = l1;
+    int out = input(c, "out", n * d, -1, 1);
+    input(c, "target", n * d, -1 + shift, 1 + shift);
+    int lv = logvar ? input(c, "logvar", 1, -0.5f, 0.5f) : absent(c);
+    float *w = xmalloc(n * sizeof(float));
+    for (int s = 0; s < n; s++) w[s] = 1.0f / n;
+    int weights = input_bytes(c, "weights", n, 4, w);
+    free(w);
+    output(c, "loss", n, weights);
+    param_grad(c, "dout", out);
+    if (logvar) param_grad(c, "dlogvar", lv);
+    set_op(c, recon_forward, recon_backward, recon_check);
+    c->ref_tol = 1e-6, c->fd = FD_POINTWISE;
+}
+
+static void vae_cases(void) {
+    gaussian_sample_case(MODE_ALL, 2, 5, 3);
+    gaussian_sample_case(MODE_CUDA | MODE_BENCH, 4, 64, 4);
+    gaussian_kl_case(MODE_ALL, 3, 5, 2, 0.7f);
+    gaussian_kl_case(MODE_CUDA | MODE_BENCH, 4, 300, 4, 1e-6f);   /* more than one block's worth */
+    recon_case(MODE_ALL, 3, 40, 0, 0, 0.0f);
+    recon_case(MODE_ALL, 3, 40, 0, 1, 0.0f);
+    recon_case(MODE_ALL, 3, 40, 1, 1, 2.1f);
+    recon_case(MODE_ALL, 3, 40, 1, 0, -2.1f);
+    recon_case(MODE_CUDA | MODE_BENCH, 4, 3 * 32 * 32 + 7, 1, 1, 0.0f);
+    recon_case(MODE_CUDA | MODE_BENCH, 4, 3 * 32 * 32 + 7, 0, 0, 0.0f);
+}
+
 /* ---- the table ---- */
 
 static int op_cases(OpCase *cases, int cap) {
@@ -1536,6 +1672,7 @@ static int op_cases(OpCase *cases, int cap) {
     dense_cases();
     diffusion_cases();
     optimizer_cases();
+    vae_cases();
     return n_cases;
 }
 

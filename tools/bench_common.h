@@ -64,8 +64,13 @@ static inline void bench_random_dataset(Dataset *d, const Config *c, int count) 
     d->height = d->width = c->image_size;
     d->channels = c->in_channels;
     size_t bytes = (size_t)count * c->image_size * c->image_size * c->in_channels;
-    d->images = xmalloc(bytes);
     RngKey key = {12345, 99, 0, 0};
+    if (c->dataset == DATASET_LATENTS) {   /* float data: unit normals, as scaled latents are */
+        d->values = xmalloc(bytes * sizeof(float));
+        for (size_t i = 0; i < bytes; i++) d->values[i] = philox_normal(key, 0, i);
+        return;
+    }
+    d->images = xmalloc(bytes);
     for (size_t i = 0; i < bytes; i++) d->images[i] = (uint8_t)(philox_word(key, 0, i) >> 24);
 }
 

@@ -26,6 +26,8 @@ int export_main(int argc, char **argv);                    /* src/cli/interop_cl
 int import_main(int argc, char **argv);
 int forward_main(int argc, char **argv, const Backend *be);
 int evaluate_main(int argc, char **argv, const Backend *be);   /* src/cli/evaluate.c */
+int encode_main(int argc, char **argv, const Backend *be);   /* src/cli/vae_cli.c */
+int reconstruct_main(int argc, char **argv, const Backend *be);
 
 static void usage(FILE *to) {
     fprintf(to,
@@ -33,7 +35,9 @@ static void usage(FILE *to) {
             "  ddpm train --config FILE [--resume] [--device cpu|cuda] [key=value ...]\n"
             "  ddpm sample --ckpt FILE [--n N] [--out DIR] [--seed S] [--batch B] [--clip 0|1]\n"
             "              [--sampler ancestral|ddim] [--steps 50|ddim50|10,10,20] [--eta E]\n"
-            "              [--noise x_T.npy] [--save-noise x_T.npy]\n"
+            "              [--noise x_T.npy] [--save-noise x_T.npy] [--vae FILE]\n"
+            "  ddpm encode --vae FILE --out LATENTS [--mode mean|sample]  (data set -> latents)\n"
+            "  ddpm reconstruct --vae FILE [--data PATH] [--out DIR]  (autoencoder MSE, PSNR, grid)\n"
             "  ddpm invert --ckpt FILE --images x0.npy --out x_T.npy [--steps SPEC]  (DDIM inversion)\n"
             "  ddpm eval --ckpt FILE --data PATH [--n N] [--mc K] [--csv FILE]  (bound in bits/dim)\n"
             "  ddpm evaluate --classifier CKPT --samples F.npz [--data PATH] [--n N]\n"
@@ -143,7 +147,8 @@ static int asks_help(int argc, char **argv) {
 
 static int has_own_usage(const char *command) {
     return strcmp(command, "sample") == 0 || strcmp(command, "invert") == 0 ||
-           strcmp(command, "eval") == 0 || strcmp(command, "evaluate") == 0;
+           strcmp(command, "eval") == 0 || strcmp(command, "evaluate") == 0 ||
+           strcmp(command, "encode") == 0 || strcmp(command, "reconstruct") == 0;
 }
 
 int main(int argc, char **argv) {
@@ -170,6 +175,10 @@ int main(int argc, char **argv) {
         return evaluate_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
     if (strcmp(command, "invert") == 0)
         return invert_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
+    if (strcmp(command, "encode") == 0)
+        return encode_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
+    if (strcmp(command, "reconstruct") == 0)
+        return reconstruct_main(argc - 1, argv + 1, pick_backend(find_flag(argc, argv, "--device")));
     if (strcmp(command, "export") == 0) return export_main(argc - 1, argv + 1);
     if (strcmp(command, "import") == 0) return import_main(argc - 1, argv + 1);
     if (strcmp(command, "forward") == 0)

@@ -13,6 +13,7 @@
 #include "guidance.h"
 #include "flow.h"
 #include "image_io.h"
+#include "latent.h"
 #include "npy.h"
 #include "sample.h"
 #include "unet.h"
@@ -46,6 +47,7 @@ typedef struct {
     double guidance_scale;      /* --guidance-scale; NAN when not given */
     const char *classifier;     /* --classifier: a noisy classifier checkpoint (guidance) */
     double classifier_scale;    /* --classifier-scale; NAN when not given */
+    const char *vae;   /* a latent model's autoencoder: decode the samples to images */
     int n, batch, clip, scale;
     int convert;     /* run a DDPM model under a flow sampler, or the reverse */
     unsigned long long seed;
@@ -57,7 +59,7 @@ static void usage(void) {
             "usage: ddpm sample --ckpt FILE [--n N] [--out DIR] [--seed S] [--batch B] [--clip 0|1]\n"
             "                   [--sampler ancestral|ddim|euler|heun] [--steps SPEC] [--eta E]\n"
             "                   [--shift S] [--convert]\n"
-            "                   [--noise x_T.npy] [--save-noise x_T.npy] [--scale K]\n"
+            "                   [--noise x_T.npy] [--save-noise x_T.npy] [--scale K] [--vae FILE]\n"
             "                   [--class C|C1,C2,...|all] [--guidance-scale S]\n"
             "                   [--classifier CKPT [--classifier-scale S]]\n"
             "       ddpm invert --ckpt FILE --images x0.npy --out x_T.npy [--steps SPEC] [--batch B]\n"
@@ -78,7 +80,9 @@ static void usage(void) {
             "  --classifier CKPT: classifier guidance (objective=classifier checkpoint, trained on\n"
             "  x_t) at --classifier-scale S (default 1): ancestral sampling shifts each step's mean\n"
             "  by S Sigma grad log p(y|x_t), DDIM shifts eps by -S sqrt(1-abar) grad log p(y|x_t);\n"
-            "  --class then names the classes, also for an unconditional model\n");
+            "  --class then names the classes, also for an unconditional model\n"
+            "  --vae FILE: the model samples latents (dataset=latents); decode them with this\n"
+            "  autoencoder checkpoint (x = decoder(z / scaling_factor)) into the grid and npz\n");
 }
 
 enum { MAX_GRID_SCALE = 16 };
@@ -101,7 +105,7 @@ static SampleArgs parse_args(int argc, char **argv) {
         {"classifier", required_argument, 0, 'K'},
         {"classifier-scale", required_argument, 0, 'G'},
         {"shift", required_argument, 0, 'S'},   {"convert", no_argument, 0, 'V'},
-        {"help", no_argument, 0, 'h'},
+        {"vae", required_argument, 0, 'A'},     {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int opt;
     optind = 1;
@@ -141,6 +145,7 @@ static SampleArgs parse_args(int argc, char **argv) {
             if (!isfinite(a.classifier_scale) || fabs(a.classifier_scale) > 1e4)
                 die("--classifier-scale: %s is not a finite scale in [-1e4, 1e4]", optarg);
             break;
+        case 'A': a.vae = optarg; break;
         case 'd': break;   /* handled by main */
         case 'h': usage(); exit(0);
         default: usage(); exit(2);
@@ -384,6 +389,30 @@ static void read_classifier_config(const SampleArgs *a, const Config *model, Con
             a->ckpt, config_num_classes(model));
 }
 
+/* --vae: before any sampling, the autoencoder must be one whose latent the model samples. */
+static void open_decoder(FirstStage *vae, const SampleArgs *a, const Config *model,
+                         const Backend *be, int batch) {
+    char err[1024];
+    if (model->dataset != DATASET_LATENTS)
+        die("--vae: %s is a pixel model (dataset '%s'), not a latent one (dataset=latents)",
+            a->ckpt, config_enum_name("dataset", model->dataset));
+    if (first_stage_open(vae, a->vae, be, batch, 1, err, sizeof err) != 0) die("--vae: %s", err);
+    if (vae->side != model->image_size || vae->cfg.latent_channels != model->in_channels)
+        die("--vae: %s has %dx%dx%d latents, but %s samples %dx%dx%d", a->vae, vae->side,
+            vae->side, vae->cfg.latent_channels, a->ckpt, model->image_size, model->image_size,
+            model->in_channels);
+}
+
+static void decode_and_write(FirstStage *vae, const SampleArgs *a, const float *latents,
+                             const int32_t *labels, int grid_cols) {
+    float *images = xmalloc((size_t)a->n * first_stage_image_size(vae) * sizeof(float));
+    first_stage_decode(vae, latents, a->n, (float)vae->cfg.scaling_factor, images);
+    fprintf(stderr, "decoded %d latents with %s (scaling_factor %g)\n", a->n, a->vae,
+            vae->cfg.scaling_factor);
+    write_outputs(a->out_dir, a->n, &vae->cfg, images, labels, grid_cols, a->scale);
+    free(images);
+}
+
 int sample_main(int argc, char **argv, const Backend *be) {
     SampleArgs a = parse_args(argc, argv);
     Inference inf;
@@ -408,6 +437,8 @@ int sample_main(int argc, char **argv, const Backend *be) {
     /* both halves of a guided step run as one batch: the network is planned for 2x */
     const int conditional = peek.num_class_embeds > 0;
     int doubled = conditional && guidance != 0.0f && guidance != 1.0f;
+    FirstStage vae = {0};
+    if (a.vae) open_decoder(&vae, &a, &peek, be, batch);
     Dist *dist = dist_start(be, peek.dist_timeout);
     const int rank = dist->env.rank, W = dist->env.world_size;
     inference_load(&inf, a.ckpt, be, doubled ? 2 * batch : batch);
@@ -468,8 +499,10 @@ int sample_main(int argc, char **argv, const Backend *be) {
         int batches = (a.n + batch - 1) / batch;
         fprintf(stderr, "sampled in %.1f s: %.1f ms per model evaluation of a batch of %d\n",
                 sampled, 1e3 * sampled / ((double)evaluations * batches), batch);
-        write_outputs(a.out_dir, a.n, &inf.cfg, images, labels, grid_cols, a.scale);
+        if (a.vae) decode_and_write(&vae, &a, images, labels, grid_cols);
+        else write_outputs(a.out_dir, a.n, &inf.cfg, images, labels, grid_cols, a.scale);
     }
+    first_stage_free(&vae);
     free(images);
     free(labels);
     if (conditional) guided_denoiser_free(&guided);

@@ -43,9 +43,13 @@ static int samples_per_chunk(const ConvShape *s) {
     return (s->n + chunks - 1) / chunks;
 }
 
+/* Sized for every batch up to s->n: a smaller batch evens out over fewer chunks, so its
+ * chunk can be larger than the full batch's (36 of 64 in one chunk, where 64 took two of
+ * 32), but never more than what fits the budget, nor more than s->n. */
 void cpu_conv2d_prepare(ConvShape *s) {
-    s->workspace_bytes =
-        is_pointwise(s) ? 0 : (size_t)samples_per_chunk(s) * col_bytes_per_sample(s);
+    const size_t fit = COL_CHUNK_BUDGET_BYTES / col_bytes_per_sample(s);
+    const size_t most = fit < 1 ? 1 : fit > (size_t)s->n ? (size_t)s->n : fit;
+    s->workspace_bytes = is_pointwise(s) ? 0 : most * col_bytes_per_sample(s);
 }
 
 /* col (nc*OH*OW, K) = the receptive fields of the nc samples starting at x. */

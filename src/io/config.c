@@ -89,6 +89,11 @@ static const ConfigKey keys[] = {
     NUM(threads, KEY_INT, 0, 1024, 0),
     NUM(bucket_mb, KEY_DOUBLE, 0.001, 4096, 0),
     NUM(dist_timeout, KEY_DOUBLE, 1, 1e6, 0),
+    NUM(latent_channels, KEY_INT, 1, 64, 1),
+    NUM(scaling_factor, KEY_DOUBLE, 1e-6, 1e6, 0),
+    ENUM(recon_loss, "l1|l2", 0),
+    NUM(kl_weight, KEY_DOUBLE, 0, 1e6, 0),
+    NUM(learn_logvar, KEY_BOOL, 0, 1, 1),
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -119,6 +124,7 @@ void config_defaults(Config *c) {
         .log_every = 10, .sample_every = 0, .sample_n = 16, .ckpt_every = 0, .keep_ckpts = 3,
         .threads = 0, .bucket_mb = 25, .dist_timeout = 300,
         .logit_mean = 0, .logit_std = 1, .flow_shift = 1, .flow_steps = 50,
+        .latent_channels = 4, .scaling_factor = 1.0, .kl_weight = 1e-6,
     };
     strcpy(c->beta_schedule, "linear");
     c->prediction = PRED_EPS;
@@ -374,6 +380,13 @@ int config_validate(const Config *c, char *err, size_t err_size) {
     if (c->learn_sigma && c->loss == LOSS_MSE)
         return fail(err, err_size, "%s: key 'loss' = mse cannot train learned variances "
                     "(learn_sigma): use hybrid or kl", o);
+    if (c->objective == OBJECTIVE_VAE) {
+        if (c->dataset == DATASET_LATENTS)
+            return fail(err, err_size, "%s: objective 'vae' trains on images, not latents", o);
+        if (c->dropout != 0 || c->learn_sigma)
+            return fail(err, err_size, "%s: objective 'vae' needs dropout = 0 and learn_sigma = "
+                        "false (AutoencoderKL has neither)", o);
+    }
     if (c->beta1 >= 1 || c->beta2 >= 1)
         return fail(err, err_size, "%s: keys 'beta1' and 'beta2' must be below 1", o);
     if (c->objective == OBJECTIVE_CLASSIFIER && c->num_classes < 2)

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autoencoder.h"
 #include "checkpoint.h"
 #include "safetensors.h"
 #include "unet.h"
@@ -197,6 +198,7 @@ int diffusers_export(const char *ckpt_path, const char *dir, char *err, size_t e
     config_defaults(&c);
     if (checkpoint_read_config(ckpt_path, &c, err, err_size) != 0) return -1;
     if (config_validate(&c, err, err_size) != 0) return -1;
+    if (c.objective == OBJECTIVE_VAE) return autoencoder_export(ckpt_path, &c, dir, err, err_size);
     Net *m = unet_build(backend_cpu(), &c, 1, 0);
     float *host = xmalloc(m->num_parameters * sizeof(float));
     float *bufs[CKPT_BUFFERS] = {NULL, m->weights, NULL, NULL};

@@ -12,7 +12,7 @@
 
 typedef enum {
     OP_CONV, OP_GROUPNORM, OP_SILU, OP_LINEAR, OP_ATTENTION, OP_UPSAMPLE, OP_CONCAT, OP_ADD,
-    OP_ADD_BIAS, OP_DROPOUT, OP_TIMESTEP_EMBEDDING, OP_MEAN_POOL, OP_EMBEDDING
+    OP_ADD_BIAS, OP_DROPOUT, OP_TIMESTEP_EMBEDDING, OP_MEAN_POOL, OP_EMBEDDING, OP_GAUSSIAN_SAMPLE
 } OpKind;
 
 struct Tensor {
@@ -257,6 +257,13 @@ int net_mean_pool(Net *net, int x) {
     return out;
 }
 
+int net_gaussian_sample(Net *net, int moments, int noise) {
+    const Tensor m = net->tensors[moments], z = net->tensors[noise];
+    if (m.c % 2 || m.h != z.h || m.w != z.w || z.c != m.c / 2)
+        die("internal: a posterior sample needs moments (H, W, 2C) and noise (H, W, C)");
+    return binary(net, OP_GAUSSIAN_SAMPLE, moments, noise, m.c / 2);
+}
+
 int net_timestep_embedding(Net *net, int t, int dim) {
     int out = new_tensor(net, 1, 1, dim);
     net->tensors[out].needs_grad = 0;
@@ -318,6 +325,9 @@ static void bind_arena(Net *net) {
 /* Decides, for each node input, whether backward overwrites or adds to its gradient. */
 static void plan_gradient_sums(Net *net) {
     char *reached = xcalloc((size_t)net->n_tensors, 1);
+    /* the caller writes the outputs' gradients before backward: a node that also reads an
+     * output (the autoencoder's moments feed its KL and its sample) adds to it */
+    for (int i = 0; i < net->n_outputs; i++) reached[net->outputs[i].tensor] = 1;
     for (int i = net->n_nodes - 1; i >= 0; i--) {
         Node *node = &net->nodes[i];
         for (int j = 0; j < 2; j++) {
@@ -464,6 +474,9 @@ static void forward_node(Net *net, const Node *node, int n, const float *weights
     case OP_EMBEDDING:
         be->embedding_forward(y->data, (const int32_t *)a->data, w, n, y->c);
         break;
+    case OP_GAUSSIAN_SAMPLE:
+        be->gaussian_sample_forward(y->data, a->data, b->data, n, a->h * a->w, y->c);
+        break;
     }
 }
 
@@ -519,6 +532,9 @@ static void backward_node(Net *net, const Node *node, int n, RngKey dropout_key)
         break;
     case OP_EMBEDDING:
         be->embedding_backward(dw, y->grad, (const int32_t *)a->data, n, node->rows, y->c);
+        break;
+    case OP_GAUSSIAN_SAMPLE:
+        be->gaussian_sample_backward(da, beta_a, y->grad, a->data, b->data, n, a->h * a->w, y->c);
         break;
     }
 }

@@ -2,6 +2,7 @@
 #include "models.h"
 
 #include "classifier.h"
+#include "autoencoder.h"
 #include "unet.h"
 #include "util.h"
 
@@ -10,6 +11,7 @@ Net *model_build(const Backend *be, const Config *cfg, int max_batch, int input_
     case OBJECTIVE_DDPM: return unet_build(be, cfg, max_batch, input_grad);
     case OBJECTIVE_CLASSIFIER: return classifier_build(be, cfg, max_batch, input_grad, NULL);
     case OBJECTIVE_FLOW: return unet_build(be, cfg, max_batch, input_grad);   /* time 1000 t */
+    case OBJECTIVE_VAE: return autoencoder_build(be, cfg, max_batch, input_grad);
     default: break;
     }
     die("objective=%s: this build has no network for it",
@@ -22,6 +24,7 @@ Objective *objective_create(const Backend *be, const Config *cfg, int b, int B) 
     case OBJECTIVE_DDPM: return objective_ddpm_create(be, cfg, b, B);
     case OBJECTIVE_CLASSIFIER: return objective_classifier_create(be, cfg, b, B);
     case OBJECTIVE_FLOW: return objective_flow_create(be, cfg, b, B);
+    case OBJECTIVE_VAE: return objective_vae_create(be, cfg, b, B);
     default: break;
     }
     die("objective=%s: this build cannot train it", config_enum_name("objective", cfg->objective));
