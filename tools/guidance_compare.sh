@@ -3,7 +3,7 @@
 # class-conditional model with classifier-free guidance and an unconditional model with
 # classifier guidance at several scales, and scores each set with a clean classifier
 # (`ddpm evaluate`: class accuracy, Frechet distance to the test set and its floor). Also
-# times the sampling runs. Every line it prints is kept in OUT/results.jsonl.
+# times the sampling runs. Every line it prints is appended to OUT/results.jsonl.
 #
 #   tools/guidance_compare.sh [OUT]        (default OUT: runs/guidance_compare)
 #
@@ -24,12 +24,15 @@ N=${N:-500}
 STEPS=${STEPS:-50}
 CFG_SCALES=${CFG_SCALES:-0 1 2 4 8}
 CLASSIFIER_SCALES=${CLASSIFIER_SCALES:-0 1 2 4 8}
-for f in "$COND" "$DDPM" "$NOISY" "$CLEAN"; do
+need=("$CLEAN")
+[ -n "$CFG_SCALES" ] && need+=("$COND")
+[ -n "$CLASSIFIER_SCALES" ] && need+=("$DDPM" "$NOISY")
+for f in "${need[@]}"; do
     [ -f "$f" ] || { echo "guidance_compare: $f: no such checkpoint (see the header)" >&2; exit 1; }
 done
 mkdir -p "$OUT"
 results="$OUT/results.jsonl"
-: >"$results"
+touch "$results"
 common=(--n "$N" --batch 50 --seed 1 --sampler ddim --steps "ddim$STEPS" --class all)
 
 # one set: sample (timed), score, and one JSON line with the method, scale and seconds
@@ -51,9 +54,8 @@ run_set() {
 for s in $CFG_SCALES; do
     run_set "cfg_s$s" classifier-free "$s" --ckpt "$COND" --guidance-scale "$s"
 done
-run_set unguided unconditional 0 --ckpt "$DDPM" --classifier "$NOISY" --classifier-scale 0
+# scale 0 is the unconditional model unguided (the classifier is not run)
 for s in $CLASSIFIER_SCALES; do
-    [ "$s" = 0 ] && continue
     run_set "classifier_s$s" classifier "$s" --ckpt "$DDPM" --classifier "$NOISY" --classifier-scale "$s"
 done
 echo "guidance_compare: $(wc -l <"$results") sets scored; lines in $results"
