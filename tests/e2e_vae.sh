@@ -91,6 +91,8 @@ x = np.load(sys.argv[1])["arr_0"]
 assert x.shape == (3, 32, 32, 1) and x.dtype == np.uint8, (x.shape, x.dtype)
 PY
 [ -s decoded/samples.png ] || fail "no decoded grid"
+"$DDPM" sample --ckpt ldm/ckpt_00000002.safetensors --vae "$VAE" --n 1 --steps 2 --clip 1 \
+    --out clipped 2>&1 | grep -q "clamps x0 to \[-1, 1\]" || fail "no warning for clipped latents"
 ok
 
 # ---- overfitting 256 images: reconstruction bound, no posterior collapse ----

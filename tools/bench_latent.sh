@@ -9,19 +9,22 @@ set -eu
 ROUNDS=${1:-3} ITERS=${2:-10} THREADS=${3:-2}
 export OMP_WAIT_POLICY=passive
 echo "# $(git rev-parse --short HEAD) $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+lines=$(mktemp)
+trap 'rm -f "$lines"' EXIT
 for r in $(seq "$ROUNDS"); do
     for cfg in fashion_mnist_cpu fashion_ldm; do
-        printf '%s ' "$cfg"
+        printf '%s ' "$cfg" >>"$lines"
         bin/bench_train --config "configs/$cfg" --device cpu --iters "$ITERS" threads="$THREADS" \
-            batch_size=32
+            batch_size=32 >>"$lines"
     done
-done | tee /dev/stderr | python3 -c '
+done
+cat "$lines"
+python3 - "$lines" <<'PY'
 import json, statistics, sys
 ms = {}
-for line in sys.stdin:
+for line in open(sys.argv[1]):
     name, _, js = line.partition(" ")
-    d = json.loads(js)
-    ms.setdefault(name, []).append(d["ms_per_step"])
+    ms.setdefault(name, []).append(json.loads(js)["ms_per_step"])
 pix, lat = statistics.median(ms["fashion_mnist_cpu"]), statistics.median(ms["fashion_ldm"])
 print(f"# median step: pixel {pix:.1f} ms, latent {lat:.1f} ms, ratio {pix / lat:.2f}x")
-'
+PY

@@ -397,6 +397,9 @@ static void open_decoder(FirstStage *vae, const SampleArgs *a, const Config *mod
         die("--vae: %s is a pixel model (dataset '%s'), not a latent one (dataset=latents)",
             a->ckpt, config_enum_name("dataset", model->dataset));
     if (first_stage_open(vae, a->vae, be, batch, 1, err, sizeof err) != 0) die("--vae: %s", err);
+    if (a->clip < 0 ? model->clip_denoised : a->clip)
+        fprintf(stderr, "warning: %s clamps x0 to [-1, 1] while sampling (clip_denoised), which "
+                "scaled latents exceed; --clip 0 turns it off\n", a->ckpt);
     if (vae->side != model->image_size || vae->cfg.latent_channels != model->in_channels)
         die("--vae: %s has %dx%dx%d latents, but %s samples %dx%dx%d", a->vae, vae->side,
             vae->side, vae->cfg.latent_channels, a->ckpt, model->image_size, model->image_size,
