@@ -4,7 +4,8 @@
 #  - The second half of the test set, as samples, is exactly the floor's set: the
 #    distance must equal the floor, and the accuracy must beat chance by far.
 #  - Uniform noise is far from the test set; shifted labels lose the accuracy.
-#  - int32 and int64 labels read alike; bad archives and classifiers get errors.
+#  - int32 and int64 labels read alike; --crop undoes a padding to 32x32; bad archives
+#    and classifiers get errors.
 source "$(dirname "$0")/lib_e2e.sh"
 TEST=/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 [ -f "$TEST" ] || skip "no Fashion-MNIST test set ($TEST)"
@@ -29,6 +30,7 @@ np.savez("real.npz", images[half], labels[half].astype(np.int64))
 np.savez("real32.npz", images[half], labels[half].astype(np.int32))
 np.savez("shifted.npz", images[half], ((labels[half] + 1) % 10).astype(np.int64))
 np.savez("unlabelled.npz", images[half])
+np.savez("padded.npz", np.pad(images[half], ((0, 0), (2, 2), (2, 2), (0, 0))), labels[half].astype(np.int64))
 rng = np.random.default_rng(0)
 np.savez("noise.npz", rng.integers(0, 256, (400, 28, 28, 1), dtype=np.uint8), labels[half].astype(np.int64))
 np.savez("big.npz", np.zeros((4, 32, 32, 1), np.uint8))
@@ -56,6 +58,10 @@ awk -v s="$(field accuracy shifted.json)" -v a="$acc" 'BEGIN { exit !(s < a - 0.
 ok
 "$DDPM" evaluate --classifier "$CLF" --samples unlabelled.npz --json none.json >/dev/null 2>&1 || fail "no labels"
 grep -q '"accuracy": null' none.json || fail "no arr_1 should give accuracy null: $(cat none.json)"
+ok
+"$DDPM" evaluate --classifier "$CLF" --samples padded.npz --crop --json padded.json >/dev/null 2>&1 || fail "--crop"
+[ "$(field frechet padded.json)" = "$fd" ] && [ "$(field accuracy padded.json)" = "$acc" ] ||
+    fail "--crop of zero-padded 32x32 images is not the 28x28 result: $(cat padded.json)"
 ok
 expect_error "wrong image size" "big.npz: samples are 32x32x1" "$DDPM" evaluate --classifier "$CLF" --samples big.npz
 expect_error "label out of range" "badlabel.npz: label 10" "$DDPM" evaluate --classifier "$CLF" --samples badlabel.npz
