@@ -43,7 +43,7 @@ Net *autoencoder_decoder_build(const Backend *be, const Config *cfg, int max_bat
 
 /* `ddpm export` of an autoencoder checkpoint: DIR/config.json and
  * DIR/diffusion_pytorch_model.safetensors for AutoencoderKL.from_pretrained(DIR), from the
- * EMA weights, without the loss's "logvar" (src/vae/vae_export.c). */
+ * EMA weights, without the loss's "logvar" (src/io/vae_export.c). */
 int autoencoder_export(const char *ckpt_path, const Config *cfg, const char *dir, char *err,
                        size_t err_size);
 
