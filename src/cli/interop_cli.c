@@ -33,11 +33,14 @@ int export_main(int argc, char **argv) {
     Config cfg;
     config_defaults(&cfg);
     if (checkpoint_read_config(ckpt, &cfg, err, sizeof err) != 0) die("%s", err);
-    if (cfg.objective != OBJECTIVE_DDPM)   /* a DDPMPipeline would sample it as a DDPM */
-        die("%s: export writes a DDPMPipeline, and this checkpoint is objective=%s", ckpt,
+    /* a DDPMPipeline would sample a flow model as a DDPM */
+    if (cfg.objective != OBJECTIVE_DDPM && cfg.objective != OBJECTIVE_VAE)
+        die("%s: export writes a DDPMPipeline (objective=ddpm) or an AutoencoderKL "
+            "(objective=vae), and this checkpoint is objective=%s", ckpt,
             config_enum_name("objective", cfg.objective));
     if (diffusers_export(ckpt, out, err, sizeof err) != 0) die("%s", err);
-    fprintf(stderr, "exported %s to %s (DDPMPipeline.from_pretrained)\n", ckpt, out);
+    fprintf(stderr, "exported %s to %s (%s.from_pretrained)\n", ckpt, out,
+            cfg.objective == OBJECTIVE_VAE ? "AutoencoderKL" : "DDPMPipeline");
     return 0;
 }
 

@@ -81,9 +81,7 @@ static void vae_report(Objective *o, float *const *stats, int B, ObjectiveReport
         loss += v->host_loss[i];
         kl_sum += kl[i];
     }
-    /* aux is NaN: the trainer's log names its second statistic L_t (bits/dim) */
-    (void)kl_sum;
-    *out = (ObjectiveReport){.loss = loss / B, .aux = NAN,
+    *out = (ObjectiveReport){.loss = loss / B, .aux = kl_sum / B,
                              .loss_per_sample = v->host_loss, .t = NULL};
 }
 
@@ -106,6 +104,8 @@ static void vae_free(Objective *o) {
 
 static const ObjectiveOps vae_ops = {
     .name = "vae",
+    .aux_format = "KL %.2f",   /* the unweighted KL per sample, summed over latent units */
+    .aux_column = "kl",
     .draw = vae_draw,
     .prepare = vae_prepare,
     .loss = vae_loss,
