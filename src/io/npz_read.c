@@ -1,7 +1,6 @@
 /* Reading sample archives (npz.h) with libzip and a parser of the .npy header. */
 #include "npz.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,16 +17,6 @@ typedef struct {
     const unsigned char *data;
     size_t data_size;
 } NpyArray;
-
-static int fail(char *err, size_t err_size, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int fail(char *err, size_t err_size, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_size, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 /* The whole member `name`, or NULL when absent (*missing = 1) or unreadable. */
 static unsigned char *read_member(zip_t *zip, const char *name, size_t *size, int *missing) {
@@ -93,13 +82,13 @@ static size_t numel(const NpyArray *a) {
 static int read_images(const char *path, const NpyArray *a, NpzSamples *out, char *err,
                        size_t err_size) {
     if (strcmp(a->descr, "|u1") != 0 || a->ndim != 4)
-        return fail(err, err_size, "%s: arr_0 must be uint8 (N, H, W, C), not '%s' with %d dims",
+        return set_error(err, err_size, "%s: arr_0 must be uint8 (N, H, W, C), not '%s' with %d dims",
                     path, a->descr, a->ndim);
     for (int i = 0; i < 4; i++)
         if (a->shape[i] < 1 || a->shape[i] > 1 << 24)
-            return fail(err, err_size, "%s: arr_0 has an empty or huge dimension", path);
+            return set_error(err, err_size, "%s: arr_0 has an empty or huge dimension", path);
     if (a->data_size != numel(a))
-        return fail(err, err_size, "%s: arr_0 holds %zu bytes, its shape says %zu", path,
+        return set_error(err, err_size, "%s: arr_0 holds %zu bytes, its shape says %zu", path,
                     a->data_size, numel(a));
     out->n = (int)a->shape[0], out->h = (int)a->shape[1], out->w = (int)a->shape[2];
     out->c = (int)a->shape[3];
@@ -112,13 +101,13 @@ static int read_labels(const char *path, const NpyArray *a, NpzSamples *out, cha
                        size_t err_size) {
     int wide = strcmp(a->descr, "<i8") == 0;
     if ((!wide && strcmp(a->descr, "<i4") != 0) || a->ndim != 1)
-        return fail(err, err_size, "%s: arr_1 (labels) must be int64 or int32 of shape (N), "
+        return set_error(err, err_size, "%s: arr_1 (labels) must be int64 or int32 of shape (N), "
                     "not '%s' with %d dims", path, a->descr, a->ndim);
     if (a->shape[0] != out->n)
-        return fail(err, err_size, "%s: arr_1 has %lld labels for %d images", path, a->shape[0],
+        return set_error(err, err_size, "%s: arr_1 has %lld labels for %d images", path, a->shape[0],
                     out->n);
     if (a->data_size != (size_t)out->n * (wide ? 8 : 4))
-        return fail(err, err_size, "%s: arr_1 is truncated", path);
+        return set_error(err, err_size, "%s: arr_1 is truncated", path);
     out->labels = xmalloc((size_t)out->n * sizeof(int32_t));
     for (int i = 0; i < out->n; i++) {
         long long v;
@@ -132,7 +121,7 @@ static int read_labels(const char *path, const NpyArray *a, NpzSamples *out, cha
             v = x;
         }
         if (v < 0 || v > INT32_MAX)
-            return fail(err, err_size, "%s: label %lld of sample %d is negative or too large",
+            return set_error(err, err_size, "%s: label %lld of sample %d is negative or too large",
                         path, v, i);
         out->labels[i] = (int32_t)v;
     }
@@ -143,19 +132,19 @@ int npz_read_samples(const char *path, NpzSamples *out, char *err, size_t err_si
     memset(out, 0, sizeof *out);
     int code;
     zip_t *zip = zip_open(path, ZIP_RDONLY, &code);
-    if (!zip) return fail(err, err_size, "%s: cannot open as a .npz (zip) archive", path);
+    if (!zip) return set_error(err, err_size, "%s: cannot open as a .npz (zip) archive", path);
     size_t size = 0;
     int missing, rc = 0;
     const char *why = NULL;
     NpyArray a;
     unsigned char *images = read_member(zip, "arr_0.npy", &size, &missing);
-    if (!images) rc = fail(err, err_size, "%s: %s", path, missing ? "has no arr_0" : "arr_0 is unreadable");
-    else if (parse_npy(images, size, &a, &why) != 0) rc = fail(err, err_size, "%s: arr_0: %s", path, why);
+    if (!images) rc = set_error(err, err_size, "%s: %s", path, missing ? "has no arr_0" : "arr_0 is unreadable");
+    else if (parse_npy(images, size, &a, &why) != 0) rc = set_error(err, err_size, "%s: arr_0: %s", path, why);
     else rc = read_images(path, &a, out, err, err_size);
     unsigned char *labels = rc == 0 ? read_member(zip, "arr_1.npy", &size, &missing) : NULL;
-    if (rc == 0 && !labels && !missing) rc = fail(err, err_size, "%s: arr_1 is unreadable", path);
+    if (rc == 0 && !labels && !missing) rc = set_error(err, err_size, "%s: arr_1 is unreadable", path);
     else if (labels && parse_npy(labels, size, &a, &why) != 0)
-        rc = fail(err, err_size, "%s: arr_1: %s", path, why);
+        rc = set_error(err, err_size, "%s: arr_1: %s", path, why);
     else if (labels) rc = read_labels(path, &a, out, err, err_size);
     free(images);
     free(labels);
