@@ -64,9 +64,10 @@ int flow_plan_evaluations(const SamplerPlan *plan);
 int flow_plan_from_options(SamplerPlan *plan, const SamplerOptions *opt, int num_train,
                            const Denoiser *den, char *err, size_t err_size);
 
-/* Training-time grids: Euler over flow_sigma_grid(steps, num_train, shift). */
+/* Training-time grids: Euler over flow_sigma_grid(steps, num_train, shift); labels (n) host,
+ * or NULL for an unconditional network. */
 void flow_sample_images(Net *net, const float *weights, int steps, int num_train, double shift,
-                        int n, uint64_t seed, float *out);
+                        int n, uint64_t seed, const int32_t *labels, float *out);
 
 /* ---------------- conversions through the denoiser ---------------- */
 

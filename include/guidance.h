@@ -19,6 +19,8 @@
 
 #include "data.h"
 #include "denoiser.h"
+#include "graph.h"
+#include "objective.h"
 #include "philox.h"
 
 /* out[i] = null_class where philox_uniform(key, sample0 + i, 0) < p, else labels[i], for
@@ -26,6 +28,14 @@
  * step, 0}. p = 0 keeps every label. */
 void label_dropout(int32_t *out, const int32_t *labels, int n, uint32_t sample0, double p,
                    int null_class, RngKey key);
+
+/* A class-conditional network's "class_labels" input for this rank's share of the batch:
+ * its labels after label_dropout (key {seed, RNG_STREAM_LABEL_DROP, step, 0}), staged in
+ * host_class (b). Shared by every objective that trains a class-conditional U-Net. */
+void feed_class_labels(const Backend *be, Net *net, const Config *c, const StepBatch *batch,
+                       int32_t *host_class);
+/* n labels cycling through the classes of c (the training-time grids), into out. */
+void grid_class_labels(const Config *c, int n, int32_t *out);
 
 /* Every label of d must be in [0, num_classes); returns 0, or -1 with err naming the file
  * the labels came from (data_path's label file), the sample and the label. Data without

@@ -134,7 +134,7 @@ int flow_plan_from_options(SamplerPlan *plan, const SamplerOptions *opt, int num
 }
 
 void flow_sample_images(Net *net, const float *weights, int steps, int num_train, double shift,
-                        int n, uint64_t seed, float *out) {
+                        int n, uint64_t seed, const int32_t *labels, float *out) {
     int channels = net_channels(net, net_input(net, "sample"));
     ModelOutput model = {.prediction = PRED_VELOCITY, .channels = channels};
     NetDenoiser den;
@@ -144,7 +144,7 @@ void flow_sample_images(Net *net, const float *weights, int steps, int num_train
     SamplerPlan plan;
     char err[256];
     if (flow_plan_init(&plan, sigmas, steps, 0, 0, &den.base, err, sizeof err) != 0) die("%s", err);
-    sample_images(&den.base, &plan, n, seed, NULL, NULL, out, 0);
+    sample_images(&den.base, &plan, n, seed, NULL, labels, out, 0);
     sampler_plan_free(&plan);
     free(sigmas);
     net_denoiser_free(&den);

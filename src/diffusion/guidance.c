@@ -98,3 +98,17 @@ void guided_denoiser_free(GuidedDenoiser *g) {
     free(g->pair_labels);
     memset(g, 0, sizeof *g);
 }
+
+void feed_class_labels(const Backend *be, Net *net, const Config *c, const StepBatch *batch,
+                       int32_t *host_class) {
+    if (!batch->labels) die("internal: a class-conditional model got a batch without labels");
+    RngKey key = {c->seed, RNG_STREAM_LABEL_DROP, (uint32_t)batch->step, 0};
+    label_dropout(host_class, batch->labels + batch->sample0, batch->b, batch->sample0,
+                  config_null_class(c) >= 0 ? c->class_dropout : 0.0, config_null_class(c), key);
+    be->to_device(net_input_data(net, "class_labels"), host_class,
+                  (size_t)batch->b * sizeof(int32_t));
+}
+
+void grid_class_labels(const Config *c, int n, int32_t *out) {
+    for (int i = 0; i < n; i++) out[i] = i % config_num_classes(c);
+}

@@ -57,18 +57,6 @@ static void ddpm_draw(Objective *o, long step, int B) {
     for (int i = 0; i < B; i++) d->host_time[i] = (float)d->host_t[i];
 }
 
-/* The class input of a class-conditional model: the batch's labels, each replaced by the
- * null class with probability class_dropout (classifier-free guidance). */
-static void feed_classes(Ddpm *d, Net *net, const StepBatch *batch) {
-    const Config *c = &d->cfg;
-    if (!batch->labels) die("internal: a class-conditional model got a batch without labels");
-    RngKey key = {c->seed, RNG_STREAM_LABEL_DROP, (uint32_t)batch->step, 0};
-    label_dropout(d->host_class, batch->labels + batch->sample0, batch->b, batch->sample0,
-                  config_null_class(c) >= 0 ? c->class_dropout : 0.0, config_null_class(c), key);
-    d->be->to_device(net_input_data(net, "class_labels"), d->host_class,
-                     (size_t)batch->b * sizeof(int32_t));
-}
-
 static void ddpm_prepare(Objective *o, Net *net, const StepBatch *batch) {
     Ddpm *d = o->state;
     const Backend *be = d->be;
@@ -81,7 +69,7 @@ static void ddpm_prepare(Objective *o, Net *net, const StepBatch *batch) {
     RngKey flip_key = {c->seed, RNG_STREAM_FLIP, step, batch->sample0};
     RngKey eps_key = {c->seed, RNG_STREAM_EPS, step, batch->sample0};
     float *x_t = net_input_data(net, "sample");
-    if (c->num_class_embeds > 0) feed_classes(d, net, batch);
+    if (c->num_class_embeds > 0) feed_class_labels(d->be, net, &d->cfg, batch, d->host_class);
     if (batch->values) {
         be->q_sample(x_t, d->target, batch->values, d->t, d->schedule.sqrt_ac,
                      d->schedule.sqrt_1m_ac, b, net_per_sample(net, net_input(net, "sample")),
@@ -152,7 +140,7 @@ static void ddpm_sample(Objective *o, Net *net, const float *weights, int n, uin
     if (d->cfg.num_class_embeds > 0) {   /* the grid cycles through the classes */
         free(d->grid_labels);
         d->grid_labels = xmalloc((size_t)n * sizeof(int32_t));
-        for (int i = 0; i < n; i++) d->grid_labels[i] = i % config_num_classes(&d->cfg);
+        grid_class_labels(&d->cfg, n, d->grid_labels);
         labels = d->grid_labels;
     }
     sample_images_default(net, weights, &d->diffusion, d->cfg.learn_sigma, n, seed,

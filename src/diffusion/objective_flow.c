@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "flow.h"
+#include "guidance.h"
 #include "objective.h"
 #include "util.h"
 
@@ -21,6 +22,8 @@ typedef struct {
     float *host_keep, *host_noise, *host_time;  /* (B) 1 - t, t, 1000 t */
     int32_t *host_bucket;  /* (B) t on the trainer's timestep axis, for its loss quartiles */
     float *host_loss;    /* (B) */
+    int32_t *host_class; /* (b) class-conditional: this step's labels after dropout */
+    int32_t *grid_labels;  /* (sample_n) class-conditional: the training grids' classes */
 } Flow;
 
 static void flow_draw(Objective *o, long step, int B) {
@@ -50,6 +53,7 @@ static void flow_prepare(Objective *o, Net *net, const StepBatch *batch) {
                   (size_t)b * sizeof(float));
     RngKey flip_key = {c->seed, RNG_STREAM_FLIP, (uint32_t)batch->step, batch->sample0};
     RngKey eps_key = {c->seed, RNG_STREAM_EPS, (uint32_t)batch->step, batch->sample0};
+    if (c->num_class_embeds > 0) feed_class_labels(be, net, c, batch, f->host_class);
     float *x_t = net_input_data(net, "sample");
     if (batch->values) {
         be->q_sample(x_t, f->eps, batch->values, f->index, f->keep, f->noise, b, D, PRED_EPS,
@@ -86,8 +90,15 @@ static int flow_extras(Objective *o, CheckpointExtra *extras, int max) { return 
 static void flow_sample(Objective *o, Net *net, const float *weights, int n, uint64_t seed,
                         float *out) {
     Flow *f = o->state;
+    const int32_t *labels = NULL;
+    if (f->cfg.num_class_embeds > 0) {   /* the grid cycles through the classes */
+        free(f->grid_labels);
+        f->grid_labels = xmalloc((size_t)n * sizeof(int32_t));
+        grid_class_labels(&f->cfg, n, f->grid_labels);
+        labels = f->grid_labels;
+    }
     flow_sample_images(net, weights, f->cfg.flow_steps, f->cfg.timesteps, f->cfg.flow_shift, n,
-                       seed, out);
+                       seed, labels, out);
 }
 
 static void flow_free(Objective *o) {
@@ -104,6 +115,8 @@ static void flow_free(Objective *o) {
     free(f->host_time);
     free(f->host_bucket);
     free(f->host_loss);
+    free(f->host_class);
+    free(f->grid_labels);
     free(f);
 }
 
@@ -138,6 +151,7 @@ Objective *objective_flow_create(const Backend *be, const Config *cfg, int b, in
     f->host_time = xmalloc((size_t)B * sizeof(float));
     f->host_bucket = xmalloc((size_t)B * sizeof(int32_t));
     f->host_loss = xmalloc((size_t)B * sizeof(float));
+    f->host_class = xmalloc((size_t)b * sizeof(int32_t));
     Objective *o = xcalloc(1, sizeof *o);
     *o = (Objective){.ops = &flow_ops, .stats_per_sample = 1, .state = f};
     return o;
