@@ -47,4 +47,6 @@ expect_error "a class the classifier lacks" "is not a class of $CLF" \
     "$DDPM" sample "${common[@]}" --classifier "$CLF" --class 10
 expect_error "no --class" "--class is required" \
     "$DDPM" sample "${common[@]}" --classifier "$CLF"
+expect_error "a class-conditional classifier" "objective = classifier has no class input" \
+    "$DDPM" train --config "$TINY" objective=classifier num_classes=10 num_class_embeds=11 steps=1 out_dir=bad
 finish

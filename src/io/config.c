@@ -389,6 +389,9 @@ int config_validate(const Config *c, char *err, size_t err_size) {
     }
     if (c->beta1 >= 1 || c->beta2 >= 1)
         return fail(err, err_size, "%s: keys 'beta1' and 'beta2' must be below 1", o);
+    if (c->num_class_embeds > 0 && c->objective != OBJECTIVE_DDPM && c->objective != OBJECTIVE_FLOW)
+        return fail(err, err_size, "%s: key 'num_class_embeds' makes the U-Net class-conditional; "
+                    "objective = %s has no class input", o, config_enum_name("objective", c->objective));
     if (c->objective == OBJECTIVE_CLASSIFIER && c->num_classes < 2)
         return fail(err, err_size, "%s: objective = classifier needs key 'num_classes' >= 2", o);
     if (c->classifier_t_max > c->timesteps)
