@@ -94,6 +94,17 @@ mkdir -p "$WORK/cstraight" "$WORK/cresumed"
 cmp "$WORK/cstraight/run/ckpt_00000006.safetensors" "$WORK/cresumed/run/ckpt_00000006.safetensors" ||
     fail "conditional flow checkpoints differ after resume"
 ok
+# the flow objective feeds the labels: every class row of the embedding trains (an unfed input
+# would leave all but one row where initialisation put them; weight decay is 0)
+"$PY" - "$ROOT/tools" "$WORK/cresumed/run" <<'PY' || fail "the class embedding's rows did not train"
+import sys; sys.path.insert(0, sys.argv[1]); import st_io
+a, _ = st_io.read(sys.argv[2] + "/ckpt_00000003.safetensors")
+b, _ = st_io.read(sys.argv[2] + "/ckpt_00000006.safetensors")
+moved = sum(int((a["class_embedding.weight"][r] != b["class_embedding.weight"][r]).any()) for r in range(11))
+print(f"class embedding rows that trained: {moved} of 11")
+assert moved >= 9, moved
+PY
+ok
 cckpt="$WORK/cstraight/run/ckpt_00000006.safetensors"
 for sampler in euler heun; do
     "$DDPM" sample --ckpt "$cckpt" --n 10 --batch 5 --sampler $sampler --steps 3 --class all \
