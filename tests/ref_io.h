@@ -5,8 +5,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "safetensors.h"
 #include "util.h"
+
+/* Opens a reference file and returns the config in its metadata ("config") over the
+ * defaults; dies naming the file on error. */
+static inline Config ref_open(StFile *f, const char *path) {
+    char err[1024];
+    if (st_read(f, path, err, sizeof err) != 0) die("%s", err);
+    Config cfg;
+    config_defaults(&cfg);
+    if (config_load_json(&cfg, st_meta(f, "config"), path, err, sizeof err) != 0) die("%s", err);
+    return cfg;
+}
 
 static inline const StTensor *ref_tensor(const StFile *f, const char *name) {
     const StTensor *t = st_find(f, name);

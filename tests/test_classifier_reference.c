@@ -43,10 +43,7 @@ static void compare_grads(const Net *m, const StFile *f) {
 int main(void) {
     StFile f;
     char err[1024];
-    if (st_read(&f, REF, err, sizeof err) != 0) die("%s", err);
-    Config cfg;
-    config_defaults(&cfg);
-    if (config_load_json(&cfg, st_meta(&f, "config"), REF, err, sizeof err) != 0) die("%s", err);
+    Config cfg = ref_open(&f, REF);
     const Backend *be = backend_cpu();
     const StTensor *x = ref_tensor(&f, "input.x_t");
     const int B = (int)x->shape[0];

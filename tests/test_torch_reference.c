@@ -7,6 +7,7 @@
 
 #include "checkpoint.h"
 #include "diffusion.h"
+#include "ref_io.h"
 #include "safetensors.h"
 #include "testing.h"
 #include "train.h"
@@ -102,10 +103,7 @@ static void set_timesteps(Net *m, const StTensor *t, int n, int32_t *t_dev) {
 static void check_learned_sigma(void) {
     StFile f;
     char err[1024];
-    if (st_read(&f, REF_SIGMA, err, sizeof err) != 0) die("%s", err);
-    Config cfg;
-    config_defaults(&cfg);
-    if (config_load_json(&cfg, st_meta(&f, "config"), REF_SIGMA, err, sizeof err) != 0) die("%s", err);
+    Config cfg = ref_open(&f, REF_SIGMA);
     cfg.learn_sigma = 1;
     const Backend *be = backend_cpu();
     const StTensor *x_t = need(&f, "input.x_t"), *t = need(&f, "input.t");
@@ -161,11 +159,7 @@ static void check_learned_sigma(void) {
 static void check_class_conditional(void) {
     StFile f;
     char err[1024];
-    if (st_read(&f, REF_CLASS, err, sizeof err) != 0) die("%s", err);
-    Config cfg;
-    config_defaults(&cfg);
-    if (config_load_json(&cfg, st_meta(&f, "config"), REF_CLASS, err, sizeof err) != 0)
-        die("%s", err);
+    Config cfg = ref_open(&f, REF_CLASS);
     const Backend *be = backend_cpu();
     const StTensor *x_t = need(&f, "input.x_t"), *labels = need(&f, "input.labels");
     int B = (int)x_t->shape[0];

@@ -21,6 +21,7 @@
 #include "sample.h"
 #include "nn_blocks.h"
 #include "objective.h"
+#include "ref_io.h"
 #include "safetensors.h"
 #include "testing.h"
 #include "util.h"
@@ -81,10 +82,7 @@ static void compare_grads(const Net *m, const StFile *f, const char *tag) {
 static void check_parity(const char *tag, int l1, int learn_logvar) {
     StFile f;
     char err[1024];
-    if (st_read(&f, REF, err, sizeof err) != 0) die("%s", err);
-    Config cfg;
-    config_defaults(&cfg);
-    if (config_load_json(&cfg, st_meta(&f, "config"), REF, err, sizeof err) != 0) die("%s", err);
+    Config cfg = ref_open(&f, REF);
     cfg.dataset = DATASET_CIFAR10;   /* three channels */
     cfg.recon_loss = l1 ? RECON_L1 : RECON_L2;
     cfg.learn_logvar = learn_logvar;
