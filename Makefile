@@ -58,6 +58,18 @@ CFLAGS  += -DDDPM_MPI $(MPI_CFLAGS)
 LDLIBS  += $(MPI_LIBS)
 endif
 
+# The CPU convolutions run on oneDNN's direct NHWC kernels when its header is found
+# (libdnnl-dev, which tools/setup.sh installs); ONEDNN=0 keeps the im2col path alone.
+ONEDNN_H := $(firstword $(wildcard /usr/include/oneapi/dnnl/dnnl.h /usr/local/include/oneapi/dnnl/dnnl.h))
+ONEDNN   ?= $(if $(ONEDNN_H),1,0)
+ifeq ($(ONEDNN),1)
+ifeq ($(ONEDNN_H),)
+$(error ONEDNN=1 but oneapi/dnnl/dnnl.h was not found: install libdnnl-dev, or build with ONEDNN=0)
+endif
+CFLAGS  += -DDDPM_ONEDNN
+LDLIBS  += -ldnnl
+endif
+
 # The CUDA backend (kernels/) is built when nvcc and cuDNN are found; CUDA=0 turns it off.
 CUDA ?= $(if $(and $(NVCC),$(CUDNN_H)),1,0)
 ifeq ($(CUDA),1)
@@ -76,6 +88,7 @@ detect:
 	@echo "$(if $(NCCL_H),✓ NCCL $(NCCL_VER) ($(dir $(NCCL_H))),✗ NCCL (no nccl.h; set NCCL_HOME): no multi-GPU training)"
 	@echo "$(if $(filter 1,$(MPI)),✓ MPI data parallelism ($(MPICC)),✗ MPI data parallelism (MPI=0 or no mpicc: install libopenmpi-dev))"
 	@echo "$(if $(OPENBLAS_OMP),✓ OpenBLAS OpenMP build ($(dir $(OPENBLAS_OMP))),✗ OpenBLAS OpenMP build (install libopenblas-openmp-dev: the pthread build is much slower here))"
+	@echo "$(if $(filter 1,$(ONEDNN)),✓ oneDNN CPU convolutions ($(ONEDNN_H)),✗ oneDNN CPU convolutions (ONEDNN=0 or no libdnnl-dev): the slower im2col path)"
 	@echo "✓ CPU backend (cJSON, libpng, zlib, libzip, stb)"
 	@echo "$(if $(filter 1,$(CUDA)),✓ CUDA backend will be built,✗ CUDA backend not built (CUDA=0 or no nvcc/cuDNN))"
 

@@ -92,6 +92,9 @@ void net_finish(Net *net);
 void net_free(Net *net);
 
 int net_channels(const Net *net, int tensor);
+/* The shapes of the network's convolutions in node order (n = max_batch), *count of them,
+ * in an array the caller frees: the convolution tests and benchmarks. */
+ConvShape *net_conv_shapes(const Net *net, int *count);
 int net_height(const Net *net, int tensor);
 int net_width(const Net *net, int tensor);
 

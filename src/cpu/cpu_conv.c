@@ -1,4 +1,8 @@
-/* 2-D convolution on the CPU, NHWC: im2col + OpenBLAS SGEMM.
+/* 2-D convolution on the CPU, NHWC: the op table's conv2d_* entries, which dispatch to
+ * oneDNN's direct kernels (cpu_conv_onednn.c) or to the im2col path below, the oracle
+ * (cpu_conv_paths.h says how the choice is made).
+ *
+ * The im2col path: im2col + OpenBLAS SGEMM.
  *
  * The im2col row of output pixel (n, oy, ox) concatenates, over (ky, kx), the C
  * channels of input pixel (oy*stride - pad_top + ky, ox*stride - pad_left + kx),
@@ -17,7 +21,10 @@
 #include <cblas.h>
 #include <string.h>
 
-#include "cpu_backend.h"
+#include <stdlib.h>
+
+#include "cpu_conv_paths.h"
+#include "util.h"
 
 /* The column matrix of one chunk should fit in about this much memory. */
 #define COL_CHUNK_BUDGET_BYTES ((size_t)32 << 20)
@@ -46,10 +53,10 @@ static int samples_per_chunk(const ConvShape *s) {
 /* Sized for every batch up to s->n: a smaller batch evens out over fewer chunks, so its
  * chunk can be larger than the full batch's (36 of 64 in one chunk, where 64 took two of
  * 32), but never more than what fits the budget, nor more than s->n. */
-void cpu_conv2d_prepare(ConvShape *s) {
+size_t im2col_conv_workspace(const ConvShape *s) {
     const size_t fit = COL_CHUNK_BUDGET_BYTES / col_bytes_per_sample(s);
     const size_t most = fit < 1 ? 1 : fit > (size_t)s->n ? (size_t)s->n : fit;
-    s->workspace_bytes = is_pointwise(s) ? 0 : most * col_bytes_per_sample(s);
+    return is_pointwise(s) ? 0 : most * col_bytes_per_sample(s);
 }
 
 /* col (nc*OH*OW, K) = the receptive fields of the nc samples starting at x. */
@@ -117,8 +124,8 @@ static void col2im(float *dx, float beta, const float *dcol, int nc, const ConvS
     }
 }
 
-void cpu_conv2d_forward(const ConvShape *s, float *y, const float *x, const float *w,
-                        const float *b, void *workspace) {
+void im2col_conv_forward(const ConvShape *s, float *y, const float *x, const float *w,
+                         const float *b, void *workspace) {
     const int width = (int)col_width(s);
     if (is_pointwise(s)) {
         cpu_linear_forward(y, x, w, b, s->n * s->h * s->w, width, s->oc);
@@ -135,8 +142,8 @@ void cpu_conv2d_forward(const ConvShape *s, float *y, const float *x, const floa
     }
 }
 
-void cpu_conv2d_backward(const ConvShape *s, float *dx, float beta, float *dw, float *db,
-                         const float *dy, const float *x, const float *w, void *workspace) {
+void im2col_conv_backward(const ConvShape *s, float *dx, float beta, float *dw, float *db,
+                          const float *dy, const float *x, const float *w, void *workspace) {
     const int width = (int)col_width(s), rows_per_sample = (int)output_pixels_per_sample(s);
     if (is_pointwise(s)) {
         cpu_linear_backward(dx, beta, dw, db, dy, x, w, s->n * rows_per_sample, width, s->oc);
@@ -159,4 +166,79 @@ void cpu_conv2d_backward(const ConvShape *s, float *dx, float beta, float *dw, f
         }
     }
     if (db) cpu_column_sums(db, dy, (size_t)s->n * rows_per_sample, s->oc);
+}
+
+/* ---- the choice of path, and the op table's entries ---- */
+
+static int path_chosen;
+static CpuConvPath path;
+
+const char *cpu_conv_path_name(CpuConvPath p) { return p == CONV_PATH_ONEDNN ? "onednn" : "im2col"; }
+
+int cpu_conv_set_path(CpuConvPath p) {
+#ifndef DDPM_ONEDNN
+    if (p == CONV_PATH_ONEDNN) return -1;
+#endif
+    path = p;
+    path_chosen = 1;
+    return 0;
+}
+
+CpuConvPath cpu_conv_path(void) {
+    if (path_chosen) return path;
+    const char *want = getenv("DDPM_CPU_CONV");
+#ifdef DDPM_ONEDNN
+    CpuConvPath best = CONV_PATH_ONEDNN;
+#else
+    CpuConvPath best = CONV_PATH_IM2COL;
+#endif
+    if (!want || !*want) cpu_conv_set_path(best);
+    else if (strcmp(want, "im2col") == 0) cpu_conv_set_path(CONV_PATH_IM2COL);
+    else if (strcmp(want, "onednn") != 0)
+        die("DDPM_CPU_CONV=%s: expected im2col or onednn", want);
+    else if (cpu_conv_set_path(CONV_PATH_ONEDNN) != 0)
+        die("DDPM_CPU_CONV=onednn: this build has no oneDNN (install libdnnl-dev and rebuild)");
+    return path;
+}
+
+/* Enough for either path, so that a batch whose oneDNN entry would need more than was
+ * prepared (a batch larger than the prepared one never runs) can still run on im2col. */
+void cpu_conv2d_prepare(ConvShape *s) {
+    s->workspace_bytes = im2col_conv_workspace(s);
+#ifdef DDPM_ONEDNN
+    if (cpu_conv_path() == CONV_PATH_ONEDNN) {
+        const size_t need = onednn_conv_workspace(s);
+        if (need > s->workspace_bytes) s->workspace_bytes = need;
+    }
+#endif
+}
+
+#ifdef DDPM_ONEDNN
+static int onednn_runs(const ConvShape *s) {
+    return cpu_conv_path() == CONV_PATH_ONEDNN && onednn_conv_workspace(s) <= s->workspace_bytes;
+}
+#endif
+
+void cpu_conv2d_forward(const ConvShape *s, float *y, const float *x, const float *w,
+                        const float *b, void *workspace) {
+#ifdef DDPM_ONEDNN
+    if (onednn_runs(s)) {
+        onednn_conv_forward(s, y, x, w, b, workspace);
+        return;
+    }
+#endif
+    im2col_conv_forward(s, y, x, w, b, workspace);
+}
+
+void cpu_conv2d_backward(const ConvShape *s, float *dx, float beta, float *dw, float *db,
+                         const float *dy, const float *x, const float *w, void *workspace) {
+#ifdef DDPM_ONEDNN
+    if (onednn_runs(s)) {
+        onednn_conv_backward_weights(s, dw, dy, x, workspace);
+        if (dx) onednn_conv_backward_data(s, dx, beta, dy, w, workspace);
+        if (db) cpu_column_sums(db, dy, (size_t)s->n * s->oh * s->ow, s->oc);
+        return;
+    }
+#endif
+    im2col_conv_backward(s, dx, beta, dw, db, dy, x, w, workspace);
 }

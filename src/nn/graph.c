@@ -127,6 +127,14 @@ int net_param(Net *net, ParamLayout layout, int fan_in, int ndim, const int64_t 
     return net->n_params++;
 }
 
+ConvShape *net_conv_shapes(const Net *net, int *count) {
+    ConvShape *shapes = xcalloc((size_t)net->n_nodes + 1, sizeof *shapes);
+    *count = 0;
+    for (int i = 0; i < net->n_nodes; i++)
+        if (net->nodes[i].op == OP_CONV) shapes[(*count)++] = net->nodes[i].conv;
+    return shapes;
+}
+
 int net_channels(const Net *net, int t) { return net->tensors[t].c; }
 int net_height(const Net *net, int t) { return net->tensors[t].h; }
 int net_width(const Net *net, int t) { return net->tensors[t].w; }
