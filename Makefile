@@ -174,6 +174,15 @@ clean:
 $(BIN)/bench_%: $(BUILD)/tools/bench_%.o $(LIB_OBJ) | $(BIN)
 	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/tools/%.o: tools/%.c | $(BUILD)
+# Their JSON lines name the commit they were built from (COMMIT=... overrides, e.g. where
+# the tree travels without .git); the stamp rebuilds them when it changes.
+COMMIT ?= $(shell git describe --always --dirty --abbrev=7 2>/dev/null || echo unknown)
+$(BUILD)/commit.txt: FORCE | $(BUILD)
+	@[ "$$(cat $@ 2>/dev/null)" = "$(COMMIT)" ] || echo "$(COMMIT)" > $@
+
+$(BUILD)/tools/%.o: tools/%.c $(BUILD)/commit.txt | $(BUILD)
 	@mkdir -p $(BUILD)/tools
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) -DDDPM_COMMIT='"$(COMMIT)"' -c $< -o $@
+
+.PHONY: FORCE
+FORCE:

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "profile.h"
 
 typedef enum { PARAM_PLAIN = 0, PARAM_CONV = 1 } ParamLayout;
 
@@ -76,6 +77,7 @@ typedef struct {
     int training;             /* dropout active */
     size_t *final_from;       /* (n_nodes) grads at offsets >= final_from[i] are final once
                                  node i's backward has run */
+    Profile *profile;         /* NULL, or where each node's time goes (benchmarks) */
     GradsReadyFn grads_ready; /* NULL, or the data-parallel gradient reducer */
     void *grads_ready_ctx;
 } Net;
@@ -95,6 +97,10 @@ int net_channels(const Net *net, int tensor);
 /* The shapes of the network's convolutions in node order (n = max_batch), *count of them,
  * in an array the caller frees: the convolution tests and benchmarks. */
 ConvShape *net_conv_shapes(const Net *net, int *count);
+/* The multiply-adds of one sample's forward pass, counted as 2 FLOPs each, in its
+ * convolutions, linear layers and attention products (what PyTorch's FlopCounterMode
+ * counts); a training step is 3 times that. */
+double net_forward_flops(const Net *net);
 int net_height(const Net *net, int tensor);
 int net_width(const Net *net, int tensor);
 

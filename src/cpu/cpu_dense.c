@@ -4,12 +4,12 @@
  * Attention: per sample, q, k, v are strided views of qkv (L, 3C) with leading
  *            dimension 3C, handed to SGEMM as they are (no copies):
  *              probs = softmax(q k^T * scale),  out = probs v.
- * Both run the GEMMs over whole tensors and do the small elementwise passes
- * (softmax, its backward, bias sums) with OpenMP. Every reduction has a fixed
- * order, so results do not depend on the thread count.
+ * Linear layers run one GEMM over the whole batch; attention runs its samples in parallel
+ * (below). Every reduction has a fixed order.
  */
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 #include "cpu_backend.h"
@@ -57,83 +57,94 @@ void cpu_linear_backward(float *dx, float beta, float *dw, float *db, const floa
     if (db) cpu_column_sums(db, dy, (size_t)m, n);
 }
 
-/* ---- attention ---- */
+/* ---- attention ----
+ * A sample's GEMMs (L x L x C) are too small to split well over threads: OpenBLAS wakes its
+ * threads for each one, and the scores leave the cache between the GEMMs and the softmax.
+ * When the batch has a sample for every thread, the samples run in parallel instead, one
+ * per thread from start to end; OpenBLAS runs single-threaded inside an OpenMP parallel
+ * region. Otherwise (sampling one image) the GEMMs take the threads, one sample at a time.
+ * Either way every row's sums have one fixed order. */
 
-/* In place over rows of length n: p = exp(s - max s) / sum. */
-static void softmax_rows(float *p, size_t rows, int n) {
-#pragma omp parallel for schedule(static)
-    for (size_t r = 0; r < rows; r++) {
-        float *row = p + r * (size_t)n;
-        float max = row[0];
-        for (int j = 1; j < n; j++) max = row[j] > max ? row[j] : max;
-        double sum = 0;
-        for (int j = 0; j < n; j++) {
-            row[j] = expf(row[j] - max);
-            sum += row[j];
-        }
-        const float inv = (float)(1.0 / sum);
-        for (int j = 0; j < n; j++) row[j] *= inv;
+/* In place over one row of length n: p = exp(s - max s) / sum. */
+static void softmax_row(float *row, int n) {
+    float max = row[0];
+    for (int j = 1; j < n; j++) max = row[j] > max ? row[j] : max;
+    double sum = 0;
+    for (int j = 0; j < n; j++) {
+        row[j] = expf(row[j] - max);
+        sum += row[j];
     }
+    const float inv = (float)(1.0 / sum);
+    for (int j = 0; j < n; j++) row[j] *= inv;
 }
 
-/* In place over rows: dprobs -> dscores = p * (dprobs - <dprobs, p>), the softmax backward. */
-static void softmax_backward_rows(float *d, const float *p, size_t rows, int n) {
-#pragma omp parallel for schedule(static)
-    for (size_t r = 0; r < rows; r++) {
-        float *drow = d + r * (size_t)n;
-        const float *prow = p + r * (size_t)n;
-        double dot = 0;
-        for (int j = 0; j < n; j++) dot += (double)drow[j] * prow[j];
-        for (int j = 0; j < n; j++) drow[j] = prow[j] * (drow[j] - (float)dot);
-    }
+/* In place over one row: dprobs -> dscores = p * (dprobs - <dprobs, p>), the softmax backward. */
+static void softmax_backward_row(float *drow, const float *prow, int n) {
+    double dot = 0;
+    for (int j = 0; j < n; j++) dot += (double)drow[j] * prow[j];
+    for (int j = 0; j < n; j++) drow[j] = prow[j] * (drow[j] - (float)dot);
 }
 
-/* The GEMM loops run over samples one at a time with OpenBLAS's own threads inside;
- * the softmax passes sit between them and cover the whole batch at once. */
+static int samples_in_parallel(int b) { return b >= omp_get_max_threads(); }
+
+typedef struct {
+    int l, c, ld;   /* positions, channels, qkv's row length 3C */
+    float scale;
+} AttentionDims;
+
+/* One sample: probs (L, L) = softmax(q k^T * scale), out (L, C) = probs v. rows_threaded:
+ * the softmax rows spread over the threads (when the samples do not). */
+static void attention_sample_forward(float *out, float *probs, const float *qkv,
+                                     AttentionDims d, int rows_threaded) {
+    const float *q = qkv, *k = q + d.c, *v = q + 2 * d.c;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d.l, d.l, d.c, d.scale, q, d.ld, k, d.ld,
+                0.0f, probs, d.l);
+#pragma omp parallel for schedule(static) if (rows_threaded)
+    for (int r = 0; r < d.l; r++) softmax_row(probs + (size_t)r * d.l, d.l);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d.l, d.c, d.l, 1.0f, probs, d.l, v,
+                d.ld, 0.0f, out, d.c);
+}
+
 void cpu_attention_forward(float *out, float *probs, const float *qkv, int b, int l, int c,
                            float scale) {
-    const int ld = 3 * c;
-    const size_t qkv_stride = (size_t)l * ld, probs_stride = (size_t)l * l;
-    for (int s = 0; s < b; s++) {
-        const float *q = qkv + s * qkv_stride, *k = q + c;
-        /* scores (L, L) = q k^T * scale */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, l, l, c, scale, q, ld, k, ld, 0.0f,
-                    probs + s * probs_stride, l);
-    }
-    softmax_rows(probs, (size_t)b * l, l);
-    for (int s = 0; s < b; s++) {
-        const float *v = qkv + s * qkv_stride + 2 * c;
-        /* out (L, C) = probs (L, L) v (L, C) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l, c, l, 1.0f,
-                    probs + s * probs_stride, l, v, ld, 0.0f, out + s * (size_t)l * c, c);
-    }
+    const AttentionDims d = {l, c, 3 * c, scale};
+    const size_t qkv_stride = (size_t)l * d.ld, probs_stride = (size_t)l * l;
+    const int parallel = samples_in_parallel(b);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int s = 0; s < b; s++)
+        attention_sample_forward(out + s * (size_t)l * c, probs + s * probs_stride,
+                                 qkv + s * qkv_stride, d, !parallel);
+}
+
+/* One sample's dqkv (L, 3C) from dout (L, C); dscores (L, L) is its scratch. */
+static void attention_sample_backward(float *dqkv, const float *dout, const float *qkv,
+                                      const float *probs, float *dscores, AttentionDims d,
+                                      int rows_threaded) {
+    const float *q = qkv, *k = q + d.c, *v = q + 2 * d.c;
+    float *dq = dqkv, *dk = dq + d.c, *dv = dq + 2 * d.c;
+    /* dv (L, C) = probs^T (L, L) dout (L, C);  dprobs (L, L) = dout (L, C) v^T */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d.l, d.c, d.l, 1.0f, probs, d.l, dout,
+                d.c, 0.0f, dv, d.ld);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, d.l, d.l, d.c, 1.0f, dout, d.c, v, d.ld,
+                0.0f, dscores, d.l);
+#pragma omp parallel for schedule(static) if (rows_threaded)
+    for (int r = 0; r < d.l; r++)
+        softmax_backward_row(dscores + (size_t)r * d.l, probs + (size_t)r * d.l, d.l);
+    /* dq (L, C) = dscores (L, L) k * scale;  dk (L, C) = dscores^T q * scale */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d.l, d.c, d.l, d.scale, dscores, d.l,
+                k, d.ld, 0.0f, dq, d.ld);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d.l, d.c, d.l, d.scale, dscores, d.l, q,
+                d.ld, 0.0f, dk, d.ld);
 }
 
 void cpu_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *probs,
                             int b, int l, int c, float scale, float *workspace) {
-    const int ld = 3 * c;
-    const size_t qkv_stride = (size_t)l * ld, probs_stride = (size_t)l * l;
-    float *dscores = workspace;   /* (B, L, L): first dprobs, then dscores in place */
-    for (int s = 0; s < b; s++) {
-        const float *p = probs + s * probs_stride, *v = qkv + s * qkv_stride + 2 * c;
-        const float *dy = dout + s * (size_t)l * c;
-        float *dv = dqkv + s * qkv_stride + 2 * c;
-        /* dv (L, C) = probs^T (L, L) dout (L, C) */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l, c, l, 1.0f, p, l, dy, c, 0.0f, dv,
-                    ld);
-        /* dprobs (L, L) = dout (L, C) v^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, l, l, c, 1.0f, dy, c, v, ld, 0.0f,
-                    dscores + s * probs_stride, l);
-    }
-    softmax_backward_rows(dscores, probs, (size_t)b * l, l);
-    for (int s = 0; s < b; s++) {
-        const float *ds = dscores + s * probs_stride;
-        const float *q = qkv + s * qkv_stride, *k = q + c;
-        float *dq = dqkv + s * qkv_stride, *dk = dq + c;
-        /* dq (L, C) = dscores (L, L) k * scale;  dk (L, C) = dscores^T q * scale */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l, c, l, scale, ds, l, k, ld, 0.0f,
-                    dq, ld);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l, c, l, scale, ds, l, q, ld, 0.0f,
-                    dk, ld);
-    }
+    const AttentionDims d = {l, c, 3 * c, scale};
+    const size_t qkv_stride = (size_t)l * d.ld, probs_stride = (size_t)l * l;
+    const int parallel = samples_in_parallel(b);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int s = 0; s < b; s++)
+        attention_sample_backward(dqkv + s * qkv_stride, dout + s * (size_t)l * c,
+                                  qkv + s * qkv_stride, probs + s * probs_stride,
+                                  workspace + s * probs_stride, d, !parallel);
 }

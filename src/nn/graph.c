@@ -552,16 +552,80 @@ static void check_batch(const Net *net, int n) {
     if (n < 1 || n > net->max_batch) die("batch %d outside [1, %d]", n, net->max_batch);
 }
 
+/* ---------------- profiling (profile.h) ---------------- */
+
+static ProfileCategory node_category(const Node *node) {
+    switch (node->op) {
+    case OP_CONV: return PROF_CONV_FORWARD;
+    case OP_GROUPNORM: return PROF_NORM;
+    case OP_LINEAR:
+    case OP_ATTENTION: return PROF_GEMM;
+    default: return PROF_ELEMENTWISE;
+    }
+}
+
+/* A convolution's weight gradient alone, for the profile's split by direction. */
+static void conv_weight_gradient(Net *net, const Node *node, int n) {
+    ConvShape s = node->conv;
+    s.n = n;
+    float *dw = (float *)param_ptr(net, net->grads, node->param[0]);
+    net->be->conv2d_backward(&s, NULL, 0.0f, dw, NULL, net->tensors[node->out].grad,
+                             net->tensors[node->in[0]].data,
+                             param_ptr(net, net->weights, node->param[0]), net->workspace);
+}
+
+static void profiled_backward_node(Net *net, const Node *node, int n, RngKey dropout_key) {
+    Profile *p = net->profile;
+    double weights_ms = 0, start;
+    if (node->op == OP_CONV) {
+        start = profile_begin(p);
+        conv_weight_gradient(net, node, n);
+        weights_ms = profile_end(p, PROF_CONV_BACKWARD_WEIGHTS, start, 0);
+    }
+    start = profile_begin(p);
+    backward_node(net, node, n, dropout_key);
+    if (node->op != OP_CONV) {
+        profile_end(p, node_category(node), start, 1);
+        return;
+    }
+    const double whole_ms = profile_end(p, PROF_CONV_BACKWARD_DATA, start, 1);
+    /* the whole backward formed the weight gradient again: take that time back out */
+    p->ms[PROF_CONV_BACKWARD_DATA] -= whole_ms < weights_ms ? whole_ms : weights_ms;
+}
+
+double net_forward_flops(const Net *net) {
+    double flops = 0;
+    for (int i = 0; i < net->n_nodes; i++) {
+        const Node *node = &net->nodes[i];
+        const Tensor *y = &net->tensors[node->out];
+        if (node->op == OP_CONV)
+            flops += 2.0 * node->conv.oh * node->conv.ow * node->conv.oc * node->conv.kh *
+                     node->conv.kw * node->conv.c;
+        else if (node->op == OP_LINEAR)
+            flops += 2.0 * node->rows * node->k * node->n;
+        else if (node->op == OP_ATTENTION)   /* q k^T and probs v */
+            flops += 4.0 * (double)y->h * y->w * y->h * y->w * y->c;
+    }
+    return flops;
+}
+
+/* ---------------- running ---------------- */
+
 void net_forward(Net *net, int n, const float *weights, RngKey dropout_key) {
     check_batch(net, n);
     const float *w = weights ? weights : net->weights;
-    for (int i = 0; i < net->n_nodes; i++) forward_node(net, &net->nodes[i], n, w, dropout_key);
+    for (int i = 0; i < net->n_nodes; i++) {
+        const double start = profile_begin(net->profile);
+        forward_node(net, &net->nodes[i], n, w, dropout_key);
+        profile_end(net->profile, node_category(&net->nodes[i]), start, 1);
+    }
 }
 
 void net_backward(Net *net, int n, RngKey dropout_key) {
     check_batch(net, n);
     for (int i = net->n_nodes - 1; i >= 0; i--) {
-        backward_node(net, &net->nodes[i], n, dropout_key);
+        if (net->profile) profiled_backward_node(net, &net->nodes[i], n, dropout_key);
+        else backward_node(net, &net->nodes[i], n, dropout_key);
         if (net->grads_ready) net->grads_ready(net->grads_ready_ctx, net->final_from[i]);
     }
 }
