@@ -247,9 +247,10 @@ if [ "$LOADS" != 1 ]; then
         echo "build failed: the stages below fail too"
 fi
 
-mkdir -p "$ROOT/.gpucache/conv" "$ROOT/.gpucache/inductor"
-export DDPM_CONV_CACHE=$ROOT/.gpucache/conv
-export TORCHINDUCTOR_CACHE_DIR=$ROOT/.gpucache/inductor
+CACHE_DIR=${GPU_CACHE_DIR:-$ROOT/.gpucache}   # the carried caches (a test points it elsewhere)
+mkdir -p "$CACHE_DIR/conv" "$CACHE_DIR/inductor"
+export DDPM_CONV_CACHE=$CACHE_DIR/conv
+export TORCHINDUCTOR_CACHE_DIR=$CACHE_DIR/inductor
 export OMP_WAIT_POLICY=passive PYTHONUNBUFFERED=1
 
 # ---------------------------------------------------------------- 3. peers: compile now
@@ -318,14 +319,14 @@ suite_subset() {
     fi
     DDPM=$BIN/ddpm DDPM_TEST_PYTHON=python3 bash tests/e2e_resume.sh || rc=1
     first_steps cpu && first_steps cuda && first_steps cuda2 || return 1
-    python3 "$WORK/compare_first_steps.py" "$WORK"/first_{cpu,cuda,cuda2}/log.csv || rc=1
+    python3 "$WORK/compare_first_steps.py" "$WORK"/first_{cpu,cuda,cuda2}/run/log.csv || rc=1
     return $rc
 }
 first_steps() {   # first_steps cpu|cuda|cuda2: 8 logged steps of configs/tiny
     local device=${1%2}
     mkdir -p "$WORK/first_$1" && (cd "$WORK/first_$1" &&
         "$ROOT/$BIN/ddpm" train --config "$ROOT/configs/tiny" --device "$device" data_limit=256 \
-            steps=8 log_every=1 ckpt_every=0 sample_n=0 dropout=0.1 out_dir=. >run.log 2>&1)
+            steps=8 log_every=1 ckpt_every=0 sample_n=0 dropout=0.1 out_dir=run >run.log 2>&1)
 }
 export -f suite_subset first_steps
 export WORK ROOT BIN PEERS_DIR
@@ -335,9 +336,9 @@ if want suite; then
 fi
 
 # ---------------------------------------------------------------- 5. side by side
-label() {   # label NAME: the JSON lines of $WORK/logs/NAME.log into $RAW, labelled
+label() {   # label NAME [FIELDS]: the JSON lines of $WORK/logs/NAME.log into $RAW, labelled
     grep '^{' "$WORK/logs/$1.log" 2>/dev/null |
-        sed "s/^{/{\"run\": \"$1\", \"gpu\": \"${GPU_NAME//[^A-Za-z0-9 -]/}\", \"build_commit\": \"$COMMIT\", /" >>"$RAW"
+        sed "s/^{/{${2:-}\"run\": \"$1\", \"gpu\": \"${GPU_NAME//[^A-Za-z0-9 -]/}\", \"build_commit\": \"$COMMIT\", /" >>"$RAW"
 }
 ours() {   # ours NAME BUDGET ENV... -- ARGS...: one of our benchmarks
     local name=$1 budget=$2 envs=()
@@ -358,7 +359,9 @@ peer_timed() {   # peer_timed NAME: opens its gate, waits for its line
         tail -n 5 "$PEERS_DIR/$name.log" 2>/dev/null
         return
     fi
-    stage "$name" "$B_PEER_TIMED" bash -c 'wait_peer "$0" "$1"' "$name" "$pid"
+    # past its budget the peer is stopped, so that it cannot run into the next timed part
+    stage "$name" "$B_PEER_TIMED" bash -c 'wait_peer "$0" "$1"' "$name" "$pid" ||
+        kill "$pid" 2>/dev/null
     cp "$PEERS_DIR/$name.log" "$WORK/logs/$name.log"
     label "$name"
 }
@@ -389,13 +392,12 @@ if want bench; then
         printf -- '---- peer compiles (expected <= %d s past the tests)\n' "$B_PEER_WAIT"
         wait_ready $((SECONDS + B_PEER_WAIT)) || echo "peers still compiling after ${B_PEER_WAIT} s"
         for name in "${!PEER_PID[@]}"; do
-            if [ ! -f "$PEERS_DIR/$name.ready" ]; then   # not compiled in time: must not run
-                kill "${PEER_PID[$name]}" 2>/dev/null
-                if kill -0 "${PEER_PID[$name]}" 2>/dev/null; then
-                    echo "not compiled within the budget" >"$PEERS_DIR/$name.status"
-                else
-                    echo "exited before its gate: $(tail -n 1 "$PEERS_DIR/$name.log")" >"$PEERS_DIR/$name.status"
-                fi
+            [ -f "$PEERS_DIR/$name.ready" ] && continue
+            if kill -0 "${PEER_PID[$name]}" 2>/dev/null; then   # still compiling: must not run on
+                echo "not compiled within the budget" >"$PEERS_DIR/$name.status"
+                kill "${PEER_PID[$name]}"
+            else
+                echo "exited before its gate: $(tail -n 1 "$PEERS_DIR/$name.log")" >"$PEERS_DIR/$name.status"
             fi
         done
     fi
@@ -432,27 +434,26 @@ if want bench; then
         section "drift: $FIRST again"
         drift_args=(batch_size=128)
         [ "$FIRST" = ours_train_b128_bf16 ] && drift_args+=(mixed_precision=bf16)
-        if stage ours_drift_repeat "$B_DRIFT" env DDPM_TF32=1 "$BIN/bench_train" \
-               "${BENCH_ARGS[@]}" "${drift_args[@]}"; then
-            label ours_drift_repeat
-            sed -i "\$s/^{/{\"repeat_of\": \"$FIRST\", /" "$RAW"
-        fi
+        stage ours_drift_repeat "$B_DRIFT" env DDPM_TF32=1 "$BIN/bench_train" \
+            "${BENCH_ARGS[@]}" "${drift_args[@]}" &&
+            label ours_drift_repeat "\"repeat_of\": \"$FIRST\", "
     fi
 fi
 
 # ---------------------------------------------------------------- 6. what comes back
 section "raw lines and caches"
+PERF_LOGS=${PERF_LOG_DIR:-docs/perf-logs}
 if [ -s "$RAW" ]; then   # a dry run or a call that measured nothing leaves no file
-    mkdir -p docs/perf-logs
-    cp "$RAW" "docs/perf-logs/$RAW_NAME"
+    mkdir -p "$PERF_LOGS"
+    cp "$RAW" "$PERF_LOGS/$RAW_NAME"
 fi
-echo "$(wc -l <"$RAW") raw lines: docs/perf-logs/$RAW_NAME"
+echo "$(wc -l <"$RAW") raw lines: $PERF_LOGS/$RAW_NAME"
 if [ -n "$OUT_DIR" ]; then   # at most 8 files come back
     cp "$RAW" "$OUT_DIR/$RAW_NAME"
     cp "$STATUS" "$OUT_DIR/status.tsv"
     tar -czf "$OUT_DIR/logs.tar.gz" -C "$WORK" logs peers 2>/dev/null
-    tar -czf "$OUT_DIR/conv-cache.tar.gz" -C "$ROOT/.gpucache/conv" .
-    tar -czf "$WORK/inductor.tar.gz" -C "$ROOT/.gpucache/inductor" . 2>/dev/null
+    tar -czf "$OUT_DIR/conv-cache.tar.gz" -C "$CACHE_DIR/conv" .
+    tar -czf "$WORK/inductor.tar.gz" -C "$CACHE_DIR/inductor" . 2>/dev/null
     if [ "$(stat -c %s "$WORK/inductor.tar.gz" 2>/dev/null || echo 0)" -le $((15 * 1024 * 1024)) ]; then
         cp "$WORK/inductor.tar.gz" "$OUT_DIR/inductor-cache.tar.gz"
     else
