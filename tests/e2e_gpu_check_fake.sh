@@ -7,7 +7,8 @@
 # - every peer has compiled before our first timed run, and no two timed parts overlap;
 # - each row's peer is timed after our run of that row;
 # - bf16 reported "not supported" when bench_train refuses mixed_precision=bf16;
-# - the raw lines are labelled, at most 8 files come back in $OUT, the table ends it.
+# - the raw lines are labelled, at most 8 files come back in $OUT (the console log, the
+#   status, the stage logs, the caches), and the table ends the output.
 source tests/lib_e2e.sh
 "$PY" -c 'import torch' 2>/dev/null || skip "$PY has no torch (tools/run_yardstick.py needs it)"
 FAKE=$WORK/fake
@@ -147,5 +148,12 @@ raw=$(ls "$WORK"/out/*-Fake-GPU-80GB-fake123.jsonl) || fail "no raw lines in \$O
 [ "$(grep -c '"build_commit": "fake123"' "$raw")" -eq 11 ] ||
     fail "expected 11 labelled lines (5 ours, 6 peers): $(cat "$raw")"
 cmp -s "$raw" "$WORK/perf-logs/$(basename "$raw")" || fail "raw lines not written to the perf-logs folder"
+ok
+sleep 1   # tee of the console log may lag the script's exit
+tail -n 1 "$WORK/out/gpu-check.log" | grep -qF "| ours_train_b128_tf32, repeated last |" ||
+    fail "the console log in \$OUT does not end with the table: $(ls "$WORK/out")"
+for f in status.tsv logs.tar.gz conv-cache.tar.gz; do
+    [ -s "$WORK/out/$f" ] || fail "no $f in \$OUT"
+done
 ok
 finish

@@ -27,7 +27,8 @@
 # environment stage, while our correctness tests run. tools/run_yardstick.py holds each
 # one at a gate: it runs its warm-up steps (the compile, and reduce-overhead's graph
 # capture), writes a READY file and waits for a GO file. The timed phase starts only once
-# every peer is READY (or given up on after the peer-wait budget), so no compile work
+# every peer is READY (or given up on: the compiles get the test stages' budgets plus
+# B_PEER_WAIT from their start, however quickly the tests finish), so no compile work
 # runs while anything is timed. Then, one row at a time, ours runs, and after it exits the
 # peer of that row gets its GO and is waited for: no two timed parts ever overlap. Our
 # correctness tests do share the GPU and the cores with the compiles; they are not timed.
@@ -137,6 +138,8 @@ plan_total() {   # plan_total BUILD(0|1): the planned stages' budgets, in second
 
 WORK=$(mktemp -d)
 OUT_DIR=${OUT:-}
+# the whole console log comes back too (the device tool returns only the output's tail)
+[ -n "$OUT_DIR" ] && [ "$DRY_RUN" != 1 ] && exec > >(tee "$OUT_DIR/gpu-check.log") 2>&1
 RAW=$WORK/raw.jsonl
 STATUS=$WORK/status.tsv
 : >"$RAW"
