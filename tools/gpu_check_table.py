@@ -74,16 +74,16 @@ def p50(record):
 
 
 def peak_gib(record):
+    """Peak memory in GiB, under any of the names a benchmark may print it."""
     if not record:
         return None
-    gib = number(record, "peak_mem_gib")
-    if gib is None:
-        mib = number(record, "peak_mem_mib")
-        gib = mib / 1024 if mib is not None else None
-    if gib is None:
-        b = number(record, "peak_mem_bytes")
-        gib = b / 2**30 if b is not None else None
-    return gib
+    for keys, scale in ((("peak_mem_gib", "peak_memory_gib"), 1.0),
+                        (("peak_mem_mib", "peak_memory_mib"), 1 / 1024),
+                        (("peak_mem_bytes", "peak_memory_bytes"), 1 / 2**30)):
+        value = number(record, *keys)
+        if value is not None:
+            return value * scale
+    return None
 
 
 def cell(value, runs, status, name, unit=""):
