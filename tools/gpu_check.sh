@@ -78,7 +78,9 @@ prepare() {
     printf 'commit=%s\nbuilt=%s\nnvcc=%s\n' "$commit" "$(date -u +%FT%TZ)" \
         "$(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p')" >"$BIN/BUILD_INFO"
     section "CPU engine libraries for the device (.gpudeps/)"
-    ls .gpudeps/*.deb >/dev/null 2>&1 || bash tools/gpu_sysroot.sh download || return 1
+    # (again when stb, which older .gpudeps folders lack, is missing)
+    ls .gpudeps/libopenblas0-openmp_*.deb .gpudeps/libstb0_*.deb >/dev/null 2>&1 ||
+        bash tools/gpu_sysroot.sh download || return 1
     section "the peer (.yardstick/, from ../shared/yardstick)"
     [ -f ../shared/yardstick/bench_torch.py ] || { echo "no ../shared/yardstick"; return 1; }
     rm -rf .yardstick && cp -r ../shared/yardstick .yardstick && chmod -R u+w .yardstick
