@@ -8,7 +8,8 @@
 # - tools/gpu_check_table.py: speed-ups, targets met or not, the memory and drift rows,
 #   p50_ms preferred over ms_per_step, a missing run's reason;
 # - tools/run_yardstick.py's gate: the peer writes READY after its warm-up and prints its
-#   timed line only after GO (needs python3 with torch and the yardstick; else not run).
+#   timed line only after GO, and tools/conv_step_time.py's sum quoted in docs/PERF.md
+#   (both need python3 with torch and the yardstick; else not run).
 source tests/lib_e2e.sh
 BIN_DIR=$(dirname "$DDPM")
 LIMIT=480
@@ -117,6 +118,11 @@ if [ -f "$YARD/bench_torch.py" ] && "$PY" -c 'import torch' 2>/dev/null; then
     touch "$WORK/go"
     wait "$peer" || fail "the peer failed after GO: $(cat "$WORK/peer.out")"
     grep -q '"ms_per_step"' "$WORK/peer.out" || fail "no timed line after GO"
+    ok
+    # docs/PERF.md's 39.90 ms of convolutions per step, from the kept search log
+    total=$(cd "$WORK" && YARDSTICK_DIR=$YARD "$PY" "$ROOT/tools/conv_step_time.py" \
+        "$ROOT/docs/perf-logs/2026-11-22-H100-conv-choices-tf32.log" | sed -n 's/^total *//p')
+    [ "$total" = "39.90 ms" ] || fail "conv_step_time.py: total '$total', docs/PERF.md says 39.90 ms"
     ok
 else
     echo "gate check not run: no yardstick at $YARD or no torch in $PY"

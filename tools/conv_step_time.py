@@ -1,17 +1,23 @@
-"""Sums cuDNN's algorithm-search timings (a DDPM_CONV_VERBOSE=1 log) over the convolutions
-of one training step of the yardstick's U-Net: each conv shape's forward, backward-data
-and backward-filter time times the number of convolutions of that shape in the model
-(found by running the yardstick model once on the CPU with hooks on every Conv2d).
+"""Why: docs/PERF.md explains the batch-128 step from the time its convolutions take, and
+the only record of that is cuDNN's algorithm search. This sums the search's timings (a
+DDPM_CONV_VERBOSE=1 log) over the convolutions of one training step of the yardstick's
+U-Net: each shape's forward, backward-data and backward-filter time times the number of
+convolutions of that shape in the model (found by running the yardstick's model once on
+the CPU with a hook on every Conv2d).
     /usr/bin/python3 tools/conv_step_time.py docs/perf-logs/2026-11-22-H100-conv-choices-tf32.log
 """
 import collections, os, re, sys
 import torch
 
+if len(sys.argv) != 2:
+    sys.exit("usage: conv_step_time.py CONV_SEARCH_LOG (a DDPM_CONV_VERBOSE=1 log at batch 128)")
 here = os.path.dirname(os.path.abspath(__file__))
-for d in (os.path.join(here, "..", ".yardstick"), os.path.join(here, "..", "..", "shared", "yardstick")):
-    if os.path.exists(os.path.join(d, "ddpm_unet_torch.py")):
-        sys.path.insert(0, d)
-        break
+candidates = [os.environ.get("YARDSTICK_DIR"), os.path.join(here, "..", ".yardstick"),
+              os.path.join(here, "..", "..", "shared", "yardstick")]
+found = [d for d in candidates if d and os.path.exists(os.path.join(d, "ddpm_unet_torch.py"))]
+if not found:
+    sys.exit("conv_step_time.py: no ddpm_unet_torch.py in YARDSTICK_DIR, .yardstick or ../shared/yardstick")
+sys.path.insert(0, found[0])
 from ddpm_unet_torch import UNet
 
 counts = collections.Counter()
