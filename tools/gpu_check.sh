@@ -1,275 +1,482 @@
 #!/usr/bin/env bash
-# Bring-up check of the CUDA backend on a GPU machine (~15-25 minutes), from the repo root:
-#   bash tools/gpu_check.sh
-# 1. what is here: nvidia-smi, nvcc, where cuDNN/NCCL headers and libraries are;
-# 2. builds bin/ddpm, bin/test_ops and bin/bench_train (CUDA=1);
-# 3. bin/test_ops: every op case on the GPU against the CPU backend (and on the CPU against
-#    its references), then bin/test_ops --bench: each case timed on both backends;
-# 4. the test suite (C tests, end-to-end tests; bin/ddpm picks the GPU by itself), a
-#    CPU-vs-GPU comparison of the first training steps, GPU run-to-run determinism;
-# 5. throughput: bin/bench_train --device cuda on configs/cifar10_ddpm at batch 128
-#    (strict fp32 and DDPM_TF32=1), and the PyTorch peer when .yardstick/ exists;
-# then writes every JSON line to docs/perf-logs/<date>-<gpu>.jsonl and prints a table.
-# Steps that fail are reported in the table; the script goes on with the next one.
-# STAGES (default "ops suite train dist bench") picks the parts after the build, e.g.
-#   STAGES="ops train" bash tools/gpu_check.sh
-# Where the machine lacks OpenBLAS/cJSON/libpng/libzip, the .deb files that
-# `bash tools/gpu_sysroot.sh download` put in .gpudeps/ are used (carry .gpudeps).
+# The device check of the CUDA backend: one call of at most 8 minutes (480 s) of command
+# time that ends with a table of ddpm.c against the PyTorch peer. A lent GPU comes with
+# 15 minutes of device time in all, start-up included, and one command may run 10 minutes,
+# so the check is sized by construction: every stage runs under `timeout` with its budget
+# printed before it starts, the budgets of the planned stages are summed and checked
+# against 480 s before anything runs, and a stage whose budget no longer fits the time
+# left is skipped and reported.
+#
+#   bash tools/gpu_check.sh --prepare   # HERE (CPU machine): builds bin-gpu/, fills
+#                                       # .gpudeps/ .yardstick/ .gpucache/, prints the call
+#   bash tools/gpu_check.sh             # THERE, as the device call --prepare printed
+#   DRY_RUN=1 bash tools/gpu_check.sh   # anywhere: the plan, the budgets and the table,
+#                                       # each GPU command echoed instead of run
+#
+# Stages after the environment (STAGES, default "ops suite bench"):
+#   ops    bin-gpu/test_ops: every op case on the GPU against the CPU backend
+#   suite  e2e_resume on the GPU, and the first training steps on CPU and GPU compared
+#   bench  ours and the peer side by side: train at batch 128 in bf16 (when the build has
+#          mixed_precision=bf16; probed with one step of configs/tiny) and TF32, train at
+#          batch 8, one sampling step at batch 256 and 1 (peer with reduce-overhead), the
+#          peer in eager mode at batch 128 for peak memory, then our first benchmark again
+#          to catch drift
+#
+# Overlap of the peer's compile with our tests. torch.compile takes minutes per process,
+# so the six peer processes start in the background (under nice) right after the
+# environment stage, while our correctness tests run. tools/run_yardstick.py holds each
+# one at a gate: it runs its warm-up steps (the compile, and reduce-overhead's graph
+# capture), writes a READY file and waits for a GO file. The timed phase starts only once
+# every peer is READY (or given up on: the compiles get the test stages' budgets plus
+# B_PEER_WAIT from their start, however quickly the tests finish), so no compile work
+# runs while anything is timed. Then, one row at a time, ours runs, and after it exits the
+# peer of that row gets its GO and is waited for: no two timed parts ever overlap. Our
+# correctness tests do share the GPU and the cores with the compiles; they are not timed.
+#
+# Carried state. cuDNN's algorithm-search results (kernels/conv_cudnn.cu, "the choices on
+# disk") go to .gpucache/conv through DDPM_CONV_CACHE, so a later call skips the search;
+# PyTorch's compile cache goes to .gpucache/inductor. Both come back in $OUT as tarballs,
+# with the raw JSON lines (<date>-<gpu>-<commit>.jsonl, for docs/perf-logs/), the status
+# of every stage and the whole console log: at most 8 files, as the device tool allows.
 set -u
 cd "$(dirname "$0")/.." || exit 1
-STAGES=" ${STAGES:-ops suite train dist bench} "
+ROOT=$PWD
+BIN=${BIN:-bin-gpu}
+CALL_LIMIT_S=480
+DRY_RUN=${DRY_RUN:-0}
+STAGES=" ${STAGES:-ops suite bench} "
 want() { [[ $STAGES == *" $1 "* ]]; }
-JOBS=${JOBS:-16}
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-declare -a SUMMARY=()
+
+# ---------------------------------------------------------------- budgets, in seconds
+# (each can be set from the environment; their sum is checked against CALL_LIMIT_S)
+B_ENV=${B_ENV:-15}               # nvidia-smi, versions, the carried binaries load (ldd, backends)
+B_BUILD=${B_BUILD:-60}           # only when they do not: unpack .gpudeps, make -j16 on the device
+B_OPS=${B_OPS:-70}               # bin-gpu/test_ops
+B_SUITE=${B_SUITE:-45}           # e2e_resume on the GPU; CPU vs GPU first steps and GPU determinism
+B_PEER_WAIT=${B_PEER_WAIT:-30}   # the peers' compiles, beyond the test budgets they overlap
+B_PROBE=${B_PROBE:-15}           # one step of configs/tiny with mixed_precision=bf16
+B_TRAIN128=${B_TRAIN128:-40}     # one bench_train run at batch 128 (cuDNN search included when uncached)
+B_TRAIN8=${B_TRAIN8:-25}
+B_SAMPLE256=${B_SAMPLE256:-30}
+B_SAMPLE1=${B_SAMPLE1:-25}
+B_PEER_TIMED=${B_PEER_TIMED:-12} # one peer past its gate: 2 re-warm steps, 50 timed, FLOP count, exit
+B_DRIFT=${B_DRIFT:-40}           # our first benchmark again
+B_TABLE=${B_TABLE:-5}
+PEER_RUNS=6
 
 section() { printf '\n==== %s ====\n' "$*"; }
-record() { SUMMARY+=("$(printf '%-44s %s' "$1" "$2")"); }
 
-# run_step NAME TIMEOUT_S COMMAND...: output to the terminal and $WORK/NAME.log
-run_step() {
-    local name=$1 limit=$2
+# ---------------------------------------------------------------- --prepare (CPU machine)
+prepare() {
+    local carry_limit_mib=64 commit arch_flags="-O3 -march=x86-64-v3"
+    section "build $BIN/ (CUDA=1, MPI=0, $arch_flags: the device's cores are not this machine's)"
+    make -s -j"${JOBS:-2}" CUDA=1 MPI=0 OPT="$arch_flags" BUILD=build-gpu BIN="$BIN" \
+        "$BIN/ddpm" "$BIN/test_ops" "$BIN/bench_train" "$BIN/bench_sample" || return 1
+    strip "$BIN/ddpm" "$BIN/test_ops" "$BIN/bench_train" "$BIN/bench_sample"
+    commit=$(git rev-parse --short HEAD)
+    git diff --quiet HEAD -- src include kernels tools Makefile || commit="$commit-dirty"
+    printf 'commit=%s\nbuilt=%s\nnvcc=%s\n' "$commit" "$(date -u +%FT%TZ)" \
+        "$(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p')" >"$BIN/BUILD_INFO"
+    section "CPU engine libraries for the device (.gpudeps/)"
+    # (again when stb, which older .gpudeps folders lack, is missing)
+    ls .gpudeps/libopenblas0-openmp_*.deb .gpudeps/libstb0_*.deb >/dev/null 2>&1 ||
+        bash tools/gpu_sysroot.sh download || return 1
+    section "the peer (.yardstick/, from ../shared/yardstick)"
+    [ -f ../shared/yardstick/bench_torch.py ] || { echo "no ../shared/yardstick"; return 1; }
+    rm -rf .yardstick && cp -r ../shared/yardstick .yardstick && chmod -R u+w .yardstick
+    section "caches (.gpucache/)"
+    mkdir -p .gpucache/conv .gpucache/inductor
+    local from=${GPU_CACHE_FROM:-}   # the files_at folder of the previous call
+    if [ -n "$from" ]; then
+        [ -f "$from/conv-cache.tar.gz" ] && tar -xzf "$from/conv-cache.tar.gz" -C .gpucache/conv
+        [ -f "$from/inductor-cache.tar.gz" ] &&
+            tar -xzf "$from/inductor-cache.tar.gz" -C .gpucache/inductor
+    fi
+    ls -la .gpucache/conv
+    local carried=(bin-gpu .gpudeps .yardstick .gpucache) total_kib
+    total_kib=$(( $(git ls-files -z | du -ck --files0-from=- | tail -1 | cut -f1) +
+                  $(du -sk "${carried[@]}" | awk '{s += $1} END {print s}') ))
+    printf 'what travels: %d KiB of %d MiB (tracked files and %s)\n' "$total_kib" \
+        "$carry_limit_mib" "${carried[*]}"
+    if [ "$total_kib" -gt $((carry_limit_mib * 1024)) ]; then
+        echo "over the device tool's limit: empty .gpucache/inductor or .gpucache and retry"
+        return 1
+    fi
+    cat <<EOF
+
+The device call (the run tool sends the checkout its session started in: prepare there):
+  command:   bash tools/gpu_check.sh
+  carry:     ["bin-gpu", ".gpudeps", ".yardstick", ".gpucache"]
+  timeout_s: 540   (480 s of stages, 60 s of slack; leaves a rerun's worth of the 15 minutes
+                    only if the first call fails early)
+Afterwards: copy files_at/*.jsonl to docs/perf-logs/, and give files_at to the next
+  GPU_CACHE_FROM=<files_at> bash tools/gpu_check.sh --prepare
+so that the next call skips cuDNN's search and most of PyTorch's compile.
+EOF
+}
+
+if [ "${1:-}" = --prepare ]; then
+    prepare
+    exit $?
+elif [ -n "${1:-}" ]; then
+    echo "gpu_check.sh: unknown argument '$1' (only --prepare; DRY_RUN=1 and STAGES are variables)" >&2
+    exit 2
+fi
+
+# ---------------------------------------------------------------- the plan
+DRIFT_PLANNED=1
+plan_total() {   # plan_total BUILD(0|1): the planned stages' budgets, in seconds
+    local total=$((B_ENV + B_TABLE))
+    [ "$1" = 1 ] && total=$((total + B_BUILD))
+    want ops && total=$((total + B_OPS))
+    want suite && total=$((total + B_SUITE))
+    if want bench; then
+        total=$((total + B_PEER_WAIT + B_PROBE + 2 * B_TRAIN128 + B_TRAIN8 + B_SAMPLE256 +
+                 B_SAMPLE1 + PEER_RUNS * B_PEER_TIMED))
+        [ "$DRIFT_PLANNED" = 1 ] && total=$((total + B_DRIFT))
+    fi
+    echo "$total"
+}
+
+WORK=$(mktemp -d)
+OUT_DIR=${OUT:-}
+# the whole console log comes back too (the device tool returns only the output's tail)
+[ -n "$OUT_DIR" ] && [ "$DRY_RUN" != 1 ] && exec > >(tee "$OUT_DIR/gpu-check.log") 2>&1
+RAW=$WORK/raw.jsonl
+STATUS=$WORK/status.tsv
+: >"$RAW"
+: >"$STATUS"
+PEER_PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PEER_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+START=$SECONDS
+DEADLINE=$((START + CALL_LIMIT_S - B_TABLE))   # the table always gets its budget
+
+note() { printf '%s\t%s\n' "$1" "$2" >>"$STATUS"; printf '  -> %s: %s\n' "$1" "$2"; }
+
+# stage NAME BUDGET COMMAND...: runs it under timeout, its expected time printed first;
+# output to $WORK/logs/NAME.log and the terminal. Skipped when the budget no longer fits.
+stage() {
+    local name=$1 budget=$2 rc start=$SECONDS
     shift 2
-    local start=$SECONDS rc
-    timeout "$limit" "$@" 2>&1 | tee "$WORK/$name.log"
-    rc=${PIPESTATUS[0]}
-    if [ "$rc" -eq 0 ]; then record "$name" "ok ($((SECONDS - start))s)"
-    elif [ "$rc" -eq 124 ]; then record "$name" "TIMEOUT after ${limit}s"
-    else record "$name" "FAILED (exit $rc, $((SECONDS - start))s)"; fi
+    if [ $((SECONDS + budget)) -gt "$DEADLINE" ]; then
+        note "$name" "skipped: its ${budget} s no longer fit the ${CALL_LIMIT_S} s"
+        return 125
+    fi
+    printf '\n---- %s (expected <= %d s; at %d s of %d)\n' "$name" "$budget" \
+        $((SECONDS - START)) "$CALL_LIMIT_S"
+    mkdir -p "$WORK/logs"
+    if [ "$DRY_RUN" = 1 ]; then
+        printf '[dry run] would run: %s\n' "$*" | tee "$WORK/logs/$name.log"
+        note "$name" "dry run"
+        return 0
+    fi
+    timeout -k 5 "$budget" "$@" >"$WORK/logs/$name.log" 2>&1
+    rc=$?
+    tail -n 15 "$WORK/logs/$name.log"
+    case $rc in
+    0) note "$name" "ok ($((SECONDS - start)) s)" ;;
+    124 | 137) note "$name" "TIMEOUT after ${budget} s" ;;
+    *) note "$name" "FAILED (exit $rc, $((SECONDS - start)) s)" ;;
+    esac
     return "$rc"
 }
 
 # ---------------------------------------------------------------- 1. environment
-section "GPU"
-nvidia-smi || echo "nvidia-smi: not found or failed"
-GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-GPU_TAG=$(tr -c 'A-Za-z0-9\n' '-' <<<"${GPU_NAME:-unknown-gpu}" | tr -s '-' | sed 's/-$//')
-
-section "CUDA toolkit"
-NVCC=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
-if [ -n "$NVCC" ]; then "$NVCC" --version | tail -2; else echo "nvcc: not found"; fi
-
-section "cuDNN, cuBLAS and NCCL: headers and libraries"
-PIP_NVIDIA=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null || true)
-SEARCH=(/usr/local/cuda /usr/local /usr/lib/x86_64-linux-gnu /usr/include)
-for d in "${CUDNN_HOME:-}" "${NCCL_HOME:-}" "${CUDA_HOME:-}" "$PIP_NVIDIA"; do
-    [ -n "$d" ] && SEARCH=("$d" "${SEARCH[@]}")
-done
-for pattern in cudnn_version.h nccl.h 'libcudnn.so*' 'libcublas.so*' 'libnccl.so*' \
-               'libcudart.so*'; do
-    found=$(for d in "${SEARCH[@]}"; do
-                [ -d "$d" ] && find "$d" -maxdepth 4 -name "$pattern" 2>/dev/null
-            done | sort -u | head -6)
-    printf '%-16s %s\n' "$pattern" "${found:-(not found)}" | sed '2,$s/^/                 /'
-done
-[ -n "$PIP_NVIDIA" ] && echo "pip nvidia-* packages in $PIP_NVIDIA:" "$PIP_NVIDIA"/*/
-for tool in gcc mpirun mpicc torchrun srun python3; do
-    printf '%-16s %s\n' "$tool" "$(command -v "$tool" || echo '(not found)')"
-done
-
-# ---------------------------------------------------------------- 2. build
-section "build"
-for header in cblas.h cjson/cJSON.h png.h zip.h zlib.h; do
-    if ! echo "#include <$header>" | gcc -E -xc - >/dev/null 2>&1 && [ -d .gpudeps ]; then
-        echo "no $header here"
+env_report() {   # what is here: GPU, driver, toolkit, PyTorch, the build that travelled
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv ||
+        echo "nvidia-smi: not found or failed"
+    command -v nvcc >/dev/null && nvcc --version | tail -1
+    python3 -c 'import torch; print("torch", torch.__version__, "cuDNN", torch.backends.cudnn.version())' \
+        2>/dev/null || echo "python3 has no torch"
+    cat "$BIN/BUILD_INFO" 2>/dev/null || echo "no $BIN/BUILD_INFO (not prepared with --prepare?)"
+}
+export -f env_report
+export BIN
+section "environment"
+if [ "$DRY_RUN" = 1 ]; then
+    stage env "$B_ENV" bash -c env_report
+    echo "[dry run] would run: ldd $BIN/*; $BIN/ddpm backends"
+    GPU_NAME="dry-run"
+    LOADS=${DRY_RUN_LOADS:-1}
+else
+    stage env "$B_ENV" bash -c env_report
+    GPU_NAME=$(timeout 5 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+    # The CPU engine's libraries are not on the device: .gpudeps supplies them.
+    if ldd "$BIN/ddpm" 2>/dev/null | grep -q 'not found'; then
+        # shellcheck source=tools/gpu_sysroot.sh
         source tools/gpu_sysroot.sh
-        break
     fi
+    LOADS=0
+    if [ -x "$BIN/ddpm" ] && ! ldd "$BIN"/* 2>/dev/null | grep 'not found' &&
+       timeout 10 "$BIN/ddpm" backends 2>&1 | grep -qx cuda; then
+        LOADS=1
+    fi
+fi
+GPU_TAG=$(tr -c 'A-Za-z0-9\n' '-' <<<"${GPU_NAME:-unknown-gpu}" | tr -s '-' | sed 's/-$//')
+COMMIT=$(sed -n 's/^commit=//p' "$BIN/BUILD_INFO" 2>/dev/null)
+COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+RAW_NAME=$(date -u +%Y-%m-%d)-$GPU_TAG-$COMMIT.jsonl
+
+if [ "$LOADS" = 1 ]; then
+    echo "the carried $BIN/ binaries load and see the GPU"
+elif [ "$(plan_total 1)" -gt "$CALL_LIMIT_S" ]; then
+    DRIFT_PLANNED=0   # the build's budget comes out of the drift check
+fi
+section "plan"
+for name in ENV BUILD OPS SUITE PEER_WAIT PROBE TRAIN128 TRAIN8 SAMPLE256 SAMPLE1 PEER_TIMED \
+            DRIFT TABLE; do
+    var=B_$name
+    printf '%-11s %4d s\n' "$name" "${!var}"
 done
-TEST_BINS=()
-for f in tests/test_*.c; do f=${f#tests/}; TEST_BINS+=("bin/${f%.c}"); done
-LOCAL_ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d .)
-build=(make -s CUDA=1 ${LOCAL_ARCH:+CUDA_ARCHS=$LOCAL_ARCH} -j"$JOBS" all bin/test_ops
-       bin/bench_train bin/bench_sample "${TEST_BINS[@]}")
-# MPI only bootstraps NCCL on a GPU machine: without a working mpicc, build without it
-run_step build 900 "${build[@]}" || { make -s clean; run_step build_without_mpi 900 "${build[@]}" MPI=0; }
-bin/ddpm backends
-
-# A Fashion-MNIST-shaped IDX file: the real one when installed, else random images.
-DATA=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-[ -f "$DATA" ] || DATA=$PWD/.gpudeps/fashion-mnist/train-images-idx3-ubyte.gz
-if [ ! -f "$DATA" ]; then
-    DATA=$WORK/images-idx3-ubyte
-    python3 - "$DATA" <<'EOF'
-import os, struct, sys
-n = 512
-with open(sys.argv[1], "wb") as f:
-    f.write(struct.pack(">IIII", 0x803, n, 28, 28) + os.urandom(n * 28 * 28))
-EOF
+echo "peer runs: $PEER_RUNS x PEER_TIMED; TRAIN128 twice (bf16, TF32); stages: $STAGES"
+echo "build on the device: $([ "$LOADS" = 1 ] && echo no || echo yes); drift check: $([ "$DRIFT_PLANNED" = 1 ] && echo yes || echo 'no (the build took its budget)')"
+TOTAL=$(plan_total $((1 - LOADS)))
+echo "total budget: $TOTAL s (limit $CALL_LIMIT_S s)"
+if [ "$TOTAL" -gt "$CALL_LIMIT_S" ]; then
+    echo "gpu_check.sh: the planned stages need $TOTAL s, over $CALL_LIMIT_S s: lower a budget or drop a stage" >&2
+    exit 2
 fi
 
-# ---------------------------------------------------------------- 3. ops
-if want ops; then
-section "test_ops"
-run_step test_ops 600 bin/test_ops
-if grep -q "SKIP: no CUDA device" "$WORK/test_ops.log"; then
-    SUMMARY[-1]=$(printf '%-44s %s' test_ops "CUDA cases SKIPPED: no usable CUDA device")
-fi
-run_step test_ops_bench 300 bin/test_ops --bench
-
-fi
-
-# ---------------------------------------------------------------- 4. suite and training
-if want suite; then
-section "test suite (bin/ddpm uses the GPU where the tests do not name a device)"
-# The suite reads Fashion-MNIST from Debian's path and numpy from a python3 with numpy.
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ -d .gpudeps/fashion-mnist ] && [ -w /usr/share ]; then
-    mkdir -p /usr/share/datasets && cp -r .gpudeps/fashion-mnist /usr/share/datasets/
-fi
-DDPM_TEST_PYTHON=$(command -v python3) run_step test_suite 900 bash tests/run_tests.sh bin
-
-# Hook: tests/test_torch_reference.c checks the U-Net against PyTorch on the CPU backend
-# only; once it can take a backend (e.g. DDPM_DEVICE=cuda), run it here on the GPU.
-if grep -q "DDPM_DEVICE" tests/test_torch_reference.c 2>/dev/null; then
-    run_step torch_reference_gpu 300 env DDPM_DEVICE=cuda bin/test_torch_reference
-else
-    record torch_reference_gpu "not run: test_torch_reference is CPU-only today"
-fi
+# ---------------------------------------------------------------- 2. fallback build
+if [ "$LOADS" != 1 ]; then
+    # Rebuild from source against the device's toolkit and libraries: the four binaries,
+    # CUDA objects included, took 34 s user + 7 s system CPU time on the development machine,
+    # so rebuilding everything costs little more than the CUDA objects alone.
+    [ "$DRY_RUN" = 1 ] || source tools/gpu_sysroot.sh
+    stage build "$B_BUILD" make -s -j16 CUDA=1 MPI=0 BUILD=build-gpu BIN="$BIN" \
+        "$BIN/ddpm" "$BIN/test_ops" "$BIN/bench_train" "$BIN/bench_sample" ||
+        echo "build failed: the stages below fail too"
 fi
 
-if want train; then
+CACHE_DIR=${GPU_CACHE_DIR:-$ROOT/.gpucache}   # the carried caches (a test points it elsewhere)
+mkdir -p "$CACHE_DIR/conv" "$CACHE_DIR/inductor"
+export DDPM_CONV_CACHE=$CACHE_DIR/conv
+export TORCHINDUCTOR_CACHE_DIR=$CACHE_DIR/inductor
+export OMP_WAIT_POLICY=passive PYTHONUNBUFFERED=1
 
-train() {   # train DIR DEVICE: 8 logged steps of configs/tiny
-    (mkdir -p "$WORK/$1" && cd "$WORK/$1" &&
-     "$OLDPWD/bin/ddpm" train --config "$OLDPWD/configs/tiny" --device "$2" data_path="$DATA" \
-        data_limit=256 steps=8 log_every=1 ckpt_every=0 sample_n=0 dropout=0.1 out_dir=run)
-}
-section "CPU vs GPU: the first training steps"
-if train cpu cpu >"$WORK/train_cpu.log" 2>&1 && train gpu cuda >"$WORK/train_gpu.log" 2>&1 &&
-   train gpu2 cuda >"$WORK/train_gpu2.log" 2>&1; then
-    paste -d, <(cut -d, -f1-3 "$WORK/cpu/run/log.csv") <(cut -d, -f2-3 "$WORK/gpu/run/log.csv")
-    # same data, timesteps and noise: step 1 matches to fp32 noise, later steps drift slowly
-    if python3 - "$WORK/cpu/run/log.csv" "$WORK/gpu/run/log.csv" <<'EOF'; then
-import csv, sys
-cpu, gpu = ([float(r["loss"]) for r in csv.DictReader(open(p))] for p in sys.argv[1:3])
-diff = abs(cpu[0] - gpu[0]) / abs(cpu[0])
-print(f"step 1 loss: cpu {cpu[0]:.9g} gpu {gpu[0]:.9g} relative difference {diff:.2e}")
-sys.exit(0 if diff < 1e-4 else 1)
-EOF
-        record cpu_vs_gpu_step1 "ok"
-    else
-        record cpu_vs_gpu_step1 "FAILED: step-1 losses differ"
-    fi
-    if cmp -s <(cut -d, -f1-3 "$WORK/gpu/run/log.csv") \
-              <(cut -d, -f1-3 "$WORK/gpu2/run/log.csv"); then
-        record gpu_determinism "ok: two runs log the same losses bit for bit"
-    else
-        record gpu_determinism "FAILED: two GPU runs differ"
-    fi
-else
-    tail -n 5 "$WORK"/train_*.log
-    record cpu_vs_gpu_step1 "FAILED: a training run did not finish"
-fi
-fi
-
-# ---------------------------------------------------------------- data parallel
-# World size 1 through each launcher's environment goes through NCCL and must train
-# exactly as a run without a launcher.
-if want dist; then
-section "data parallel at world size 1 (NCCL)"
-dp_args=(--config "$PWD/configs/tiny" --device cuda data_path="$DATA" data_limit=256 steps=20
-         log_every=5 ckpt_every=0 sample_n=0 dropout=0.1 out_dir=run)
-dp_train() {   # dp_train NAME [launcher command and env...]: trains in $WORK/dp_NAME
-    local name=$1
-    shift
-    mkdir -p "$WORK/dp_$name"
-    (cd "$WORK/dp_$name" && timeout 300 "$@" "$OLDPWD/bin/ddpm" train "${dp_args[@]}") \
-        >"$WORK/dp_$name.log" 2>&1
-}
-same_as_plain() {   # same_as_plain NAME: every tensor of its checkpoint equals the plain run's
-    python3 - "$WORK/dp_plain/run/ckpt_00000020.safetensors" \
-        "$WORK/dp_$1/run/ckpt_00000020.safetensors" <<'EOF'
-import sys
-sys.path.insert(0, "tools")
-import st_io
-a, b = (st_io.read(p)[0] for p in sys.argv[1:3])
-differ = [k for k in a if a[k].tobytes() != b[k].tobytes()]
-print(f"{len(a)} tensors, {len(differ)} differ {differ[:3]}")
-sys.exit(1 if differ else 0)
-EOF
-}
-dp_train plain env
-port=29600
-for launcher in torchrun-env openmpi-env slurm-env torchrun mpirun; do
-    port=$((port + 2))
-    case $launcher in
-    torchrun-env) cmd=(env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=$port) ;;
-    openmpi-env) cmd=(env OMPI_COMM_WORLD_RANK=0 OMPI_COMM_WORLD_SIZE=1 OMPI_COMM_WORLD_LOCAL_RANK=0) ;;
-    slurm-env) cmd=(env SLURM_PROCID=0 SLURM_STEP_NUM_TASKS=1 SLURM_LOCALID=0) ;;
-    torchrun) cmd=(torchrun --nproc-per-node 1 --master-port $port --no-python) ;;
-    mpirun) cmd=(mpirun --allow-run-as-root -np 1) ;;
-    esac
-    if dp_train "$launcher" "${cmd[@]}" && grep -q "data parallel: 1 ranks" "$WORK/dp_$launcher.log" &&
-       same_as_plain "$launcher"; then
-        record "dp_world1_$launcher" "ok: NCCL, bit-identical to the plain run"
-    else
-        tail -5 "$WORK/dp_$launcher.log"
-        record "dp_world1_$launcher" "FAILED"
-    fi
-done
-fi
-
-# ---------------------------------------------------------------- 5. throughput
-JSONL=docs/perf-logs/$(date +%Y-%m-%d)-$GPU_TAG.jsonl
+# ---------------------------------------------------------------- 3. peers: compile now
+declare -A PEER_ARGS=(
+    [peer_train_b128_bf16_compile]="train --batch 128 --precision bf16 --compile default"
+    [peer_train_b128_tf32_compile]="train --batch 128 --precision tf32 --compile default"
+    [peer_train_b8_tf32_compile]="train --batch 8 --precision tf32 --compile default"
+    [peer_sample_b256_tf32_reduce_overhead]="sample --batch 256 --precision tf32 --compile reduce-overhead"
+    [peer_sample_b1_tf32_reduce_overhead]="sample --batch 1 --precision tf32 --compile reduce-overhead"
+    [peer_train_b128_tf32_eager]="train --batch 128 --precision tf32 --compile none"
+)
+declare -A PEER_PID=()
+PEERS_DIR=$WORK/peers
+mkdir -p "$PEERS_DIR"
+PEER_LAUNCH=$SECONDS
 if want bench; then
-section "throughput"
-mkdir -p docs/perf-logs
-bench() {   # bench NAME COMMAND...: keeps its JSON lines, labelled "run": NAME
-    local name=$1
-    shift
-    run_step "$name" 600 "$@" &&
-        grep '^{' "$WORK/$name.log" | sed "s/^{/{\"run\": \"$name\", /" >>"$JSONL"
+    section "the peer: ${#PEER_ARGS[@]} processes compile in the background (gated)"
+    for name in "${!PEER_ARGS[@]}"; do
+        read -ra args <<<"${PEER_ARGS[$name]}"
+        cmd=(python3 tools/run_yardstick.py "${args[0]}" --config cifar10 "${args[@]:1}")
+        if [ "$DRY_RUN" = 1 ]; then
+            echo "[dry run] would start: nice -n 10 ${cmd[*]} (gate: $name.ready/.go)"
+            continue
+        fi
+        DDPM_PEER_READY=$PEERS_DIR/$name.ready DDPM_PEER_GO=$PEERS_DIR/$name.go \
+            DDPM_PEER_GATE_S=$CALL_LIMIT_S \
+            timeout -k 5 $((DEADLINE - SECONDS)) nice -n 10 "${cmd[@]}" \
+            >"$PEERS_DIR/$name.log" 2>&1 &
+        PEER_PID[$name]=$!
+        PEER_PIDS+=($!)
+    done
+fi
+
+# ---------------------------------------------------------------- 4. correctness
+if want ops; then
+    section "op tests: GPU against CPU"
+    stage test_ops "$B_OPS" "$BIN/test_ops"
+    if grep -q "SKIP: no CUDA device" "$WORK/logs/test_ops.log" 2>/dev/null; then
+        note test_ops "CUDA cases SKIPPED: no usable CUDA device (not passed)"
+    fi
+fi
+
+# The suite stage's Python, written out here: bash cannot export a function holding a here-document.
+cat >"$WORK/random_fashion.py" <<'EOF'
+import gzip, os, struct, sys
+n = 2048
+with gzip.open(os.path.join(sys.argv[1], "train-images-idx3-ubyte.gz"), "wb") as f:
+    f.write(struct.pack(">IIII", 0x803, n, 28, 28) + os.urandom(n * 28 * 28))
+with gzip.open(os.path.join(sys.argv[1], "train-labels-idx1-ubyte.gz"), "wb") as f:
+    f.write(struct.pack(">II", 0x801, n) + bytes(b % 10 for b in os.urandom(n)))
+EOF
+cat >"$WORK/compare_first_steps.py" <<'EOF'
+import csv, sys
+cpu, gpu, gpu2 = ([float(r["loss"]) for r in csv.DictReader(open(p))] for p in sys.argv[1:4])
+diff = abs(cpu[0] - gpu[0]) / abs(cpu[0])
+print(f"step 1 loss: cpu {cpu[0]:.9g} gpu {gpu[0]:.9g} relative difference {diff:.2e} (limit 1e-4)")
+print("two GPU runs:", "the same losses bit for bit" if gpu == gpu2 else f"DIFFER: {gpu} {gpu2}")
+sys.exit(0 if diff < 1e-4 and gpu == gpu2 else 1)
+EOF
+suite_subset() {
+    # e2e_resume trains configs/tiny, which reads Fashion-MNIST from Debian's path; a bare
+    # device has none, so random images in its format stand in (resume is bit-exact on any data).
+    local fashion=/usr/share/datasets/fashion-mnist rc=0
+    if [ ! -f $fashion/train-images-idx3-ubyte.gz ]; then
+        mkdir -p $fashion && python3 "$WORK/random_fashion.py" $fashion || return 1
+        echo "random images stand in for Fashion-MNIST at $fashion"
+    fi
+    DDPM=$BIN/ddpm DDPM_TEST_PYTHON=python3 bash tests/e2e_resume.sh || rc=1
+    first_steps cpu && first_steps cuda && first_steps cuda2 || return 1
+    python3 "$WORK/compare_first_steps.py" "$WORK"/first_{cpu,cuda,cuda2}/run/log.csv || rc=1
+    return $rc
 }
-bench bench_ddpm_fp32 bin/bench_train --config configs/cifar10_ddpm --device cuda batch_size=128
-bench bench_ddpm_tf32 env DDPM_TF32=1 bin/bench_train --config configs/cifar10_ddpm --device cuda \
-    batch_size=128
-# the all-reduce's fixed cost: NCCL at world size 1 (torchrun's variables) against none
-bench bench_ddpm_tf32_nccl1 env DDPM_TF32=1 RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 \
-    MASTER_ADDR=127.0.0.1 MASTER_PORT=29650 bin/bench_train --config configs/cifar10_ddpm \
-    --device cuda batch_size=128
-for batch in 8 16 32 64; do   # step time against the per-GPU batch, for the scaling model
-    bench "bench_ddpm_tf32_b$batch" env DDPM_TF32=1 bin/bench_train --config configs/cifar10_ddpm \
-        --device cuda batch_size=$batch
-done
-for batch in 256 2; do
-    bench "sample_ddpm_tf32_b$batch" env DDPM_TF32=1 bin/bench_sample --config configs/cifar10_ddpm \
-        --device cuda batch_size=$batch
-done
-if [ "${PEERS:-all}" = none ]; then
-    record bench_torch "not run: PEERS=none"
-elif [ -f .yardstick/bench_torch.py ]; then
-    peer() { bench "$1" python3 tools/run_yardstick.py "${@:2}"; }
-    peer torch_train_fp32_none train --config cifar10 --batch 128 --precision fp32 --compile none
-    peer torch_train_tf32_none train --config cifar10 --batch 128 --precision tf32 --compile none
-    if [ "${PEERS:-all}" = all ]; then   # PEERS=eager skips the compiled peers (minutes each)
-        peer torch_train_tf32_default train --config cifar10 --batch 128 --precision tf32 \
-            --compile default
-        for batch in 256 2; do   # the peer fails at batch 1 (a squeeze in its sampler)
-            peer "torch_sample_tf32_b$batch" sample --config cifar10 --batch $batch \
-                --precision tf32 --compile reduce-overhead
+first_steps() {   # first_steps cpu|cuda|cuda2: 8 logged steps of configs/tiny
+    local device=${1%2}
+    mkdir -p "$WORK/first_$1" && (cd "$WORK/first_$1" &&
+        "$ROOT/$BIN/ddpm" train --config "$ROOT/configs/tiny" --device "$device" data_limit=256 \
+            steps=8 log_every=1 ckpt_every=0 sample_n=0 dropout=0.1 out_dir=run >run.log 2>&1)
+}
+export -f suite_subset first_steps
+export WORK ROOT BIN PEERS_DIR
+if want suite; then
+    section "suite subset on the GPU"
+    stage suite "$B_SUITE" bash -c suite_subset
+fi
+
+# ---------------------------------------------------------------- 5. side by side
+label() {   # label NAME [FIELDS]: the JSON lines of $WORK/logs/NAME.log into $RAW, labelled
+    grep '^{' "$WORK/logs/$1.log" 2>/dev/null |
+        sed "s/^{/{${2:-}\"run\": \"$1\", \"gpu\": \"${GPU_NAME//[^A-Za-z0-9 -]/}\", \"build_commit\": \"$COMMIT\", /" >>"$RAW"
+}
+ours() {   # ours NAME BUDGET ENV... -- ARGS...: one of our benchmarks
+    local name=$1 budget=$2 envs=()
+    shift 2
+    while [ "$1" != -- ]; do envs+=("$1"); shift; done
+    shift
+    stage "$name" "$budget" env "${envs[@]}" "$@" && label "$name"
+}
+peer_timed() {   # peer_timed NAME: opens its gate, waits for its line
+    local name=$1 pid=${PEER_PID[$1]:-}
+    if [ "$DRY_RUN" = 1 ]; then
+        stage "$name" "$B_PEER_TIMED" touch "$PEERS_DIR/$name.go"
+        return
+    fi
+    if [ -z "$pid" ] || [ ! -f "$PEERS_DIR/$name.ready" ]; then
+        note "$name" "not timed: $(grep -q . "$PEERS_DIR/$name.status" 2>/dev/null &&
+            cat "$PEERS_DIR/$name.status" || echo 'not ready')"
+        tail -n 5 "$PEERS_DIR/$name.log" 2>/dev/null
+        return
+    fi
+    # past its budget the peer is stopped, so that it cannot run into the next timed part
+    stage "$name" "$B_PEER_TIMED" bash -c 'wait_peer "$0" "$1"' "$name" "$pid" ||
+        kill "$pid" 2>/dev/null
+    cp "$PEERS_DIR/$name.log" "$WORK/logs/$name.log"
+    label "$name"
+}
+wait_peer() {   # wait_peer NAME PID: GO, then until the process exits
+    touch "$PEERS_DIR/$1.go"
+    while kill -0 "$2" 2>/dev/null; do sleep 0.2; done
+    grep -q '^{' "$PEERS_DIR/$1.log"
+}
+export -f wait_peer
+wait_ready() {   # wait_ready DEADLINE: until every peer is READY or has exited, or DEADLINE
+    local name pending
+    while [ "$SECONDS" -lt "$1" ]; do
+        pending=0
+        for name in "${!PEER_PID[@]}"; do
+            if [ ! -f "$PEERS_DIR/$name.ready" ] && kill -0 "${PEER_PID[$name]}" 2>/dev/null; then
+                pending=$((pending + 1))
+            fi
+        done
+        [ "$pending" -eq 0 ] && return 0
+        sleep 1
+    done
+    return 1
+}
+
+if want bench; then
+    section "side by side: ours, then the peer, one row at a time"
+    if [ "$DRY_RUN" != 1 ]; then
+        # The compiles get the test stages' whole budgets plus B_PEER_WAIT, however fast the
+        # tests were: the planned total holds, and quick tests do not starve the compiles.
+        ready_by=$((PEER_LAUNCH + B_PEER_WAIT))
+        want ops && ready_by=$((ready_by + B_OPS))
+        want suite && ready_by=$((ready_by + B_SUITE))
+        printf -- '---- peer compiles (expected <= %d s from now, %d s after they started)\n' \
+            $((ready_by - SECONDS)) $((ready_by - PEER_LAUNCH))
+        wait_ready "$ready_by" || echo "peers still compiling $((ready_by - PEER_LAUNCH)) s after they started"
+        for name in "${!PEER_PID[@]}"; do
+            [ -f "$PEERS_DIR/$name.ready" ] && continue
+            if kill -0 "${PEER_PID[$name]}" 2>/dev/null; then   # still compiling: must not run on
+                echo "not compiled within the budget" >"$PEERS_DIR/$name.status"
+                kill "${PEER_PID[$name]}"
+            else
+                echo "exited before its gate: $(tail -n 1 "$PEERS_DIR/$name.log")" >"$PEERS_DIR/$name.status"
+            fi
         done
     fi
-else
-    record bench_torch "not run: no .yardstick/bench_torch.py (cp -r ../shared/yardstick .yardstick)"
-fi
+    BENCH_ARGS=(--config configs/cifar10_ddpm --device cuda --warmup 5 --iters 30)
+    # mixed_precision=bf16 exists once the bf16 path is in; until then bench_train refuses it
+    BF16=0
+    if stage probe_bf16 "$B_PROBE" env DDPM_TF32=1 "$BIN/bench_train" --config configs/tiny \
+           --device cuda batch_size=2 mixed_precision=bf16 --warmup 0 --iters 1; then
+        BF16=1
+    else
+        note ours_train_b128_bf16 "not supported by this build (probe: $(tail -n 1 "$WORK/logs/probe_bf16.log" 2>/dev/null))"
+    fi
+    FIRST=ours_train_b128_tf32
+    if [ "$BF16" = 1 ]; then
+        FIRST=ours_train_b128_bf16
+        ours ours_train_b128_bf16 "$B_TRAIN128" DDPM_TF32=1 -- "$BIN/bench_train" "${BENCH_ARGS[@]}" \
+            batch_size=128 mixed_precision=bf16
+    fi
+    peer_timed peer_train_b128_bf16_compile
+    ours ours_train_b128_tf32 "$B_TRAIN128" DDPM_TF32=1 -- "$BIN/bench_train" "${BENCH_ARGS[@]}" \
+        batch_size=128
+    peer_timed peer_train_b128_tf32_compile
+    peer_timed peer_train_b128_tf32_eager
+    ours ours_train_b8_tf32 "$B_TRAIN8" DDPM_TF32=1 -- "$BIN/bench_train" "${BENCH_ARGS[@]}" \
+        batch_size=8
+    peer_timed peer_train_b8_tf32_compile
+    ours ours_sample_b256_tf32 "$B_SAMPLE256" DDPM_TF32=1 -- "$BIN/bench_sample" \
+        "${BENCH_ARGS[@]}" batch_size=256
+    peer_timed peer_sample_b256_tf32_reduce_overhead
+    ours ours_sample_b1_tf32 "$B_SAMPLE1" DDPM_TF32=1 -- "$BIN/bench_sample" "${BENCH_ARGS[@]}" \
+        batch_size=1
+    peer_timed peer_sample_b1_tf32_reduce_overhead
+    if [ "$DRIFT_PLANNED" = 1 ]; then
+        section "drift: $FIRST again"
+        drift_args=(batch_size=128)
+        [ "$FIRST" = ours_train_b128_bf16 ] && drift_args+=(mixed_precision=bf16)
+        stage ours_drift_repeat "$B_DRIFT" env DDPM_TF32=1 "$BIN/bench_train" \
+            "${BENCH_ARGS[@]}" "${drift_args[@]}" &&
+            label ours_drift_repeat "\"repeat_of\": \"$FIRST\", "
+    fi
 fi
 
-# ---------------------------------------------------------------- summary
-section "summary ($GPU_NAME)"
-printf '%s\n' "${SUMMARY[@]}"
-if [ -s "$JSONL" ]; then
-    echo
-    echo "throughput (raw lines in $JSONL):"
-    python3 - "$JSONL" <<'EOF' || cat "$JSONL"
-import json, sys
-print(f"{'run':<26} {'engine':<12} {'batch':>5} {'ms/step':>9} {'img/s':>9}")
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    ms = float(r.get("ms_per_step", "nan"))
-    ips = float(r.get("img_per_s", "nan"))
-    engine = r.get("engine") or r.get("peer") or "?"
-    print(f"{r.get('run', '?'):<26} {engine:<12} {r.get('batch', '?'):>5} "
-          f"{ms:>9.2f} {ips:>9.1f}")
-EOF
+# ---------------------------------------------------------------- 6. what comes back
+section "raw lines and caches"
+PERF_LOGS=${PERF_LOG_DIR:-docs/perf-logs}
+if [ -s "$RAW" ]; then   # a dry run or a call that measured nothing leaves no file
+    mkdir -p "$PERF_LOGS"
+    cp "$RAW" "$PERF_LOGS/$RAW_NAME"
 fi
+echo "$(wc -l <"$RAW") raw lines: $PERF_LOGS/$RAW_NAME"
+if [ -n "$OUT_DIR" ]; then   # at most 8 files come back
+    cp "$RAW" "$OUT_DIR/$RAW_NAME"
+    cp "$STATUS" "$OUT_DIR/status.tsv"
+    tar -czf "$OUT_DIR/logs.tar.gz" -C "$WORK" logs peers 2>/dev/null
+    tar -czf "$OUT_DIR/conv-cache.tar.gz" -C "$CACHE_DIR/conv" .
+    tar -czf "$WORK/inductor.tar.gz" -C "$CACHE_DIR/inductor" . 2>/dev/null
+    if [ "$(stat -c %s "$WORK/inductor.tar.gz" 2>/dev/null || echo 0)" -le $((15 * 1024 * 1024)) ]; then
+        cp "$WORK/inductor.tar.gz" "$OUT_DIR/inductor-cache.tar.gz"
+    else
+        echo "PyTorch's compile cache is over 15 MiB: not sent back"
+    fi
+    ls -la "$OUT_DIR"
+fi
+
+# ---------------------------------------------------------------- 7. the table, last
+section "status of every stage (${GPU_NAME:-?}, build $COMMIT, $((SECONDS - START)) s)"
+column -t -s $'\t' "$STATUS" 2>/dev/null || cat "$STATUS"
+section "ddpm.c against the PyTorch peer (targets: docs/PERF.md)"
+python3 tools/gpu_check_table.py "$RAW" "$STATUS"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU engine's libraries (OpenBLAS, cJSON, libpng, libzip) for a GPU machine that
+# The CPU engine's libraries (OpenBLAS, cJSON, libpng, libzip, stb) for a GPU machine that
 # has the CUDA stack but not these, and where nothing can be installed.
 #   bash tools/gpu_sysroot.sh download   # here: Debian's .deb files into .gpudeps/
 #   source tools/gpu_sysroot.sh          # there: unpacks them into /tmp/ddpm-sysroot
@@ -7,7 +7,8 @@
 #                                        # LD_LIBRARY_PATH and OPENBLAS_DIR
 # .gpudeps/ is git-ignored: name it in the device call's carry.
 PACKAGES="libopenblas-openmp-dev libopenblas0-openmp libgfortran5 libquadmath0
-          libcjson-dev libcjson1 libpng-dev libpng16-16 libzip-dev libzip4 zlib1g-dev"
+          libcjson-dev libcjson1 libpng-dev libpng16-16 libzip-dev libzip4 zlib1g-dev
+          libstb-dev libstb0"
 DEPS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.gpudeps
 
 if [ "${1:-}" = download ]; then
