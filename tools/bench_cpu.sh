@@ -5,9 +5,10 @@
 #   tools/bench_cpu.sh [--rounds N] [--train-batch B] [--sample-batch B] [--iters N]
 #                      [--no-compile] [--no-doc]
 #
-# Each round runs, one after another: ours, PyTorch 2.x eager, PyTorch 2.x torch.compile
-# and Debian's PyTorch 1.13, for a training step (fashion U-Net, batch 32) and then for a
-# sampling step (batch 64); then ours once more beside one busy process (a shell loop) on
+# Each round runs, one after another: ours, ours on the im2col convolutions (the path
+# before oneDNN), PyTorch 2.x eager, PyTorch 2.x torch.compile and Debian's PyTorch 1.13,
+# for a training step (fashion U-Net, batch 32) and then for a sampling step (batch 64);
+# then ours once more beside one busy process (a shell loop) on
 # the same cores. The table gives, per engine, the median over rounds of each run's median
 # step, with the rounds' p10 and p90, and our ratio against the faster PyTorch 2.x mode.
 #
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     --iters) iters=$2; shift ;;
     --no-compile) compile=0 ;;
     --no-doc) write_doc=0 ;;
-    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "bench_cpu.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -96,6 +97,7 @@ ours_sample=(bin/bench_sample --config configs/fashion_mnist batch_size="$sample
 for r in $(seq "$rounds"); do
     echo "round $r of $rounds" >&2
     run "train ddpm.c" "${ours_train[@]}"
+    run "train ddpm.c im2col" env DDPM_CPU_CONV=im2col "${ours_train[@]}" --profile 0
     run "train torch2 eager" peer "$venv/bin/python" train "$train_batch"
     [ "$compile" = 1 ] && run "train torch2 compile" peer "$venv/bin/python" train "$train_batch" --compile default
     run "train torch1.13 eager" peer /usr/bin/python3 train "$train_batch"
