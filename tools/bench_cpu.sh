@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     --iters) iters=$2; shift ;;
     --no-compile) compile=0 ;;
     --no-doc) write_doc=0 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "bench_cpu.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
