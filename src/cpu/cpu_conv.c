@@ -223,7 +223,7 @@ void cpu_conv2d_forward(const ConvShape *s, float *y, const float *x, const floa
                         const float *b, void *workspace) {
 #ifdef DDPM_ONEDNN
     if (onednn_runs(s)) {
-        onednn_conv_forward(s, y, x, w, b, workspace);
+        onednn_conv_forward(s, y, x, w, b, NULL, workspace);
         return;
     }
 #endif

@@ -50,8 +50,9 @@ typedef struct {
 
 typedef struct ConvEntry {
     ConvShape key;                 /* workspace_bytes and algo zeroed */
-    Prim fwd, bwd_data, bwd_weights;
+    Prim fwd, fwd_sum, bwd_data, bwd_weights;   /* fwd_sum: y += conv, made on first use */
     WeightReorder w_fwd, w_bwd_data, dw;   /* dw.prim: theirs -> ours */
+    dnnl_memory_desc_t w_fwd_md;   /* the forward's weight layout, which fwd_sum must share */
     dnnl_memory_t src, dst, weights, bias, diff_src, diff_dst, diff_weights, scratch;
     float *zero_bias;              /* (OC) zeros: a bias-free call runs the same primitive */
     size_t dx_bytes;
@@ -150,17 +151,46 @@ static const dnnl_memory_desc_t *chosen_md(const_dnnl_primitive_desc_t pd, dnnl_
     return dnnl_primitive_desc_query_md(pd, what, 0);
 }
 
-static void make_forward(ConvEntry *e, const ConvDescs *d, dnnl_primitive_desc_t *fwd_pd) {
+/* The forward's descriptor; with add_to_dst a sum post-op makes it y += conv(x) + b. */
+static dnnl_primitive_desc_t forward_pd(const ConvDescs *d, int add_to_dst) {
     dnnl_convolution_desc_t desc;
     DNNL_CHECK(dnnl_convolution_forward_desc_init(
         &desc, dnnl_forward_training, dnnl_convolution_direct, &d->src, &d->weights_any, &d->bias,
         &d->dst, d->strides, d->pad_l, d->pad_r));
     dnnl_primitive_attr_t attr = user_scratchpad_attr();
-    DNNL_CHECK(dnnl_primitive_desc_create(fwd_pd, &desc, attr, engine, NULL));
+    dnnl_post_ops_t post_ops = NULL;
+    if (add_to_dst) {
+        DNNL_CHECK(dnnl_post_ops_create(&post_ops));
+        DNNL_CHECK(dnnl_post_ops_append_sum(post_ops, 1.0f));
+        DNNL_CHECK(dnnl_primitive_attr_set_post_ops(attr, post_ops));
+    }
+    dnnl_primitive_desc_t pd;
+    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, attr, engine, NULL));
+    if (post_ops) DNNL_CHECK(dnnl_post_ops_destroy(post_ops));
     DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
+    return pd;
+}
+
+static void make_forward(ConvEntry *e, const ConvDescs *d, dnnl_primitive_desc_t *fwd_pd) {
+    *fwd_pd = forward_pd(d, 0);
     DNNL_CHECK(dnnl_primitive_create(&e->fwd.prim, *fwd_pd));
     e->fwd.scratch_bytes = scratch_size(*fwd_pd);
-    e->w_fwd = weight_reorder(&d->weights_ours, chosen_md(*fwd_pd, dnnl_query_weights_md), 0);
+    e->w_fwd_md = *chosen_md(*fwd_pd, dnnl_query_weights_md);
+    e->w_fwd = weight_reorder(&d->weights_ours, &e->w_fwd_md, 0);
+}
+
+/* The summing forward, made the first time a residual comes; it must take the weights in
+ * the plain forward's layout (the reorder is shared) and fit the planned scratchpad. */
+static void make_forward_sum(ConvEntry *e, const ConvShape *s) {
+    ConvDescs d = conv_descs(s);
+    dnnl_primitive_desc_t pd = forward_pd(&d, 1);
+    const int same_layout =
+        dnnl_memory_desc_equal(chosen_md(pd, dnnl_query_weights_md), &e->w_fwd_md);
+    if (!same_layout || scratch_size(pd) > e->offset_w_fwd)
+        die("oneDNN: the summing convolution chose another weight layout or scratchpad");
+    DNNL_CHECK(dnnl_primitive_create(&e->fwd_sum.prim, pd));
+    e->fwd_sum.scratch_bytes = scratch_size(pd);
+    DNNL_CHECK(dnnl_primitive_desc_destroy(pd));
 }
 
 static void make_backward_data(ConvEntry *e, const ConvDescs *d,
@@ -276,18 +306,21 @@ static dnnl_memory_t weights_for(ConvEntry *e, WeightReorder *r, const float *w,
 
 size_t onednn_conv_workspace(const ConvShape *s) { return entry_for(s)->total_bytes; }
 
+/* y = conv(x) + b (+ residual, a buffer other than y: copied into y, then summed onto). */
 void onednn_conv_forward(const ConvShape *s, float *y, const float *x, const float *w,
-                         const float *b, void *workspace) {
+                         const float *b, const float *residual, void *workspace) {
     ConvEntry *e = entry_for(s);
     char *ws = workspace;
+    if (residual && !e->fwd_sum.prim) make_forward_sum(e, s);
     set_handle(e->scratch, ws);
     dnnl_memory_t weights = weights_for(e, &e->w_fwd, w, ws, e->offset_w_fwd);
+    if (residual) cpu_copy(y, residual, (size_t)s->n * s->oh * s->ow * s->oc * sizeof(float));
     set_handle(e->src, x);
     set_handle(e->dst, y);
     set_handle(e->bias, b ? b : e->zero_bias);
     dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, e->src}, {DNNL_ARG_WEIGHTS, weights},
                                {DNNL_ARG_BIAS, e->bias}, {DNNL_ARG_DST, e->dst}};
-    execute(&e->fwd, e->scratch, 4, args);
+    execute(residual ? &e->fwd_sum : &e->fwd, e->scratch, 4, args);
 }
 
 /* dx = beta*dx + the input gradient; beta = 0 writes it straight into dx. */

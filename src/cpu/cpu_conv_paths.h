@@ -29,8 +29,9 @@ void im2col_conv_backward(const ConvShape *s, float *dx, float beta, float *dw, 
 #ifdef DDPM_ONEDNN
 /* The oneDNN path; its primitives for a shape are made on first use and kept. */
 size_t onednn_conv_workspace(const ConvShape *s);
+/* residual (N, OH, OW, OC) or NULL, not y: y = conv(x) + b + residual */
 void onednn_conv_forward(const ConvShape *s, float *y, const float *x, const float *w,
-                         const float *b, void *workspace);
+                         const float *b, const float *residual, void *workspace);
 void onednn_conv_backward_data(const ConvShape *s, float *dx, float beta, const float *dy,
                                const float *w, void *workspace);
 void onednn_conv_backward_weights(const ConvShape *s, float *dw, const float *dy,
