@@ -1,0 +1,126 @@
+/* The training step and a sampling step are capturable: after warm-up, they neither wait
+ * for the device, nor copy to the host synchronously, nor allocate (backend, pinned or host
+ * memory), nor search convolution algorithms (capture_check.h, on the CPU backend). Steps
+ * that do one of those fail the check, so the check can fail: the whole trainer_step (it
+ * waits for its statistics) and the host logic the optimizer used to have (it read the
+ * gradient norm with to_host). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "capture_check.h"
+#include "denoiser.h"
+#include "sample.h"
+#include "testing.h"
+#include "train.h"
+#include "util.h"
+
+enum { WARMUP_STEPS = 2, CHECKED_STEPS = 3 };
+
+/* improved: learned variances, the hybrid loss and importance-sampled timesteps, whose
+ * per-sample weights reach the device every step */
+static Config tiny_config(int improved) {
+    Config cfg;
+    char err[512];
+    config_defaults(&cfg);
+    if (config_load_file(&cfg, "configs/tiny", err, sizeof err) != 0) die("%s", err);
+    cfg.batch_size = 8;
+    if (improved) {
+        cfg.learn_sigma = 1;
+        cfg.out_channels = 2 * cfg.in_channels;
+        cfg.loss = LOSS_HYBRID;
+        cfg.timestep_sampler = TIMESTEPS_LOSS_SECOND_MOMENT;
+    }
+    if (config_validate(&cfg, err, sizeof err) != 0) die("%s", err);
+    return cfg;
+}
+
+static void expect_capturable(CaptureReport r, const char *what) {
+    CHECK(r.forbidden_calls == 0, "%s: %d forbidden calls, the first %s", what, r.forbidden_calls,
+          r.first_forbidden);
+    CHECK(r.host_allocations == 0, "%s: %ld host allocations", what, r.host_allocations);
+}
+
+static void expect_rejected(CaptureReport r, const char *what, const char *op) {
+    CHECK(r.forbidden_calls > 0 && strcmp(r.first_forbidden, op) == 0,
+          "%s: %d forbidden calls, the first \"%s\" (want %s)", what, r.forbidden_calls,
+          r.first_forbidden, op);
+}
+
+static void check_training(Trainer *tr) {
+    for (int i = 0; i < WARMUP_STEPS; i++) trainer_step(tr);
+    for (int i = 0; i < CHECKED_STEPS; i++) {
+        capture_check_begin();
+        trainer_enqueue_step(tr);
+        expect_capturable(capture_check_end(), "trainer_enqueue_step");
+        StepResult r = trainer_collect_step(tr);
+        CHECK(!r.skipped && isfinite(r.loss), "step %ld: loss %g, skipped %d",
+              tr->progress.step - 1, r.loss, r.skipped);
+    }
+    capture_check_begin();
+    trainer_step(tr);
+    expect_rejected(capture_check_end(), "trainer_step (enqueue and collect)", "wait_host_copies");
+
+    /* the old optimizer: the host read the gradient norm to decide the skip and the clip */
+    capture_check_begin();
+    trainer_enqueue_gradients(tr);
+    float norm;
+    tr->be->to_host(&norm, tr->grad_norm, sizeof norm);
+    expect_rejected(capture_check_end(), "a step that reads the gradient norm", "to_host");
+}
+
+/* One ancestral step at full length after one warm-up step, on the EMA weights. */
+static void check_sampling(Trainer *tr) {
+    Net *m = tr->model;
+    const Backend *be = tr->be;
+    GaussianDiffusion d;
+    char err[256];
+    if (diffusion_from_config(&d, &tr->cfg, err, sizeof err) != 0) die("%s", err);
+    ModelOutput output = {.prediction = d.pred, .learned_var = tr->cfg.learn_sigma,
+                          .channels = tr->cfg.in_channels};
+    NetDenoiser den;
+    net_denoiser_init(&den, m, tr->ema, output);
+    SamplerOptions opt = {.kind = SAMPLER_ANCESTRAL, .clip_denoised = 1};
+    SamplerPlan plan;
+    if (sampler_plan_init(&plan, &d, &opt, &output, err, sizeof err) != 0) die("%s", err);
+    const int n = 4, last = plan.count - 1;
+    float *x = be->alloc((size_t)n * den.base.sample_size * sizeof(float));
+    be->normal_fill(x, n, den.base.sample_size, (RngKey){1, RNG_STREAM_SAMPLE_XT, 0, 0});
+    RngKey key = {1, RNG_STREAM_SAMPLE_Z, 0, 0};
+    plan.step(&plan, last, &den.base, x, n, key);
+    for (int i = last - 1; i > last - 1 - CHECKED_STEPS; i--) {
+        capture_check_begin();
+        plan.step(&plan, i, &den.base, x, n, (RngKey){1, RNG_STREAM_SAMPLE_Z, (uint32_t)i, 0});
+        expect_capturable(capture_check_end(), "a sampling step");
+    }
+    float first;
+    capture_check_begin();
+    plan.step(&plan, 0, &den.base, x, n, key);
+    be->to_host(&first, x, sizeof first);
+    expect_rejected(capture_check_end(), "a sampling step that reads its image", "to_host");
+    CHECK(isfinite(first), "the sample is finite");
+    be->release(x);
+    sampler_plan_free(&plan);
+    net_denoiser_free(&den);
+    diffusion_free(&d);
+}
+
+int main(void) {
+    for (int improved = 0; improved <= 1; improved++) {
+        printf("  %s\n", improved ? "learned variances, hybrid loss, importance sampling"
+                                   : "the tiny config");
+        Config cfg = tiny_config(improved);
+        Dataset data;
+        char err[1024];
+        if (dataset_load_idx(&data, cfg.data_path, cfg.image_size, cfg.data_limit, err,
+                             sizeof err))
+            die("%s", err);
+        Trainer tr;
+        trainer_init(&tr, capture_check_backend(backend_cpu()), &cfg, &data, NULL);
+        CHECK(strcmp(tr.be->name, "capture-check") == 0, "the trainer runs on the checker");
+        check_training(&tr);
+        check_sampling(&tr);
+        trainer_free(&tr);
+    }
+    return test_summary("capture");
+}
