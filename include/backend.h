@@ -249,6 +249,15 @@ typedef struct {
                              LossSpec spec, DiffusionTables tables))                            \
     /* one reverse step for all N samples at one t: x0 = a*x + b*out, optional clip,           \
      * x <- coef_x0*x0 + coef_xt*x + sigma*philox_normal(z_key, s, e). d = HW*C. */             \
+    /* The sampling loop's step from backend memory: sample_update with u = table[*step] and   \
+     * z_key.step = *step, so a captured loop needs no parameters from the host */              \
+    X(void, sample_update_indexed, (float *x, const float *model_out, int n, size_t d,          \
+                                    const SampleUpdate *table, const int32_t *step,             \
+                                    RngKey z_key))                                              \
+    /* y[0..n) = table[*step]: the model's time input at the loop's step */                     \
+    X(void, fill_indexed, (float *y, size_t n, const float *table, const int32_t *step))        \
+    /* *step += delta: the sampling loop's step counter */                                      \
+    X(void, advance_step, (int32_t *step, int delta))                                           \
     X(void, sample_update, (float *x, const float *model_out, int n, size_t d, SampleUpdate u,  \
                             RngKey z_key))                                                      \
     /* x (N, D) = philox_normal(key, s, e) */                                                   \

@@ -1237,6 +1237,65 @@ static void sample_update_case(unsigned modes, const char *what, int n, size_t d
     set_op(c, sample_update_forward, NULL, sample_update_check);
 }
 
+/* The sampling loop's ops on backend tables: sample_update_indexed is sample_update with
+ * table[*step] and the key's step from *step, bit for bit; fill_indexed writes times[*step];
+ * advance_step moves the counter. */
+enum { SUI_X_IN, SUI_OUT, SUI_TABLE, SUI_TIMES, SUI_STEP_IN, SUI_X, SUI_T, SUI_STEP };
+enum { SUI_ROWS = 3, SUI_ROW = 1 };
+#define SUI_TABLE_FLOATS (SUI_ROWS * sizeof(SampleUpdate) / sizeof(float))
+
+static void sample_update_indexed_forward(const OpCase *c, OpRun *r) {
+    const int32_t *step_in = (const int32_t *)F(SUI_STEP_IN);
+    int32_t *step = (int32_t *)F(SUI_STEP);
+    r->be->copy(F(SUI_X), F(SUI_X_IN), c->t[SUI_X].n * sizeof(float));
+    r->be->sample_update_indexed(F(SUI_X), F(SUI_OUT), c->n, (size_t)c->k,
+                                 (const SampleUpdate *)F(SUI_TABLE), step_in,
+                                 (RngKey){5, RNG_STREAM_SAMPLE_Z, 0, 0});
+    r->be->fill_indexed(F(SUI_T), c->t[SUI_T].n, F(SUI_TIMES), step_in);
+    r->be->copy(step, step_in, sizeof *step);
+    r->be->advance_step(step, -1);
+}
+
+static void sample_update_indexed_check(const OpCase *c, OpRun *r) {
+    const SampleUpdate *table = (const SampleUpdate *)F(SUI_TABLE);
+    size_t n = c->t[SUI_X].n, bytes = n * sizeof(float);
+    float *want = xmalloc(bytes);
+    memcpy(want, F(SUI_X_IN), bytes);
+    r->be->sample_update(want, F(SUI_OUT), c->n, (size_t)c->k, table[SUI_ROW],
+                         (RngKey){5, RNG_STREAM_SAMPLE_Z, SUI_ROW, 0});
+    CHECK(!memcmp(want, F(SUI_X), bytes), "%s: not sample_update of row %d with step %d",
+          c->name, SUI_ROW, SUI_ROW);
+    int same_time = 1;
+    for (size_t i = 0; i < c->t[SUI_T].n; i++) same_time &= F(SUI_T)[i] == F(SUI_TIMES)[SUI_ROW];
+    CHECK(same_time, "fill_indexed: not times[%d] everywhere", SUI_ROW);
+    CHECK(*(const int32_t *)F(SUI_STEP) == SUI_ROW - 1, "advance_step: %d, want %d",
+          *(const int32_t *)F(SUI_STEP), SUI_ROW - 1);
+    free(want);
+}
+
+static void sample_update_indexed_case(unsigned modes, int n, size_t d) {
+    OpCase *c = add_case(modes, "sample_update_indexed, fill_indexed, advance_step n%d d%zu", n, d);
+    c->n = n, c->k = (int)d;
+    SampleUpdate table[SUI_ROWS] = {
+        {.x0_from_xt = 1.0f, .coef_x0 = 0.5f},
+        {.x0_from_xt = 1.3f, .x0_from_out = -0.7f, .coef_x0 = 0.4f, .coef_xt = 0.55f,
+         .sigma = 0.3f, .clip_x0 = 1},
+        {.x0_from_out = 1.0f, .coef_xt = 2.0f, .sigma = 0.9f},
+    };
+    const float times[SUI_ROWS] = {3, 250, 999};
+    const int32_t step = SUI_ROW;
+    input(c, "x", (size_t)n * d, -2, 2);
+    input(c, "model_out", (size_t)n * d, -3, 3);
+    input_bytes(c, "update table", SUI_TABLE_FLOATS, sizeof(float), table);
+    input_bytes(c, "times", SUI_ROWS, sizeof(float), times);
+    input_bytes(c, "step", 1, sizeof(int32_t), &step);
+    output(c, "x updated", (size_t)n * d, -1);
+    output(c, "time", (size_t)n, -1);
+    output(c, "step advanced", 1, -1);
+    set_op(c, sample_update_indexed_forward, NULL, sample_update_indexed_check);
+    c->tol = 0;
+}
+
 enum { GC_PAIR, GC_OUT };
 
 static void guidance_combine_forward(const OpCase *c, OpRun *r) {
@@ -1391,6 +1450,7 @@ static void diffusion_cases(void) {
     learned.learned_var = 1, learned.use_model_var = 1, learned.channels = 3;
     learned.post_logvar = -6.5f, learned.log_var_range = 2.5f;
     sample_update_case(MODE_CUDA | MODE_BENCH, "learned variance", 3, 105, learned, 1e-6);
+    sample_update_indexed_case(MODE_ALL, 3, 101);
     guidance_combine_case(MODE_ALL, 3, 49, 1, 0, 3.0f);
     guidance_combine_case(MODE_ALL, 2, 37, 3, 1, 7.5f);
     guidance_combine_case(MODE_CUDA | MODE_BENCH, 64, 28 * 28, 1, 0, 2.0f);

@@ -7,7 +7,8 @@
  *   linear_*, attention_*   src/cpu/cpu_dense.c (OpenBLAS SGEMM)
  *   groupnorm_*             src/cpu/cpu_norm.c
  *   elementwise, layout, timestep_embedding, embedding_*   src/cpu/cpu_pointwise.c
- *   q_sample_images, mse_loss, sample_update, normal_fill,
+ *   q_sample_images, mse_loss, sample_update(_indexed), normal_fill,
+ *   fill_indexed, advance_step,
  *   guidance_combine                                       src/cpu/cpu_diffusion_ops.c
  *   diffusion_loss, cross_entropy                          src/cpu/cpu_loss.c
  *   global_norm, adamw, ema_update, optimizer_control,
