@@ -126,6 +126,16 @@ typedef struct {
     X(void, to_host_async, (void *dst, const void *src, size_t bytes))                          \
     /* Waits until every to_host_async queued so far has landed. */                             \
     X(void, wait_host_copies, (void))                                                           \
+    /* Graph capture (CUDA graphs, only with DDPM_CUDA_GRAPHS=1): graph_begin returns NULL when \
+     * the backend does not capture (the CPU always), and the caller runs its work directly;   \
+     * otherwise the ops queued until graph_end are recorded, not run, and graph_end returns   \
+     * the graph, which graph_launch queues as a whole and graph_release frees. The recorded   \
+     * ops keep their arguments: only work whose per-run inputs sit in backend memory at fixed \
+     * addresses can be replayed (docs/GPU.md). */                                              \
+    X(void *, graph_begin, (void))                                                              \
+    X(void *, graph_end, (void))                                                                \
+    X(void, graph_launch, (void *graph))                                                        \
+    X(void, graph_release, (void *graph))                                                       \
                                                                                                 \
     /* ==== nn primitives ==== */                                                               \
     /* ---- convolution: x (N,H,W,C), w (OC,KH,KW,C), b (OC) or NULL, y (N,OH,OW,OC) ---- */    \

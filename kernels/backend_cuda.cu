@@ -77,6 +77,33 @@ void cuda_to_host_async(void *dst, const void *src, size_t bytes) {
 
 void cuda_wait_host_copies(void) { cudaCheck(cudaEventSynchronize(cuda.host_copies)); }
 
+/* CUDA graphs, behind DDPM_CUDA_GRAPHS=1 (read at each graph_begin). Never run on a GPU so
+ * far: docs/GPU.md lists what must be checked. Thread-local capture mode: another thread's
+ * unrelated CUDA calls do not invalidate the capture. */
+void *cuda_graph_begin(void) {
+    const char *flag = getenv("DDPM_CUDA_GRAPHS");
+    if (!flag || strcmp(flag, "1") != 0) return NULL;
+    cudaCheck(cudaStreamBeginCapture(cuda.stream, cudaStreamCaptureModeThreadLocal));
+    return &cuda;   /* not a graph yet: only "capturing" */
+}
+
+void *cuda_graph_end(void) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    cudaCheck(cudaStreamEndCapture(cuda.stream, &graph));
+    cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
+    cudaCheck(cudaGraphDestroy(graph));
+    return (void *)exec;
+}
+
+void cuda_graph_launch(void *graph) {
+    cudaCheck(cudaGraphLaunch((cudaGraphExec_t)graph, cuda.stream));
+}
+
+void cuda_graph_release(void *graph) {
+    if (graph) cudaCheck(cudaGraphExecDestroy((cudaGraphExec_t)graph));
+}
+
 #define CUDA_TABLE_ENTRY(ret, op, params) .op = cuda_##op,
 static const Backend table = {
     .name = "cuda",

@@ -1737,6 +1737,39 @@ static void to_host_async_case(unsigned modes, size_t n) {
     c->tol = 0;
 }
 
+/* graph_begin, graph_end, graph_launch, graph_release: a captured accumulate launched three
+ * times adds x three times, as three direct calls do (the CPU never captures: NULL). */
+static void graph_forward(const OpCase *c, OpRun *r) {
+    size_t n = c->t[0].n;
+    r->be->fill(F(1), 0.0f, n);
+    setenv("DDPM_CUDA_GRAPHS", "1", 1);
+    void *capturing = r->be->graph_begin();
+    unsetenv("DDPM_CUDA_GRAPHS");
+    if (!capturing) {
+        for (int k = 0; k < 3; k++) r->be->accumulate(F(1), 1.0f, F(0), n);
+        return;
+    }
+    r->be->accumulate(F(1), 1.0f, F(0), n);
+    void *graph = r->be->graph_end();
+    for (int k = 0; k < 3; k++) r->be->graph_launch(graph);
+    r->be->graph_release(graph);
+}
+
+static void graph_check(const OpCase *c, OpRun *r) {
+    int exact = 1;
+    for (size_t i = 0; i < c->t[0].n; i++) exact &= F(1)[i] == F(0)[i] + F(0)[i] + F(0)[i];
+    CHECK(exact, "graph: three runs of accumulate are not x + x + x");
+    CHECK(r->be->graph_begin() == NULL, "graph_begin captures without DDPM_CUDA_GRAPHS=1");
+}
+
+static void graph_case(unsigned modes, size_t n) {
+    OpCase *c = add_case(modes, "graph_begin, graph_end, graph_launch n%zu", n);
+    input(c, "x", n, -1, 1);
+    output(c, "3 x", n, -1);
+    set_op(c, graph_forward, NULL, graph_check);
+    c->tol = 0;
+}
+
 static void optimizer_cases(void) {
     optimizer_control_case(MODE_ALL, 3.0f, 10, 1.0f, -1, -1);   /* warmup and clipping */
     optimizer_control_case(MODE_CUDA, 0.5f, 0, 1.0f, -1, -1);   /* clip above the norm */
@@ -1747,6 +1780,7 @@ static void optimizer_cases(void) {
     adamw_state_case(MODE_ALL, 4099, 0);
     adamw_state_case(MODE_ALL, 1000, 1);
     to_host_async_case(MODE_ALL, 1 << 16);
+    graph_case(MODE_ALL, 4099);
 
     global_norm_case(MODE_CPU, 300001);   /* several chunks and a ragged tail */
     global_norm_case(MODE_CUDA | MODE_BENCH, 1000);

@@ -13,7 +13,7 @@
  *   diffusion_loss, cross_entropy                          src/cpu/cpu_loss.c
  *   global_norm, adamw, ema_update, optimizer_control,
  *   adamw_state, ema_update_state                          src/cpu/cpu_optim.c
- *   alloc_host, to_host_async (a plain copy)               src/cpu/cpu_backend.c
+ *   alloc_host, to_host_async (a plain copy), graph_* (none)  src/cpu/cpu_backend.c
  *   gaussian_sample_*, gaussian_kl, recon_loss             src/cpu/cpu_vae.c */
 #ifndef DDPM_CPU_BACKEND_H
 #define DDPM_CPU_BACKEND_H

@@ -153,12 +153,34 @@ static void affine_step_on_device(const SamplerPlan *plan, Denoiser *den, float 
     den->be->advance_step(plan->device_step, plan->ascending ? 1 : -1);
 }
 
+/* Step k of a loop on the tables. With graph capture (DDPM_CUDA_GRAPHS=1 on CUDA) step 0
+ * runs directly (warm-up), step 1 is captured once and launched, and every later step
+ * launches the same graph: the device's step counter moves the tables on. A
+ * class-conditional denoiser copies its labels from the host at each call, so it never
+ * captures. */
+static void device_step(SamplerPlan *plan, Denoiser *den, float *x, int n, RngKey key, int k,
+                        void **graph) {
+    const Backend *be = den->be;
+    if (*graph) {
+        be->graph_launch(*graph);
+        return;
+    }
+    if (k == 1 && !den->labels && be->graph_begin()) {
+        affine_step_on_device(plan, den, x, n, key);
+        *graph = be->graph_end();
+        be->graph_launch(*graph);
+        return;
+    }
+    affine_step_on_device(plan, den, x, n, key);
+}
+
 const volatile sig_atomic_t *sampler_cancel;
 
 void sampler_run(SamplerPlan *plan, Denoiser *den, float *x, int n, RngKey z_key,
                  int verbose) {
     double started = now_seconds();
     const int on_device = use_device_tables(plan, den);
+    void *graph = NULL;
     if (on_device) {
         const int32_t first = plan->ascending ? 0 : plan->count - 1;
         den->be->to_device(plan->device_step, &first, sizeof first);
@@ -167,7 +189,7 @@ void sampler_run(SamplerPlan *plan, Denoiser *den, float *x, int n, RngKey z_key
         int i = plan->ascending ? k : plan->count - 1 - k;
         RngKey key = {z_key.seed, z_key.stream, (uint32_t)i, 0};
         if (on_device)   /* the same key, its step from the device's counter */
-            affine_step_on_device(plan, den, x, n, (RngKey){z_key.seed, z_key.stream, 0, 0});
+            device_step(plan, den, x, n, (RngKey){z_key.seed, z_key.stream, 0, 0}, k, &graph);
         else
             plan->step(plan, i, den, x, n, key);
         if (verbose && (k + 1) % 50 == 0) {
@@ -176,6 +198,7 @@ void sampler_run(SamplerPlan *plan, Denoiser *den, float *x, int n, RngKey z_key
                     (k + 1) / (elapsed > 0 ? elapsed : 1e-9));
         }
     }
+    if (graph) den->be->graph_release(graph);
     if (verbose) fputc('\n', stderr);
 }
 
