@@ -71,6 +71,37 @@ typedef struct {
  * `prediction` and never seen by the DDPM ops: the DDPM samplers refuse it. */
 typedef enum { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2, PRED_VELOCITY = 3 } PredictionType;
 
+/* The optimizer's control state, in backend memory: one op (optimizer_control) advances it
+ * each step from the device's gradient norm and per-sample losses, and adamw_state and
+ * ema_update_state read their scalars from it, so the non-finite skip, clipping, warmup and
+ * the bias corrections need no round trip through the host. The host reads a copy of it
+ * (to_host_async) only to report and checkpoint. */
+typedef struct {
+    int64_t step;            /* the training step the next optimizer_control is for */
+    int64_t adam_steps;      /* updates applied: Adam's t of the last update */
+    int64_t skipped_steps;   /* steps skipped for a non-finite loss or gradient norm */
+    double lr_reported;      /* the step's learning rate, from adam_steps before it (warmup) */
+    float grad_norm;         /* the step's gradient norm, before clipping */
+    float lr, grad_scale, bias_c1, bias_c2;   /* the step's AdamW scalars (skipped: unchanged) */
+    int32_t skip;            /* the step is skipped: adamw_state and ema_update_state do nothing */
+    int32_t faulted;         /* the step was made non-finite by the fault hook */
+} OptimState;
+
+/* optimizer_control's settings (by value; fixed for a run). */
+typedef struct {
+    double lr;               /* after warmup */
+    int64_t warmup;          /* lr ramps as min(1, (adam_steps+1)/warmup) when warmup > 0 */
+    double grad_clip;        /* clip the gradient's global norm to this when > 0 */
+    double beta1, beta2;
+    int64_t fault_step;      /* test hook: steps from this one are non-finite; -1: none */
+    /* Where the per-sample losses lie: `blocks` blocks (ranks) `block_stride` floats apart,
+     * each holding per-sample statistics as kinds of `per_kind` floats; the kinds whose bit
+     * is set in loss_kinds make up the loss (a non-finite one makes it non-finite). */
+    int blocks, per_kind;
+    size_t block_stride;
+    uint32_t loss_kinds;
+} OptimControl;
+
 /* BACKEND_OPS(X): every op of the table, X(return type, name, (parameters)), grouped as
  * memory, nn primitives, fused diffusion steps and optimizer. This one list declares the
  * Backend struct below, the prototypes of both backends (cpu_<name> in src/cpu/cpu_backend.h,
@@ -87,6 +118,24 @@ typedef enum { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2, PRED_VELOCITY = 3 } Predic
     X(void, copy, (void *dst, const void *src, size_t bytes))                                   \
     X(void, fill, (float *x, float value, size_t n))                                            \
     X(void, synchronize, (void))                                                                \
+    /* Page-locked host memory for to_host_async (zeroed); released with release_host */        \
+    X(void *, alloc_host, (size_t bytes))                                                       \
+    X(void, release_host, (void *p))                                                            \
+    /* Queues a copy into host memory from alloc_host, after every op queued before it; the    \
+     * bytes are there once wait_host_copies returns. Never waits itself. */                    \
+    X(void, to_host_async, (void *dst, const void *src, size_t bytes))                          \
+    /* Waits until every to_host_async queued so far has landed. */                             \
+    X(void, wait_host_copies, (void))                                                           \
+    /* Graph capture (CUDA graphs, only with DDPM_CUDA_GRAPHS=1): graph_begin returns NULL when \
+     * the backend does not capture (the CPU always), and the caller runs its work directly;   \
+     * otherwise the ops queued until graph_end are recorded, not run, and graph_end returns   \
+     * the graph, which graph_launch queues as a whole and graph_release frees. The recorded   \
+     * ops keep their arguments: only work whose per-run inputs sit in backend memory at fixed \
+     * addresses can be replayed (docs/GPU.md). */                                              \
+    X(void *, graph_begin, (void))                                                              \
+    X(void *, graph_end, (void))                                                                \
+    X(void, graph_launch, (void *graph))                                                        \
+    X(void, graph_release, (void *graph))                                                       \
                                                                                                 \
     /* ==== nn primitives ==== */                                                               \
     /* ---- convolution: x (N,H,W,C), w (OC,KH,KW,C), b (OC) or NULL, y (N,OH,OW,OC) ---- */    \
@@ -210,6 +259,15 @@ typedef enum { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2, PRED_VELOCITY = 3 } Predic
                              LossSpec spec, DiffusionTables tables))                            \
     /* one reverse step for all N samples at one t: x0 = a*x + b*out, optional clip,           \
      * x <- coef_x0*x0 + coef_xt*x + sigma*philox_normal(z_key, s, e). d = HW*C. */             \
+    /* The sampling loop's step from backend memory: sample_update with u = table[*step] and   \
+     * z_key.step = *step, so a captured loop needs no parameters from the host */              \
+    X(void, sample_update_indexed, (float *x, const float *model_out, int n, size_t d,          \
+                                    const SampleUpdate *table, const int32_t *step,             \
+                                    RngKey z_key))                                              \
+    /* y[0..n) = table[*step]: the model's time input at the loop's step */                     \
+    X(void, fill_indexed, (float *y, size_t n, const float *table, const int32_t *step))        \
+    /* *step += delta: the sampling loop's step counter */                                      \
+    X(void, advance_step, (int32_t *step, int delta))                                           \
     X(void, sample_update, (float *x, const float *model_out, int n, size_t d, SampleUpdate u,  \
                             RngKey z_key))                                                      \
     /* x (N, D) = philox_normal(key, s, e) */                                                   \
@@ -256,7 +314,22 @@ typedef enum { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2, PRED_VELOCITY = 3 } Predic
                     float b2, float eps, float wd, float bias_c1, float bias_c2,                \
                     float grad_scale))                                                          \
     /* ema = decay*ema + (1-decay)*p */                                                         \
-    X(void, ema_update, (float *ema, const float *p, size_t n, float decay))
+    X(void, ema_update, (float *ema, const float *p, size_t n, float decay))                    \
+    /* One step of the optimizer's control state (one thread's work). With step = state->step:\
+     * skip = (fault_step >= 0 && step >= fault_step) || grad_norm or a loss statistic is not  \
+     * finite; lr_reported = lr * min(1, (adam_steps+1)/warmup) in double (lr without warmup);  \
+     * if skipped, skipped_steps++; otherwise adam_steps++ and, for t = adam_steps, the floats \
+     * lr = (float)lr_reported, grad_scale = min(1, grad_clip/(norm + 1e-6)) (1 without clip), \
+     * bias_c1 = 1-beta1^t, bias_c2 = 1-beta2^t, each formed in double as adamw_step does.     \
+     * Then step++. grad_norm is one float of backend memory. */                               \
+    X(void, optimizer_control, (OptimState *state, const float *grad_norm, const float *stats, \
+                                OptimControl control))                                          \
+    /* adamw with state's lr, bias_c1, bias_c2 and grad_scale; nothing when state->skip */     \
+    X(void, adamw_state, (float *p, const float *g, float *m, float *v, size_t n,               \
+                          const OptimState *state, float b1, float b2, float eps, float wd))    \
+    /* ema_update, nothing when state->skip */                                                  \
+    X(void, ema_update_state, (float *ema, const float *p, size_t n, const OptimState *state,   \
+                               float decay))
 
 /* The table: one function pointer per op of BACKEND_OPS, called as be->op(...). */
 #define BACKEND_FIELD(ret, op, params) ret(*op) params;

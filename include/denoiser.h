@@ -27,6 +27,11 @@ struct Denoiser {
      * model's time t (DDPM: the integer timestep). Backend memory, valid until the next
      * call; x is only read. */
     const float *(*predict)(Denoiser *self, const float *x, int n, float t);
+    /* The same at the time times[*step] (both backend memory), so that the sampling loop
+     * sends nothing from the host; NULL when the denoiser has no such path. A wrapper that
+     * copies another Denoiser and replaces predict must set it to NULL. */
+    const float *(*predict_at)(Denoiser *self, const float *x, int n, const float *times,
+                               const int32_t *step);
     const Backend *be;
     int max_batch;
     size_t sample_size;     /* floats per sample of x: H*W*C */

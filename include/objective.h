@@ -62,6 +62,9 @@ typedef struct {
 struct Objective {
     const ObjectiveOps *ops;
     int stats_per_sample;       /* floats per sample in loss()'s stats */
+    /* bit k: statistic kind k enters report()'s per-sample loss, so a non-finite value of it
+     * makes the loss non-finite and the device skips the step (optimizer_control) */
+    uint32_t loss_kinds;
     void *state;
 };
 

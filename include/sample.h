@@ -45,6 +45,13 @@ struct SamplerPlan {
     float *scratch;              /* (2, max_batch, D) backend: Heun's first velocity and its
                                     Euler point, or NULL */
     const Backend *scratch_be;
+    /* Affine plans (ancestral, DDIM) on a backend whose denoiser has predict_at: update and
+     * model_t as backend tables and the loop's step counter, built by the first sampler_run
+     * on that backend and kept, so the loop sends no parameters from the host. */
+    SampleUpdate *device_update;     /* (count) */
+    float *device_time;              /* (count) the model's time at each step */
+    int32_t *device_step;            /* (1) the step counter advance_step moves */
+    const Backend *device_be;
 };
 
 /* The plan for a model whose output is laid out as `model` says (its parameterisation
@@ -62,7 +69,7 @@ void sampler_plan_free(SamplerPlan *plan);
 extern const volatile sig_atomic_t *sampler_cancel;
 /* Runs the plan on x (n, d) in place; the noise of step i is philox_normal with key
  * {z_key.seed, z_key.stream, i}. */
-void sampler_run(const SamplerPlan *plan, Denoiser *den, float *x, int n, RngKey z_key,
+void sampler_run(SamplerPlan *plan, Denoiser *den, float *x, int n, RngKey z_key,
                  int verbose);
 
 /* Generates n images into out (n, H, W, C) host floats, in chunks of at most
@@ -70,11 +77,11 @@ void sampler_run(const SamplerPlan *plan, Denoiser *den, float *x, int n, RngKey
  * labels: (n) host, the class of each image, or NULL (unconditional); each chunk's
  * share is handed to the denoiser as den->labels. The same seed and batch size give
  * the same images. */
-void sample_images(Denoiser *den, const SamplerPlan *plan, int n, uint64_t seed,
+void sample_images(Denoiser *den, SamplerPlan *plan, int n, uint64_t seed,
                    const float *x_T, const int32_t *labels, float *out, int verbose);
 /* The chunks c (of max_batch images) with c % world_size == rank, into their places
  * in out: world_size ranks together produce what one process does. */
-void sample_images_share(Denoiser *den, const SamplerPlan *plan, int n, uint64_t seed,
+void sample_images_share(Denoiser *den, SamplerPlan *plan, int n, uint64_t seed,
                          const float *x_T, const int32_t *labels, float *out, int verbose,
                          int rank, int world_size);
 /* The x_T that sample_images draws for (n, seed) when none is given. */

@@ -16,6 +16,7 @@ typedef struct {
     int importance;
     double *history;   /* (T, LOSS_HISTORY) most recent losses, oldest first */
     int32_t *count;    /* (T) how many of history's slots are filled */
+    double *cdf, *probs;   /* (T) each: draw's scratch, so that a training step allocates nothing */
 } TimestepSampler;
 
 void timestep_sampler_init(TimestepSampler *s, int num_timesteps, int importance);

@@ -35,10 +35,12 @@ typedef struct {
     float *step_stats;                     /* (W, K*b + 1) backend: per rank [K blocks | stop] */
     float *own_stats;                      /* this rank's block in step_stats */
     float *grad_norm;                      /* (1) backend */
+    OptimState *optim_state;               /* backend: the skip, lr, clipping, Adam's t */
+    OptimState *host_optim_state;          /* alloc_host: the last collected step's copy */
     uint8_t *host_images;                  /* (b, H, W, C) */
     float *host_values;                    /* (b, H, W, C), for float data */
     int32_t *host_labels;                  /* (B) the global batch's labels, or NULL */
-    float *host_stats;                     /* (W, K*b + 1) */
+    float *host_stats;                     /* (W, K*b + 1) alloc_host: lands by to_host_async */
     float **stats_by_kind;                 /* (K) host arrays of (B): every rank's, in order */
     uint32_t *order;                       /* (data.count) permutation of the current epoch */
     long order_epoch;
@@ -65,8 +67,21 @@ typedef struct {
  * every rank. dist: the data-parallel world, or NULL for one process. */
 void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *data, Dist *dist);
 void trainer_free(Trainer *tr);
-/* One training step on the batch for tr->progress.step; advances the step. */
+/* One training step on the batch for tr->progress.step; advances the step. It is
+ * trainer_enqueue_step then trainer_collect_step. */
 StepResult trainer_step(Trainer *tr);
+/* Queues the whole step on the backend: no synchronisation, no copy to the host that is
+ * waited for, no allocation (tests/test_capture.c checks it), so it can be captured. */
+void trainer_enqueue_step(Trainer *tr);
+/* The step up to the gradient norm (tr->grad_norm) and the queued copy of the statistics
+ * to tr->host_stats; the optimizer's part is not queued (tests/test_optim_control.c). */
+void trainer_enqueue_gradients(Trainer *tr);
+/* Waits for the step's statistics and optimizer state, and reports them; advances
+ * tr->progress (step, adam_steps, skipped_steps) from the device's state. */
+StepResult trainer_collect_step(Trainer *tr);
+/* Writes tr->progress into the device's optimizer state (after trainer_load or a change
+ * of progress made on the host). */
+void trainer_upload_progress(Trainer *tr);
 int trainer_save(Trainer *tr, const char *path, char *err, size_t err_size);
 int trainer_load(Trainer *tr, const char *path, char *err, size_t err_size);
 void objective_free(Objective *o);

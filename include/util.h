@@ -14,6 +14,9 @@ void warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int set_error(char *err, size_t err_size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void *xmalloc(size_t bytes);          /* dies on failure */
+/* How many xmalloc/xcalloc calls so far: a step or sampling loop must not add any
+ * (src/capture_check.c counts them over a step). */
+long host_allocation_count(void);
 void *xcalloc(size_t count, size_t size);
 char *xstrdup(const char *s);
 

@@ -54,6 +54,56 @@ void cuda_copy(void *dst, const void *src, size_t bytes) {
 
 void cuda_synchronize(void) { cudaCheck(cudaStreamSynchronize(cuda.stream)); }
 
+/* Pinned memory, so that cudaMemcpyAsync into it is truly asynchronous (from pageable
+ * memory CUDA would stage the copy and wait). */
+void *cuda_alloc_host(size_t bytes) {
+    void *p = NULL;
+    const cudaError_t status = cudaMallocHost(&p, bytes ? bytes : 1);
+    if (status != cudaSuccess)
+        die("cuda: cannot allocate %zu bytes of pinned host memory: %s", bytes,
+            cudaGetErrorString(status));
+    memset(p, 0, bytes ? bytes : 1);
+    return p;
+}
+
+void cuda_release_host(void *p) {
+    if (p) cudaCheck(cudaFreeHost(p));
+}
+
+void cuda_to_host_async(void *dst, const void *src, size_t bytes) {
+    if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cuda.stream));
+    cudaCheck(cudaEventRecord(cuda.host_copies, cuda.stream));
+}
+
+void cuda_wait_host_copies(void) { cudaCheck(cudaEventSynchronize(cuda.host_copies)); }
+
+/* CUDA graphs, behind DDPM_CUDA_GRAPHS=1 (read at each graph_begin). Never run on a GPU so
+ * far: docs/GPU.md lists what must be checked. Thread-local capture mode: another thread's
+ * unrelated CUDA calls do not invalidate the capture. */
+void *cuda_graph_begin(void) {
+    const char *flag = getenv("DDPM_CUDA_GRAPHS");
+    if (!flag || strcmp(flag, "1") != 0) return NULL;
+    cudaCheck(cudaStreamBeginCapture(cuda.stream, cudaStreamCaptureModeThreadLocal));
+    return &cuda;   /* not a graph yet: only "capturing" */
+}
+
+void *cuda_graph_end(void) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    cudaCheck(cudaStreamEndCapture(cuda.stream, &graph));
+    cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
+    cudaCheck(cudaGraphDestroy(graph));
+    return (void *)exec;
+}
+
+void cuda_graph_launch(void *graph) {
+    cudaCheck(cudaGraphLaunch((cudaGraphExec_t)graph, cuda.stream));
+}
+
+void cuda_graph_release(void *graph) {
+    if (graph) cudaCheck(cudaGraphExecDestroy((cudaGraphExec_t)graph));
+}
+
 #define CUDA_TABLE_ENTRY(ret, op, params) .op = cuda_##op,
 static const Backend table = {
     .name = "cuda",
@@ -87,6 +137,7 @@ static void context_init(int count) {
     cudaCheck(cudaGetDeviceProperties(&prop, device));
     cuda.tf32 = env_flag("DDPM_TF32");
     cudaCheck(cudaStreamCreate(&cuda.stream));
+    cudaCheck(cudaEventCreateWithFlags(&cuda.host_copies, cudaEventDisableTiming));
 
     cublasCheck(cublasCreate(&cuda.cublas));
     cublasCheck(cublasSetStream(cuda.cublas, cuda.stream));

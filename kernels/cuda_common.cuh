@@ -61,6 +61,7 @@ typedef struct {
     double *scratch;           /* (scratch_doubles) partial sums of the two-pass reductions */
     size_t scratch_doubles;
     void *cublas_workspace;    /* (CUBLAS_WORKSPACE_BYTES) handed to cuBLAS once */
+    cudaEvent_t host_copies;   /* recorded after each to_host_async; wait_host_copies waits on it */
 } CudaContext;
 
 extern CudaContext cuda;

@@ -2,15 +2,18 @@
  * BACKEND_OPS (include/backend.h), on device memory, queued on cuda.stream; the
  * prototypes are generated from that list, and kernels/backend_cuda.cu assembles the
  * table from it. Where they live:
- *   memory ops (fill: pointwise.cu)     kernels/backend_cuda.cu
+ *   memory ops (fill: pointwise.cu), alloc_host, to_host_async, graph_*
+ *                                       kernels/backend_cuda.cu
  *   conv2d_*                            kernels/conv_cudnn.cu (cuDNN, NHWC)
  *   groupnorm_*                         kernels/groupnorm.cu
  *   elementwise, layout, timestep_embedding, embedding_*   kernels/pointwise.cu
  *   linear_*                            kernels/linear.cu (cuBLAS)
  *   attention_*                         kernels/attention.cu
- *   q_sample_images, mse_loss, sample_update, normal_fill  kernels/diffusion_ops.cu
+ *   q_sample_images, mse_loss, sample_update(_indexed), fill_indexed, advance_step,
+ *   normal_fill                         kernels/diffusion_ops.cu
  *   diffusion_loss, cross_entropy       kernels/diffusion_loss.cu
- *   global_norm, adamw, ema_update      kernels/optim.cu
+ *   global_norm, adamw, ema_update, optimizer_control, adamw_state, ema_update_state
+ *                                       kernels/optim.cu
  *   gaussian_sample_*, gaussian_kl, recon_loss   kernels/vae_ops.cu
  * Also the few helpers one file offers another. */
 #ifndef DDPM_CUDA_OPS_CUH

@@ -109,6 +109,35 @@ void cuda_sample_update(float *x, const float *model_out, int n, size_t d, Sampl
     });
 }
 
+/* cuda_sample_update with the update and the noise key's step read on the device. */
+void cuda_sample_update_indexed(float *x, const float *model_out, int n, size_t d,
+                                const SampleUpdate *table, const int32_t *step, RngKey z_key) {
+    launch_elementwise((size_t)n * d, [=] __device__(size_t i) {
+        const int index = *step;
+        const SampleUpdate u = table[index];
+        RngKey key = z_key;
+        key.step = (uint32_t)index;
+        const size_t s = i / d, e = i % d, pi = prediction_index(u, s, d, e);
+        float x0 = u.x0_from_xt * x[i] + u.x0_from_out * model_out[pi];
+        if (u.clip_x0) x0 = x0 < -1.0f ? -1.0f : x0 > 1.0f ? 1.0f : x0;
+        float x_new = u.coef_x0 * x0 + u.coef_xt * x[i];
+        if (u.sigma > 0.0f)
+            x_new += noise_scale(u, model_out, pi) * philox_normal(key, (uint32_t)s, e);
+        x[i] = x_new;
+    });
+}
+
+void cuda_fill_indexed(float *y, size_t n, const float *table, const int32_t *step) {
+    launch_elementwise(n, [=] __device__(size_t i) { y[i] = table[*step]; });
+}
+
+__global__ void advance_step_kernel(int32_t *step, int delta) { *step += delta; }
+
+void cuda_advance_step(int32_t *step, int delta) {
+    advance_step_kernel<<<1, 1, 0, cuda.stream>>>(step, delta);
+    cudaCheckLaunch();
+}
+
 void cuda_normal_fill(float *x, int n, size_t d, RngKey key) {
     launch_elementwise((size_t)n * d, [=] __device__(size_t i) {
         x[i] = philox_normal(key, (uint32_t)(i / d), i % d);

@@ -39,13 +39,19 @@ void warn(const char *fmt, ...) {
     va_end(ap);
 }
 
+static long host_allocations;   /* every xmalloc and xcalloc, from any thread */
+
+long host_allocation_count(void) { return __atomic_load_n(&host_allocations, __ATOMIC_RELAXED); }
+
 void *xmalloc(size_t bytes) {
+    __atomic_add_fetch(&host_allocations, 1, __ATOMIC_RELAXED);
     void *p = malloc(bytes ? bytes : 1);
     if (!p) die("out of memory allocating %zu bytes", bytes);
     return p;
 }
 
 void *xcalloc(size_t count, size_t size) {
+    __atomic_add_fetch(&host_allocations, 1, __ATOMIC_RELAXED);
     void *p = calloc(count ? count : 1, size ? size : 1);
     if (!p) die("out of memory allocating %zu x %zu bytes", count, size);
     return p;

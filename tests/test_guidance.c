@@ -109,6 +109,7 @@ static void test_guidance_algebra(int learn_sigma) {
     net_denoiser_init(&nd, net, NULL, output);
     Recorder rec = {.base = nd.base, .inner = &nd.base, .null_class = null_class};
     rec.base.predict = record_predict;
+    rec.base.predict_at = NULL;
     const size_t D = nd.base.sample_size, out_size = D * (learn_sigma ? 2 : 1);
     float x[2 * B * 64], cond[B * 128], uncond[B * 128], pair[2 * B * 128], got[B * 128];
     RngKey key = {1, 77, 0, 0};

@@ -1237,6 +1237,65 @@ static void sample_update_case(unsigned modes, const char *what, int n, size_t d
     set_op(c, sample_update_forward, NULL, sample_update_check);
 }
 
+/* The sampling loop's ops on backend tables: sample_update_indexed is sample_update with
+ * table[*step] and the key's step from *step, bit for bit; fill_indexed writes times[*step];
+ * advance_step moves the counter. */
+enum { SUI_X_IN, SUI_OUT, SUI_TABLE, SUI_TIMES, SUI_STEP_IN, SUI_X, SUI_T, SUI_STEP };
+enum { SUI_ROWS = 3, SUI_ROW = 1 };
+#define SUI_TABLE_FLOATS (SUI_ROWS * sizeof(SampleUpdate) / sizeof(float))
+
+static void sample_update_indexed_forward(const OpCase *c, OpRun *r) {
+    const int32_t *step_in = (const int32_t *)F(SUI_STEP_IN);
+    int32_t *step = (int32_t *)F(SUI_STEP);
+    r->be->copy(F(SUI_X), F(SUI_X_IN), c->t[SUI_X].n * sizeof(float));
+    r->be->sample_update_indexed(F(SUI_X), F(SUI_OUT), c->n, (size_t)c->k,
+                                 (const SampleUpdate *)F(SUI_TABLE), step_in,
+                                 (RngKey){5, RNG_STREAM_SAMPLE_Z, 0, 0});
+    r->be->fill_indexed(F(SUI_T), c->t[SUI_T].n, F(SUI_TIMES), step_in);
+    r->be->copy(step, step_in, sizeof *step);
+    r->be->advance_step(step, -1);
+}
+
+static void sample_update_indexed_check(const OpCase *c, OpRun *r) {
+    const SampleUpdate *table = (const SampleUpdate *)F(SUI_TABLE);
+    size_t n = c->t[SUI_X].n, bytes = n * sizeof(float);
+    float *want = xmalloc(bytes);
+    memcpy(want, F(SUI_X_IN), bytes);
+    r->be->sample_update(want, F(SUI_OUT), c->n, (size_t)c->k, table[SUI_ROW],
+                         (RngKey){5, RNG_STREAM_SAMPLE_Z, SUI_ROW, 0});
+    CHECK(!memcmp(want, F(SUI_X), bytes), "%s: not sample_update of row %d with step %d",
+          c->name, SUI_ROW, SUI_ROW);
+    int same_time = 1;
+    for (size_t i = 0; i < c->t[SUI_T].n; i++) same_time &= F(SUI_T)[i] == F(SUI_TIMES)[SUI_ROW];
+    CHECK(same_time, "fill_indexed: not times[%d] everywhere", SUI_ROW);
+    CHECK(*(const int32_t *)F(SUI_STEP) == SUI_ROW - 1, "advance_step: %d, want %d",
+          *(const int32_t *)F(SUI_STEP), SUI_ROW - 1);
+    free(want);
+}
+
+static void sample_update_indexed_case(unsigned modes, int n, size_t d) {
+    OpCase *c = add_case(modes, "sample_update_indexed, fill_indexed, advance_step n%d d%zu", n, d);
+    c->n = n, c->k = (int)d;
+    SampleUpdate table[SUI_ROWS] = {
+        {.x0_from_xt = 1.0f, .coef_x0 = 0.5f},
+        {.x0_from_xt = 1.3f, .x0_from_out = -0.7f, .coef_x0 = 0.4f, .coef_xt = 0.55f,
+         .sigma = 0.3f, .clip_x0 = 1},
+        {.x0_from_out = 1.0f, .coef_xt = 2.0f, .sigma = 0.9f},
+    };
+    const float times[SUI_ROWS] = {3, 250, 999};
+    const int32_t step = SUI_ROW;
+    input(c, "x", (size_t)n * d, -2, 2);
+    input(c, "model_out", (size_t)n * d, -3, 3);
+    input_bytes(c, "update table", SUI_TABLE_FLOATS, sizeof(float), table);
+    input_bytes(c, "times", SUI_ROWS, sizeof(float), times);
+    input_bytes(c, "step", 1, sizeof(int32_t), &step);
+    output(c, "x updated", (size_t)n * d, -1);
+    output(c, "time", (size_t)n, -1);
+    output(c, "step advanced", 1, -1);
+    set_op(c, sample_update_indexed_forward, NULL, sample_update_indexed_check);
+    c->tol = 0;
+}
+
 enum { GC_PAIR, GC_OUT };
 
 static void guidance_combine_forward(const OpCase *c, OpRun *r) {
@@ -1391,6 +1450,7 @@ static void diffusion_cases(void) {
     learned.learned_var = 1, learned.use_model_var = 1, learned.channels = 3;
     learned.post_logvar = -6.5f, learned.log_var_range = 2.5f;
     sample_update_case(MODE_CUDA | MODE_BENCH, "learned variance", 3, 105, learned, 1e-6);
+    sample_update_indexed_case(MODE_ALL, 3, 101);
     guidance_combine_case(MODE_ALL, 3, 49, 1, 0, 3.0f);
     guidance_combine_case(MODE_ALL, 2, 37, 3, 1, 7.5f);
     guidance_combine_case(MODE_CUDA | MODE_BENCH, 64, 28 * 28, 1, 0, 2.0f);
@@ -1513,7 +1573,215 @@ static void ema_case(unsigned modes, size_t n, float decay) {
     set_op(c, ema_forward, NULL, ema_check);
 }
 
+/* ---- the optimizer's control state ---- */
+
+enum { OC_STATE0, OC_NORM, OC_STATS, OC_STATE };
+enum { OC_RANKS = 2, OC_KINDS = 2, OC_PER_KIND = 3, OC_BLOCK = OC_KINDS * OC_PER_KIND + 1 };
+#define OC_STATE_FLOATS (sizeof(OptimState) / sizeof(float))
+
+static OptimControl control_settings(double warmup, double clip, long fault_step,
+                                     uint32_t loss_kinds) {
+    return (OptimControl){.lr = 2e-4, .warmup = (int64_t)warmup, .grad_clip = clip,
+                          .beta1 = 0.9, .beta2 = 0.999, .fault_step = fault_step,
+                          .blocks = OC_RANKS, .per_kind = OC_PER_KIND, .block_stride = OC_BLOCK,
+                          .loss_kinds = loss_kinds};
+}
+
+static void optimizer_control_forward(const OpCase *c, OpRun *r) {
+    r->be->copy(F(OC_STATE), F(OC_STATE0), sizeof(OptimState));
+    r->be->optimizer_control((OptimState *)F(OC_STATE), F(OC_NORM), F(OC_STATS),
+                             control_settings(c->n, c->p, c->flag, 1u));
+}
+
+/* One scenario: the state after one call against the contract, formed in double. */
+static void control_scenario(const Backend *be, const char *what, int64_t adam_steps,
+                             float norm, int nan_kind, int nan_rank, OptimControl settings,
+                             int expect_skip) {
+    float stats[OC_RANKS * OC_BLOCK];
+    for (int i = 0; i < OC_RANKS * OC_BLOCK; i++) stats[i] = 0.25f * (float)i;
+    if (nan_kind >= 0) stats[nan_rank * OC_BLOCK + nan_kind * OC_PER_KIND + 2] = NAN;
+    OptimState s = {.step = 7, .adam_steps = adam_steps, .skipped_steps = 2, .lr = -1,
+                    .grad_scale = -1, .bias_c1 = -1, .bias_c2 = -1};
+    be->optimizer_control(&s, &norm, stats, settings);
+    double ramp = settings.warmup > 0 ? (double)(adam_steps + 1) / settings.warmup : 1;
+    double lr = settings.lr * (ramp < 1 ? ramp : 1);
+    CHECK(s.skip == expect_skip, "optimizer_control %s: skip %d", what, s.skip);
+    CHECK(s.step == 8 && s.lr_reported == lr && !memcmp(&s.grad_norm, &norm, sizeof norm),
+          "optimizer_control %s: step %ld, lr %.17g (want %.17g)", what, (long)s.step,
+          s.lr_reported, lr);
+    if (expect_skip) {
+        CHECK(s.skipped_steps == 3 && s.adam_steps == adam_steps && s.lr == -1 &&
+                  s.grad_scale == -1 && s.bias_c1 == -1 && s.bias_c2 == -1,
+              "optimizer_control %s: a skipped step changed the update's scalars", what);
+        return;
+    }
+    int64_t t = adam_steps + 1;
+    double scale = settings.grad_clip > 0 ? settings.grad_clip / ((double)norm + 1e-6) : 1;
+    CHECK(s.skipped_steps == 2 && s.adam_steps == t && s.lr == (float)lr &&
+              s.grad_scale == (float)(scale < 1 ? scale : 1) &&
+              s.bias_c1 == (float)(1 - pow(0.9, (double)t)) &&
+              s.bias_c2 == (float)(1 - pow(0.999, (double)t)),
+          "optimizer_control %s: counters %ld/%ld, lr %g, scale %g, bias %g %g", what,
+          (long)s.adam_steps, (long)s.skipped_steps, s.lr, s.grad_scale, s.bias_c1, s.bias_c2);
+}
+
+static void optimizer_control_check(const OpCase *c, OpRun *r) {
+    const Backend *be = r->be;
+    const uint32_t first = 1u, both = 3u;
+    control_scenario(be, "warmup", 2, 3.0f, -1, 0, control_settings(10, 0, -1, both), 0);
+    control_scenario(be, "warmup ended", 40, 3.0f, -1, 0, control_settings(10, 0, -1, both), 0);
+    control_scenario(be, "clipped", 40, 3.0f, -1, 0, control_settings(0, 1.0, -1, both), 0);
+    control_scenario(be, "clip above the norm", 40, 0.5f, -1, 0,
+                     control_settings(0, 1.0, -1, both), 0);
+    control_scenario(be, "NaN norm", 5, NAN, -1, 0, control_settings(0, 1.0, -1, both), 1);
+    control_scenario(be, "infinite norm", 5, INFINITY, -1, 0, control_settings(0, 0, -1, both),
+                     1);
+    control_scenario(be, "NaN loss, second rank", 5, 1.0f, 1, 1,
+                     control_settings(0, 0, -1, both), 1);
+    control_scenario(be, "NaN outside the loss", 5, 1.0f, 1, 1,
+                     control_settings(0, 0, -1, first), 0);
+    control_scenario(be, "fault from this step", 5, 1.0f, -1, 0, control_settings(0, 0, 7, both),
+                     1);
+    control_scenario(be, "fault from a later step", 5, 1.0f, -1, 0,
+                     control_settings(0, 0, 8, both), 0);
+    (void)c;
+}
+
+static void optimizer_control_case(unsigned modes, float norm, int warmup, float clip,
+                                   long fault_step, int nan_stat) {
+    OpCase *c = add_case(modes, "optimizer_control norm %g warmup %d clip %g fault %ld nan %d",
+                         norm, warmup, clip, fault_step, nan_stat);
+    OptimState state0 = {.step = 7, .adam_steps = 3, .skipped_steps = 1};
+    float stats[OC_RANKS * OC_BLOCK];
+    for (int i = 0; i < OC_RANKS * OC_BLOCK; i++) stats[i] = (float)i;
+    if (nan_stat >= 0) stats[nan_stat] = NAN;
+    input_bytes(c, "state", OC_STATE_FLOATS, sizeof(float), &state0);
+    input_bytes(c, "norm", 1, sizeof(float), &norm);
+    input_bytes(c, "stats", OC_RANKS * OC_BLOCK, sizeof(float), stats);
+    output(c, "state updated", OC_STATE_FLOATS, -1);
+    set_op(c, optimizer_control_forward, NULL, optimizer_control_check);
+    c->n = warmup, c->p = clip, c->flag = (int)fault_step;
+    c->tol = 0;   /* the same bits */
+}
+
+/* adamw_state and ema_update_state: adamw and ema_update with the state's scalars, bit for
+ * bit, or nothing at all when the state says skip. */
+enum { AS_P0, AS_G, AS_M0, AS_V0, AS_E0, AS_STATE, AS_P, AS_M, AS_V, AS_E };
+
+static void adamw_state_forward(const OpCase *c, OpRun *r) {
+    size_t n = c->t[AS_P].n, bytes = n * sizeof(float);
+    r->be->copy(F(AS_P), F(AS_P0), bytes);
+    r->be->copy(F(AS_M), F(AS_M0), bytes);
+    r->be->copy(F(AS_V), F(AS_V0), bytes);
+    r->be->copy(F(AS_E), F(AS_E0), bytes);
+    const OptimState *state = (const OptimState *)F(AS_STATE);
+    r->be->adamw_state(F(AS_P), F(AS_G), F(AS_M), F(AS_V), n, state, 0.9f, 0.999f, 1e-8f, 0.01f);
+    r->be->ema_update_state(F(AS_E), F(AS_P), n, state, 0.999f);
+}
+
+static void adamw_state_check(const OpCase *c, OpRun *r) {
+    size_t n = c->t[AS_P].n, bytes = n * sizeof(float);
+    const OptimState *state = (const OptimState *)F(AS_STATE);
+    float *p = xmalloc(bytes), *m = xmalloc(bytes), *v = xmalloc(bytes), *e = xmalloc(bytes);
+    memcpy(p, F(AS_P0), bytes), memcpy(m, F(AS_M0), bytes), memcpy(v, F(AS_V0), bytes);
+    memcpy(e, F(AS_E0), bytes);
+    if (!state->skip) {
+        r->be->adamw(p, F(AS_G), m, v, n, state->lr, 0.9f, 0.999f, 1e-8f, 0.01f, state->bias_c1,
+                     state->bias_c2, state->grad_scale);
+        r->be->ema_update(e, p, n, 0.999f);
+    }
+    CHECK(!memcmp(p, F(AS_P), bytes) && !memcmp(m, F(AS_M), bytes) &&
+              !memcmp(v, F(AS_V), bytes) && !memcmp(e, F(AS_E), bytes),
+          "%s: not adamw and ema_update with the state's scalars", c->name);
+    free(p), free(m), free(v), free(e);
+}
+
+static void adamw_state_case(unsigned modes, size_t n, int skip) {
+    OpCase *c = add_case(modes, "adamw_state, ema_update_state n%zu skip %d", n, skip);
+    OptimState state = {.step = 4, .adam_steps = 3, .lr = 1e-3f, .grad_scale = 0.4f,
+                        .bias_c1 = (float)(1 - pow(0.9, 3)), .bias_c2 = (float)(1 - pow(0.999, 3)),
+                        .skip = skip};
+    input(c, "p", n, -1, 1);
+    input(c, "g", n, -1, 1);
+    input(c, "m", n, -0.1f, 0.1f);
+    input(c, "v", n, 0.0f, 0.01f);
+    input(c, "ema", n, -1, 1);
+    input_bytes(c, "state", OC_STATE_FLOATS, sizeof(float), &state);
+    output(c, "p updated", n, -1);
+    output(c, "m updated", n, -1);
+    output(c, "v updated", n, -1);
+    output(c, "ema updated", n, -1);
+    set_op(c, adamw_state_forward, NULL, adamw_state_check);
+    c->tol = 1e-6;
+}
+
+/* to_host_async into alloc_host memory: the bytes are there after wait_host_copies. */
+static void to_host_async_forward(const OpCase *c, OpRun *r) {
+    size_t bytes = c->t[0].n * sizeof(float);
+    float *host = r->be->alloc_host(bytes);
+    r->be->to_host_async(host, F(0), bytes);
+    r->be->wait_host_copies();
+    r->be->to_device(F(1), host, bytes);
+    r->be->release_host(host);
+}
+
+static void to_host_async_check(const OpCase *c, OpRun *r) {
+    CHECK(!memcmp(F(0), F(1), c->t[0].n * sizeof(float)), "to_host_async: the bytes differ");
+}
+
+static void to_host_async_case(unsigned modes, size_t n) {
+    OpCase *c = add_case(modes, "to_host_async n%zu", n);
+    input(c, "x", n, -1, 1);
+    output(c, "x through the host", n, -1);
+    set_op(c, to_host_async_forward, NULL, to_host_async_check);
+    c->tol = 0;
+}
+
+/* graph_begin, graph_end, graph_launch, graph_release: a captured accumulate launched three
+ * times adds x three times, as three direct calls do (the CPU never captures: NULL). */
+static void graph_forward(const OpCase *c, OpRun *r) {
+    size_t n = c->t[0].n;
+    r->be->fill(F(1), 0.0f, n);
+    setenv("DDPM_CUDA_GRAPHS", "1", 1);
+    void *capturing = r->be->graph_begin();
+    unsetenv("DDPM_CUDA_GRAPHS");
+    if (!capturing) {
+        for (int k = 0; k < 3; k++) r->be->accumulate(F(1), 1.0f, F(0), n);
+        return;
+    }
+    r->be->accumulate(F(1), 1.0f, F(0), n);
+    void *graph = r->be->graph_end();
+    for (int k = 0; k < 3; k++) r->be->graph_launch(graph);
+    r->be->graph_release(graph);
+}
+
+static void graph_check(const OpCase *c, OpRun *r) {
+    int exact = 1;
+    for (size_t i = 0; i < c->t[0].n; i++) exact &= F(1)[i] == F(0)[i] + F(0)[i] + F(0)[i];
+    CHECK(exact, "graph: three runs of accumulate are not x + x + x");
+    CHECK(r->be->graph_begin() == NULL, "graph_begin captures without DDPM_CUDA_GRAPHS=1");
+}
+
+static void graph_case(unsigned modes, size_t n) {
+    OpCase *c = add_case(modes, "graph_begin, graph_end, graph_launch n%zu", n);
+    input(c, "x", n, -1, 1);
+    output(c, "3 x", n, -1);
+    set_op(c, graph_forward, NULL, graph_check);
+    c->tol = 0;
+}
+
 static void optimizer_cases(void) {
+    optimizer_control_case(MODE_ALL, 3.0f, 10, 1.0f, -1, -1);   /* warmup and clipping */
+    optimizer_control_case(MODE_CUDA, 0.5f, 0, 1.0f, -1, -1);   /* clip above the norm */
+    optimizer_control_case(MODE_CUDA, NAN, 0, 0, -1, -1);       /* non-finite norm */
+    optimizer_control_case(MODE_CUDA, 1.0f, 0, 0, -1, OC_BLOCK + 2);   /* rank 1's loss */
+    optimizer_control_case(MODE_CUDA, 1.0f, 0, 0, -1, OC_PER_KIND + 1);   /* not a loss kind */
+    optimizer_control_case(MODE_CUDA, 1.0f, 0, 0, 7, -1);      /* the fault hook */
+    adamw_state_case(MODE_ALL, 4099, 0);
+    adamw_state_case(MODE_ALL, 1000, 1);
+    to_host_async_case(MODE_ALL, 1 << 16);
+    graph_case(MODE_ALL, 4099);
+
     global_norm_case(MODE_CPU, 300001);   /* several chunks and a ragged tail */
     global_norm_case(MODE_CUDA | MODE_BENCH, 1000);
     global_norm_case(MODE_CUDA | MODE_BENCH, 3000001);   /* every partial-sum block */

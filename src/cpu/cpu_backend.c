@@ -18,6 +18,19 @@ void cpu_fill(float *x, float value, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = value;
 }
 void cpu_synchronize(void) {}
+/* Host memory is already host memory: the asynchronous copy is a plain one, done at once. */
+void *cpu_alloc_host(size_t bytes) { return xcalloc(1, bytes); }
+void cpu_release_host(void *p) { free(p); }
+void cpu_to_host_async(void *dst, const void *src, size_t bytes) { host_copy(dst, src, bytes); }
+void cpu_wait_host_copies(void) {}
+/* Nothing to capture: the CPU runs each op as it is called. */
+void *cpu_graph_begin(void) { return NULL; }
+void *cpu_graph_end(void) { die("internal: graph_end on the CPU backend, which never captures"); }
+void cpu_graph_launch(void *graph) {
+    (void)graph;
+    die("internal: graph_launch on the CPU backend, which never captures");
+}
+void cpu_graph_release(void *graph) { (void)graph; }
 
 void *cpu_scratch(CpuScratch *s, size_t bytes) {
     if (bytes > s->bytes) {

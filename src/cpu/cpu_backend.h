@@ -7,10 +7,13 @@
  *   linear_*, attention_*   src/cpu/cpu_dense.c (OpenBLAS SGEMM)
  *   groupnorm_*             src/cpu/cpu_norm.c
  *   elementwise, layout, timestep_embedding, embedding_*   src/cpu/cpu_pointwise.c
- *   q_sample_images, mse_loss, sample_update, normal_fill,
+ *   q_sample_images, mse_loss, sample_update(_indexed), normal_fill,
+ *   fill_indexed, advance_step,
  *   guidance_combine                                       src/cpu/cpu_diffusion_ops.c
  *   diffusion_loss, cross_entropy                          src/cpu/cpu_loss.c
- *   global_norm, adamw, ema_update                         src/cpu/cpu_optim.c
+ *   global_norm, adamw, ema_update, optimizer_control,
+ *   adamw_state, ema_update_state                          src/cpu/cpu_optim.c
+ *   alloc_host, to_host_async (a plain copy), graph_* (none)  src/cpu/cpu_backend.c
  *   gaussian_sample_*, gaussian_kl, recon_loss             src/cpu/cpu_vae.c */
 #ifndef DDPM_CPU_BACKEND_H
 #define DDPM_CPU_BACKEND_H

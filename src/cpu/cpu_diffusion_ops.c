@@ -122,6 +122,18 @@ void cpu_sample_update(float *x, const float *model_out, int n, size_t d, Sample
     }
 }
 
+void cpu_sample_update_indexed(float *x, const float *model_out, int n, size_t d,
+                               const SampleUpdate *table, const int32_t *step, RngKey z_key) {
+    z_key.step = (uint32_t)*step;
+    cpu_sample_update(x, model_out, n, d, table[*step], z_key);
+}
+
+void cpu_fill_indexed(float *y, size_t n, const float *table, const int32_t *step) {
+    cpu_fill(y, table[*step], n);
+}
+
+void cpu_advance_step(int32_t *step, int delta) { *step += delta; }
+
 void cpu_normal_fill(float *x, int n, size_t d, RngKey key) {
 #pragma omp parallel for collapse(2) schedule(static) if ((size_t)n * d >= PARALLEL_MIN)
     for (int s = 0; s < n; s++)

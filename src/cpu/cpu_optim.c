@@ -1,5 +1,7 @@
 /* Optimizer ops of the CPU backend over flat parameter buffers: the gradient norm
- * for clipping, AdamW with PyTorch's order of operations, and the EMA of weights.
+ * for clipping, AdamW with PyTorch's order of operations, the EMA of weights, and the
+ * optimizer's control state (skip, clipping, warmup, bias corrections) that the
+ * *_state variants read, so that a step's control flow stays in backend memory.
  * The norm is a fixed-order blocked sum, so it does not change with the number of
  * threads. */
 #include <math.h>
@@ -63,4 +65,51 @@ void cpu_ema_update(float *ema, const float *p, size_t n, float decay) {
     float keep = 1.0f - decay;
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) ema[i] = decay * ema[i] + keep * p[i];
+}
+
+static int any_loss_nonfinite(const float *stats, const OptimControl *c) {
+    for (int block = 0; block < c->blocks; block++)
+        for (int kind = 0; kind < 32; kind++) {
+            if (!(c->loss_kinds >> kind & 1u)) continue;
+            const float *values = stats + (size_t)block * c->block_stride + (size_t)kind * c->per_kind;
+            for (int i = 0; i < c->per_kind; i++)
+                if (!isfinite(values[i])) return 1;
+        }
+    return 0;
+}
+
+/* The host logic it replaces (train.c's learning_rate and adamw_step), formed the same way
+ * in double, so that every scalar is bit for bit what the host computed. */
+void cpu_optimizer_control(OptimState *state, const float *grad_norm, const float *stats,
+                           OptimControl control) {
+    const int64_t step = state->step;
+    const float norm = *grad_norm;
+    state->faulted = control.fault_step >= 0 && step >= control.fault_step;
+    state->skip = state->faulted || !isfinite(norm) || any_loss_nonfinite(stats, &control);
+    state->grad_norm = norm;
+    double ramp = control.warmup > 0 ? (double)(state->adam_steps + 1) / control.warmup : 1;
+    state->lr_reported = control.lr * (ramp < 1 ? ramp : 1);
+    if (state->skip) {
+        state->skipped_steps++;
+    } else {
+        const int64_t t = ++state->adam_steps;
+        double scale = control.grad_clip > 0 ? control.grad_clip / ((double)norm + 1e-6) : 1.0;
+        state->lr = (float)state->lr_reported;
+        state->grad_scale = (float)(scale > 1 ? 1 : scale);
+        state->bias_c1 = (float)(1 - pow(control.beta1, (double)t));
+        state->bias_c2 = (float)(1 - pow(control.beta2, (double)t));
+    }
+    state->step = step + 1;
+}
+
+void cpu_adamw_state(float *p, const float *g, float *m, float *v, size_t n,
+                     const OptimState *state, float b1, float b2, float eps, float wd) {
+    if (state->skip) return;
+    cpu_adamw(p, g, m, v, n, state->lr, b1, b2, eps, wd, state->bias_c1, state->bias_c2,
+              state->grad_scale);
+}
+
+void cpu_ema_update_state(float *ema, const float *p, size_t n, const OptimState *state,
+                          float decay) {
+    if (!state->skip) cpu_ema_update(ema, p, n, decay);
 }

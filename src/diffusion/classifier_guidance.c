@@ -94,6 +94,7 @@ int classifier_guidance_init(ClassifierGuidance *g, Denoiser *inner, ClassGradie
     *g = (ClassifierGuidance){.base = *inner, .inner = inner, .classifier = classifier,
                               .scale = scale, .num_timesteps = num_timesteps};
     g->base.predict = guided_predict;
+    g->base.predict_at = NULL;   /* the guided predict must run */
     g->base.labels = NULL;
     g->k = xcalloc((size_t)num_timesteps, sizeof(double));
     for (int i = 0; i < plan->count; i++) {

@@ -20,19 +20,33 @@ static void feed_labels(NetDenoiser *d, int n) {
 
 /* The sampler's x is its own buffer: it is copied into the network's input, so that a
  * wrapper may hand the network a batch the sampler never sees (doubled for guidance). */
-static const float *net_predict(Denoiser *self, const float *x, int n, float t) {
-    NetDenoiser *d = (NetDenoiser *)self;
+static const float *run_network(NetDenoiser *d, const float *x, int n) {
     Net *net = d->net;
-    const Backend *be = self->be;
-    for (int i = 0; i < n; i++) d->t_host[i] = t;
-    be->to_device(net_input_data(net, "timestep"), d->t_host, (size_t)n * sizeof(float));
-    be->copy(net_data(net, net_input(net, "sample")), x, (size_t)n * self->sample_size * sizeof(float));
+    const Backend *be = d->base.be;
+    be->copy(net_data(net, net_input(net, "sample")), x,
+             (size_t)n * d->base.sample_size * sizeof(float));
     if (d->class_rows) feed_labels(d, n);
     int was_training = net->training;
     net->training = 0;
     net_forward(net, n, d->weights, (RngKey){0});
     net->training = was_training;
     return net_data(net, net_output(net, "sample"));
+}
+
+static const float *net_predict(Denoiser *self, const float *x, int n, float t) {
+    NetDenoiser *d = (NetDenoiser *)self;
+    for (int i = 0; i < n; i++) d->t_host[i] = t;
+    self->be->to_device(net_input_data(d->net, "timestep"), d->t_host, (size_t)n * sizeof(float));
+    return run_network(d, x, n);
+}
+
+static const float *net_predict_at(Denoiser *self, const float *x, int n, const float *times,
+                                   const int32_t *step) {
+    NetDenoiser *d = (NetDenoiser *)self;
+    if (self->predict != net_predict)
+        die("internal: a denoiser wrapper kept the network's predict_at (set it to NULL)");
+    self->be->fill_indexed(net_input_data(d->net, "timestep"), (size_t)n, times, step);
+    return run_network(d, x, n);
 }
 
 void net_denoiser_init(NetDenoiser *d, Net *net, const float *weights, ModelOutput output) {
@@ -50,7 +64,7 @@ void net_denoiser_init(NetDenoiser *d, Net *net, const float *weights, ModelOutp
         class_rows = (int)table->shape[0];
     }
     *d = (NetDenoiser){
-        .base = {.predict = net_predict, .be = net->be, .max_batch = net->max_batch,
+        .base = {.predict = net_predict, .predict_at = net_predict_at, .be = net->be, .max_batch = net->max_batch,
                  .sample_size = net_per_sample(net, x), .output = output},
         .net = net,
         .weights = weights,

@@ -253,6 +253,7 @@ static Denoiser wrapper_base(const Denoiser *inner, PredictionType prediction,
                              const float *(*predict)(Denoiser *, const float *, int, float)) {
     Denoiser base = *inner;
     base.predict = predict;
+    base.predict_at = NULL;   /* the wrapper's own predict must run */
     base.output = (ModelOutput){.prediction = prediction, .channels = inner->output.channels};
     return base;
 }

@@ -129,6 +129,7 @@ Objective *objective_classifier_create(const Backend *be, const Config *cfg, int
     d->host_time = xmalloc((size_t)B * sizeof(float));
     d->host_loss = xmalloc((size_t)B * sizeof(float));
     Objective *o = xcalloc(1, sizeof *o);
-    *o = (Objective){.ops = &classifier_ops, .stats_per_sample = CLASSIFIER_STATS, .state = d};
+    *o = (Objective){.ops = &classifier_ops, .stats_per_sample = CLASSIFIER_STATS,
+                     .loss_kinds = 1u << STAT_XENT, .state = d};
     return o;
 }

@@ -201,6 +201,7 @@ Objective *objective_ddpm_create(const Backend *be, const Config *cfg, int b, in
     d->host_loss = xmalloc((size_t)B * sizeof(float));
     d->host_class = xmalloc((size_t)b * sizeof(int32_t));
     Objective *o = xcalloc(1, sizeof *o);
-    *o = (Objective){.ops = &ddpm_ops, .stats_per_sample = DDPM_STATS, .state = d};
+    *o = (Objective){.ops = &ddpm_ops, .stats_per_sample = DDPM_STATS,
+                     .loss_kinds = d->simple_loss ? 1u << STAT_MSE : 1u << STAT_MSE | 1u << STAT_VB, .state = d};
     return o;
 }

@@ -153,6 +153,6 @@ Objective *objective_flow_create(const Backend *be, const Config *cfg, int b, in
     f->host_loss = xmalloc((size_t)B * sizeof(float));
     f->host_class = xmalloc((size_t)b * sizeof(int32_t));
     Objective *o = xcalloc(1, sizeof *o);
-    *o = (Objective){.ops = &flow_ops, .stats_per_sample = 1, .state = f};
+    *o = (Objective){.ops = &flow_ops, .stats_per_sample = 1, .loss_kinds = 1u, .state = f};
     return o;
 }

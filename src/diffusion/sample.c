@@ -98,12 +98,21 @@ int sampler_plan_inversion(SamplerPlan *plan, const GaussianDiffusion *base,
     return 0;
 }
 
+static void release_device_tables(SamplerPlan *plan) {
+    if (!plan->device_be) return;
+    plan->device_be->release(plan->device_update);
+    plan->device_be->release(plan->device_time);
+    plan->device_be->release(plan->device_step);
+    plan->device_be = NULL;
+}
+
 void sampler_plan_free(SamplerPlan *plan) {
     diffusion_free(&plan->process);
     free(plan->model_t);
     free(plan->update);
     free(plan->sigmas);
     if (plan->scratch) plan->scratch_be->release(plan->scratch);
+    release_device_tables(plan);
     memset(plan, 0, sizeof *plan);
 }
 
@@ -116,21 +125,80 @@ static void affine_step(const SamplerPlan *plan, int i, Denoiser *den, float *x,
     den->be->sample_update(x, out, n, den->sample_size, plan->update[i], z_key);
 }
 
+/* Whether the loop can run from backend tables: an affine plan and a denoiser with
+ * predict_at. The tables are built once per plan and backend, before any loop. */
+static int use_device_tables(SamplerPlan *plan, const Denoiser *den) {
+    if (plan->step != affine_step || !den->predict_at) return 0;
+    if (plan->device_be == den->be) return 1;
+    release_device_tables(plan);
+    const Backend *be = den->be;
+    float *times = xmalloc((size_t)plan->count * sizeof(float));
+    for (int i = 0; i < plan->count; i++) times[i] = (float)plan->model_t[i];
+    plan->device_update = be->alloc((size_t)plan->count * sizeof(SampleUpdate));
+    plan->device_time = be->alloc((size_t)plan->count * sizeof(float));
+    plan->device_step = be->alloc(sizeof(int32_t));
+    be->to_device(plan->device_update, plan->update, (size_t)plan->count * sizeof(SampleUpdate));
+    be->to_device(plan->device_time, times, (size_t)plan->count * sizeof(float));
+    free(times);
+    plan->device_be = be;
+    return 1;
+}
+
+/* affine_step from the tables at the device's step counter, which it then advances. */
+static void affine_step_on_device(const SamplerPlan *plan, Denoiser *den, float *x, int n,
+                                  RngKey z_key) {
+    const float *out = den->predict_at(den, x, n, plan->device_time, plan->device_step);
+    den->be->sample_update_indexed(x, out, n, den->sample_size, plan->device_update,
+                                   plan->device_step, z_key);
+    den->be->advance_step(plan->device_step, plan->ascending ? 1 : -1);
+}
+
+/* Step k of a loop on the tables. With graph capture (DDPM_CUDA_GRAPHS=1 on CUDA) step 0
+ * runs directly (warm-up), step 1 is captured once and launched, and every later step
+ * launches the same graph: the device's step counter moves the tables on. A
+ * class-conditional denoiser copies its labels from the host at each call, so it never
+ * captures. */
+static void device_step(SamplerPlan *plan, Denoiser *den, float *x, int n, RngKey key, int k,
+                        void **graph) {
+    const Backend *be = den->be;
+    if (*graph) {
+        be->graph_launch(*graph);
+        return;
+    }
+    if (k == 1 && !den->labels && be->graph_begin()) {
+        affine_step_on_device(plan, den, x, n, key);
+        *graph = be->graph_end();
+        be->graph_launch(*graph);
+        return;
+    }
+    affine_step_on_device(plan, den, x, n, key);
+}
+
 const volatile sig_atomic_t *sampler_cancel;
 
-void sampler_run(const SamplerPlan *plan, Denoiser *den, float *x, int n, RngKey z_key,
+void sampler_run(SamplerPlan *plan, Denoiser *den, float *x, int n, RngKey z_key,
                  int verbose) {
     double started = now_seconds();
+    const int on_device = use_device_tables(plan, den);
+    void *graph = NULL;
+    if (on_device) {
+        const int32_t first = plan->ascending ? 0 : plan->count - 1;
+        den->be->to_device(plan->device_step, &first, sizeof first);
+    }
     for (int k = 0; k < plan->count && !(sampler_cancel && *sampler_cancel); k++) {
         int i = plan->ascending ? k : plan->count - 1 - k;
         RngKey key = {z_key.seed, z_key.stream, (uint32_t)i, 0};
-        plan->step(plan, i, den, x, n, key);
+        if (on_device)   /* the same key, its step from the device's counter */
+            device_step(plan, den, x, n, (RngKey){z_key.seed, z_key.stream, 0, 0}, k, &graph);
+        else
+            plan->step(plan, i, den, x, n, key);
         if (verbose && (k + 1) % 50 == 0) {
             double elapsed = now_seconds() - started;
             fprintf(stderr, "\rstep %d/%d  %.1f steps/s", k + 1, plan->count,
                     (k + 1) / (elapsed > 0 ? elapsed : 1e-9));
         }
     }
+    if (graph) den->be->graph_release(graph);
     if (verbose) fputc('\n', stderr);
 }
 
@@ -156,7 +224,7 @@ void sample_initial_noise(Denoiser *den, int n, uint64_t seed, float *out) {
     be->release(x);
 }
 
-void sample_images_share(Denoiser *den, const SamplerPlan *plan, int n, uint64_t seed,
+void sample_images_share(Denoiser *den, SamplerPlan *plan, int n, uint64_t seed,
                          const float *x_T, const int32_t *labels, float *out, int verbose,
                          int rank, int world_size) {
     const Backend *be = den->be;
@@ -176,7 +244,7 @@ void sample_images_share(Denoiser *den, const SamplerPlan *plan, int n, uint64_t
     be->release(x);
 }
 
-void sample_images(Denoiser *den, const SamplerPlan *plan, int n, uint64_t seed,
+void sample_images(Denoiser *den, SamplerPlan *plan, int n, uint64_t seed,
                    const float *x_T, const int32_t *labels, float *out, int verbose) {
     sample_images_share(den, plan, n, seed, x_T, labels, out, verbose, 0, 1);
 }

@@ -12,11 +12,15 @@ void timestep_sampler_init(TimestepSampler *s, int T, int importance) {
     s->importance = importance;
     s->history = xcalloc((size_t)T * LOSS_HISTORY, sizeof(double));
     s->count = xcalloc((size_t)T, sizeof(int32_t));
+    s->cdf = xcalloc((size_t)T, sizeof(double));
+    s->probs = xcalloc((size_t)T, sizeof(double));
 }
 
 void timestep_sampler_free(TimestepSampler *s) {
     free(s->history);
     free(s->count);
+    free(s->cdf);
+    free(s->probs);
     memset(s, 0, sizeof *s);
 }
 
@@ -55,9 +59,8 @@ void timestep_sampler_draw(const TimestepSampler *s, RngKey key, int n, int32_t 
         }
         return;
     }
-    double *cdf = xmalloc((size_t)T * sizeof(double));
+    double *cdf = s->cdf, *probs = s->probs;
     timestep_sampler_probs(s, cdf);
-    double *probs = xmalloc((size_t)T * sizeof(double));
     memcpy(probs, cdf, (size_t)T * sizeof(double));
     for (int k = 1; k < T; k++) cdf[k] += cdf[k - 1];
     for (int i = 0; i < n; i++) {
@@ -71,8 +74,6 @@ void timestep_sampler_draw(const TimestepSampler *s, RngKey key, int n, int32_t 
         t[i] = lo;
         weight[i] = (float)(1.0 / (T * probs[lo]));
     }
-    free(cdf);
-    free(probs);
 }
 
 void timestep_sampler_update(TimestepSampler *s, const int32_t *t, const float *losses, int n) {

@@ -128,6 +128,7 @@ Objective *objective_vae_create(const Backend *be, const Config *cfg, int b, int
     be->fill(v->one, 1.0f, 1);
     v->host_loss = xmalloc((size_t)B * sizeof(float));
     Objective *o = xcalloc(1, sizeof *o);
-    *o = (Objective){.ops = &vae_ops, .stats_per_sample = VAE_STATS, .state = v};
+    *o = (Objective){.ops = &vae_ops, .stats_per_sample = VAE_STATS,
+                     .loss_kinds = 1u << STAT_REC | 1u << STAT_KL, .state = v};
     return o;
 }

@@ -1,6 +1,8 @@
 /* The trainer (train.h): data order, set-up, the step's common part (statistics,
  * clipping, the non-finite skip, AdamW, EMA) and checkpoints. The objective computes
- * the rest. */
+ * the rest. The step is queued on the backend without waiting for it (enqueue), and its
+ * figures are read afterwards (collect): the skip, clipping, warmup and Adam's step count
+ * live in backend memory (OptimState), so the host never decides anything mid-step. */
 #include "train.h"
 
 #include <math.h>
@@ -77,7 +79,7 @@ static void alloc_step_stats(Trainer *tr) {
     const int K = tr->objective->stats_per_sample;
     tr->step_stats = tr->be->alloc(W * block * sizeof(float));
     tr->own_stats = tr->step_stats + (size_t)tr->rank * block;
-    tr->host_stats = xmalloc(W * block * sizeof(float));
+    tr->host_stats = tr->be->alloc_host(W * block * sizeof(float));
     tr->stats_by_kind = xmalloc((size_t)K * sizeof(float *));
     for (int k = 0; k < K; k++)
         tr->stats_by_kind[k] = xmalloc((size_t)tr->cfg.batch_size * sizeof(float));
@@ -111,6 +113,8 @@ void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *da
         tr->host_images = xmalloc((size_t)b * image_bytes);
     }
     tr->grad_norm = be->alloc(sizeof(float));
+    tr->optim_state = be->alloc(sizeof(OptimState));
+    tr->host_optim_state = be->alloc_host(sizeof(OptimState));
     if (tr->data.labels) tr->host_labels = xmalloc((size_t)cfg->batch_size * sizeof(int32_t));
     tr->order = xmalloc((size_t)tr->data.count * sizeof(uint32_t));
     tr->order_epoch = -1;
@@ -122,6 +126,7 @@ void trainer_init(Trainer *tr, const Backend *be, const Config *cfg, Dataset *da
     }
     const char *fault = getenv("DDPM_FAULT_NONFINITE_FROM_STEP");
     tr->fault_step = fault ? atol(fault) : -1;
+    trainer_upload_progress(tr);
     net_init_weights(tr->model, cfg->seed, NULL);
     be->copy(tr->ema, tr->model->weights, P * sizeof(float));
 }
@@ -138,7 +143,9 @@ void trainer_free(Trainer *tr) {
     be->release(tr->adam_m);
     be->release(tr->adam_v);
     be->release(tr->step_stats);
-    free(tr->host_stats);
+    be->release_host(tr->host_stats);
+    be->release(tr->optim_state);
+    be->release_host(tr->host_optim_state);
     for (int k = 0; k < tr->objective->stats_per_sample; k++) free(tr->stats_by_kind[k]);
     free(tr->stats_by_kind);
     be->release(tr->images);
@@ -171,26 +178,51 @@ void adamw_step(const Backend *be, const Config *c, float *weights, const float 
               (float)(1 - pow(c->beta2, (double)t)), (float)scale);
 }
 
-static void apply_update(Trainer *tr, double grad_norm, double lr) {
-    Net *m = tr->model;
-    long t = ++tr->progress.adam_steps;
-    adamw_step(tr->be, &tr->cfg, m->weights, m->grads, tr->adam_m, tr->adam_v,
-               m->num_parameters, t, lr, grad_norm);
-    tr->be->ema_update(tr->ema, m->weights, m->num_parameters, (float)tr->cfg.ema_decay);
+/* The device's optimizer state from tr->progress (after set-up or a checkpoint's load). */
+void trainer_upload_progress(Trainer *tr) {
+    OptimState state = {.step = tr->progress.step, .adam_steps = tr->progress.adam_steps,
+                        .skipped_steps = tr->progress.skipped_steps};
+    tr->be->to_device(tr->optim_state, &state, sizeof state);
 }
 
-/* Every rank's block of statistics, gathered and unpacked into the per-kind host arrays
- * in global sample order. Returns whether any rank asked to stop. */
-static int share_step_stats(Trainer *tr) {
+static OptimControl optim_control(const Trainer *tr) {
+    const Config *c = &tr->cfg;
+    return (OptimControl){.lr = c->lr, .warmup = c->warmup, .grad_clip = c->grad_clip,
+                          .beta1 = c->beta1, .beta2 = c->beta2, .fault_step = tr->fault_step,
+                          .blocks = tr->world_size, .per_kind = tr->local_batch,
+                          .block_stride = stats_block(tr),
+                          .loss_kinds = tr->objective->loss_kinds};
+}
+
+/* Decides the skip, clipping, warmup and bias corrections on the backend, then updates. */
+static void queue_update(Trainer *tr) {
+    const Config *c = &tr->cfg;
+    const Backend *be = tr->be;
+    Net *m = tr->model;
+    be->optimizer_control(tr->optim_state, tr->grad_norm, tr->step_stats, optim_control(tr));
+    be->adamw_state(m->weights, m->grads, tr->adam_m, tr->adam_v, m->num_parameters,
+                    tr->optim_state, (float)c->beta1, (float)c->beta2, (float)c->adam_eps,
+                    (float)c->weight_decay);
+    be->ema_update_state(tr->ema, m->weights, m->num_parameters, tr->optim_state,
+                         (float)c->ema_decay);
+}
+
+/* Queues the (changed) stop flag and the all-gather of every rank's statistics. */
+static void queue_share_stats(Trainer *tr) {
     const int b = tr->local_batch, K = tr->objective->stats_per_sample;
-    const size_t block = stats_block(tr);
     if (tr->stop_requested != tr->stop_sent) {   /* a copy only when the flag changes */
         const float stop = (float)tr->stop_requested;
         tr->be->to_device(tr->own_stats + (size_t)K * b, &stop, sizeof stop);
         tr->stop_sent = tr->stop_requested;
     }
-    if (tr->dist) dist_allgather(tr->dist, tr->step_stats, block);
-    tr->be->to_host(tr->host_stats, tr->step_stats, (size_t)tr->world_size * block * sizeof(float));
+    if (tr->dist) dist_allgather(tr->dist, tr->step_stats, stats_block(tr));
+}
+
+/* The gathered statistics (landed in host_stats), unpacked into the per-kind host arrays
+ * in global sample order. Returns whether any rank asked to stop. */
+static int unpack_step_stats(Trainer *tr) {
+    const int b = tr->local_batch, K = tr->objective->stats_per_sample;
+    const size_t block = stats_block(tr);
     int any_stop = 0;
     for (int r = 0; r < tr->world_size; r++) {
         const float *stats = tr->host_stats + (size_t)r * block;
@@ -202,7 +234,7 @@ static int share_step_stats(Trainer *tr) {
     return any_stop;
 }
 
-StepResult trainer_step(Trainer *tr) {
+void trainer_enqueue_gradients(Trainer *tr) {
     const Config *c = &tr->cfg;
     const Backend *be = tr->be;
     Net *m = tr->model;
@@ -222,28 +254,42 @@ StepResult trainer_step(Trainer *tr) {
     m->training = 1;
     net_forward(m, b, NULL, dropout_key);
     o->ops->loss(o, m, &batch, tr->own_stats);
-    int stop = share_step_stats(tr);
-    ObjectiveReport report;
-    o->ops->report(o, tr->stats_by_kind, c->batch_size, &report);
+    queue_share_stats(tr);
+    be->to_host_async(tr->host_stats, tr->step_stats,
+                      (size_t)tr->world_size * stats_block(tr) * sizeof(float));
     net_backward(m, b, dropout_key);
     if (tr->dist) dist_grads_finish(tr->dist);
     be->global_norm(tr->grad_norm, m->grads, m->num_parameters);
-    float norm;
-    be->to_host(&norm, tr->grad_norm, sizeof norm);
-    StepResult r = {.loss = report.loss, .vb = report.aux, .grad_norm = norm,
-                    .lr = learning_rate(c, tr->progress.adam_steps), .stop = stop,
+}
+
+void trainer_enqueue_step(Trainer *tr) {
+    trainer_enqueue_gradients(tr);
+    queue_update(tr);
+    tr->be->to_host_async(tr->host_optim_state, tr->optim_state, sizeof(OptimState));
+}
+
+StepResult trainer_collect_step(Trainer *tr) {
+    const Config *c = &tr->cfg;
+    Objective *o = tr->objective;
+    tr->be->wait_host_copies();
+    const OptimState *state = tr->host_optim_state;
+    int stop = unpack_step_stats(tr);
+    ObjectiveReport report;
+    o->ops->report(o, tr->stats_by_kind, c->batch_size, &report);
+    StepResult r = {.loss = report.loss, .vb = report.aux, .grad_norm = state->grad_norm,
+                    .lr = state->lr_reported, .stop = stop, .skipped = state->skip,
                     .loss_per_sample = report.loss_per_sample, .t = report.t};
-    if (tr->fault_step >= 0 && step >= tr->fault_step) r.loss = NAN;
-    r.skipped = !isfinite(r.loss) || !isfinite(norm);
-    if (r.skipped) {
-        tr->progress.skipped_steps++;
-        tr->bad_streak++;
-    } else {
-        tr->bad_streak = 0;
-        apply_update(tr, norm, r.lr);
-    }
+    if (state->faulted) r.loss = NAN;
+    tr->bad_streak = r.skipped ? tr->bad_streak + 1 : 0;
+    tr->progress.adam_steps = state->adam_steps;
+    tr->progress.skipped_steps = state->skipped_steps;
     tr->progress.step++;
     return r;
+}
+
+StepResult trainer_step(Trainer *tr) {
+    trainer_enqueue_step(tr);
+    return trainer_collect_step(tr);
 }
 
 /* ---------------- checkpoints ---------------- */
@@ -280,5 +326,6 @@ int trainer_load(Trainer *tr, const char *path, char *err, size_t err_size) {
     if (checkpoint_read_extras(path, extras, n_extras, err, err_size) < 0) return -1;
     tr->progress = progress;   /* global: any world size that splits batch_size resumes it */
     tr->progress.world_size = tr->world_size;
+    trainer_upload_progress(tr);
     return 0;
 }
