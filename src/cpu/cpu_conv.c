@@ -234,8 +234,9 @@ void cpu_conv2d_backward(const ConvShape *s, float *dx, float beta, float *dw, f
                          const float *dy, const float *x, const float *w, void *workspace) {
 #ifdef DDPM_ONEDNN
     if (onednn_runs(s)) {
-        onednn_conv_backward_weights(s, dw, db, dy, x, workspace);
+        onednn_conv_backward_weights(s, dw, dy, x, workspace);
         if (dx) onednn_conv_backward_data(s, dx, beta, dy, w, workspace);
+        if (db) cpu_column_sums(db, dy, (size_t)s->n * s->oh * s->ow, s->oc);
         return;
     }
 #endif

@@ -53,9 +53,8 @@ typedef struct ConvEntry {
     Prim fwd, fwd_sum, bwd_data, bwd_weights;   /* fwd_sum: y += conv, made on first use */
     WeightReorder w_fwd, w_bwd_data, dw;   /* dw.prim: theirs -> ours */
     dnnl_memory_desc_t w_fwd_md;   /* the forward's weight layout, which fwd_sum must share */
-    dnnl_memory_t src, dst, weights, bias, diff_src, diff_dst, diff_weights, diff_bias, scratch;
+    dnnl_memory_t src, dst, weights, bias, diff_src, diff_dst, diff_weights, scratch;
     float *zero_bias;              /* (OC) zeros: a bias-free call runs the same primitive */
-    float *unused_bias_grad;       /* (OC): where a call that wants no bias gradient gets it */
     size_t dx_bytes;
     size_t offset_w_fwd, offset_w_bwd, offset_dw, offset_dx, total_bytes;
     struct ConvEntry *next;
@@ -209,12 +208,12 @@ static void make_backward_data(ConvEntry *e, const ConvDescs *d,
     DNNL_CHECK(dnnl_primitive_desc_destroy(pd));
 }
 
-/* With the bias gradient: summed while dy is read for the weights, not in a pass of its own. */
+/* Without a bias gradient: cpu_column_sums forms it in double, as the im2col path does. */
 static void make_backward_weights(ConvEntry *e, const ConvDescs *d,
                                   const_dnnl_primitive_desc_t fwd_pd) {
     dnnl_convolution_desc_t desc;
     DNNL_CHECK(dnnl_convolution_backward_weights_desc_init(
-        &desc, dnnl_convolution_direct, &d->src, &d->weights_any, &d->bias, &d->dst, d->strides,
+        &desc, dnnl_convolution_direct, &d->src, &d->weights_any, NULL, &d->dst, d->strides,
         d->pad_l, d->pad_r));
     dnnl_primitive_attr_t attr = user_scratchpad_attr();
     dnnl_primitive_desc_t pd;
@@ -256,7 +255,6 @@ static void make_memories(ConvEntry *e, const ConvDescs *d) {
     DNNL_CHECK(dnnl_memory_create(&e->diff_weights, &d->weights_ours, engine,
                                   DNNL_MEMORY_NONE));
     DNNL_CHECK(dnnl_memory_create(&e->bias, &d->bias, engine, DNNL_MEMORY_NONE));
-    DNNL_CHECK(dnnl_memory_create(&e->diff_bias, &d->bias, engine, DNNL_MEMORY_NONE));
 }
 
 static ConvEntry *make_entry(const ConvShape *s) {
@@ -272,7 +270,6 @@ static ConvEntry *make_entry(const ConvShape *s) {
     plan_workspace(e, s);
     make_memories(e, &d);
     e->zero_bias = xcalloc((size_t)s->oc, sizeof(float));
-    e->unused_bias_grad = xcalloc((size_t)s->oc, sizeof(float));
     e->next = entries;
     entries = e;
     return e;
@@ -342,8 +339,8 @@ void onednn_conv_backward_data(const ConvShape *s, float *dx, float beta, const 
     if (out != dx) cpu_accumulate(dx, beta, out, e->dx_bytes / sizeof(float));
 }
 
-/* dw (OC, KH, KW, C) and db (OC, or NULL), overwritten. */
-void onednn_conv_backward_weights(const ConvShape *s, float *dw, float *db, const float *dy,
+/* dw (OC, KH, KW, C), overwritten. */
+void onednn_conv_backward_weights(const ConvShape *s, float *dw, const float *dy,
                                   const float *x, void *workspace) {
     ConvEntry *e = entry_for(s);
     char *ws = workspace;
@@ -351,15 +348,14 @@ void onednn_conv_backward_weights(const ConvShape *s, float *dw, float *db, cons
     set_handle(e->src, x);
     set_handle(e->diff_dst, dy);
     set_handle(e->diff_weights, dw);
-    set_handle(e->diff_bias, db ? db : e->unused_bias_grad);
     dnnl_memory_t out = e->diff_weights;
     if (e->dw.prim.prim) {
         set_handle(e->dw.theirs, ws + e->offset_dw);
         out = e->dw.theirs;
     }
-    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, e->src}, {DNNL_ARG_DIFF_DST, e->diff_dst},
-                               {DNNL_ARG_DIFF_WEIGHTS, out}, {DNNL_ARG_DIFF_BIAS, e->diff_bias}};
-    execute(&e->bwd_weights, e->scratch, 4, args);
+    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, e->src}, {DNNL_ARG_DIFF_DST, e->diff_dst},
+                               {DNNL_ARG_DIFF_WEIGHTS, out}};
+    execute(&e->bwd_weights, e->scratch, 3, args);
     if (!e->dw.prim.prim) return;
     dnnl_exec_arg_t back[3] = {{DNNL_ARG_FROM, e->dw.theirs}, {DNNL_ARG_TO, e->diff_weights}};
     execute(&e->dw.prim, e->scratch, 2, back);

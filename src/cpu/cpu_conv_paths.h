@@ -34,7 +34,7 @@ void onednn_conv_forward(const ConvShape *s, float *y, const float *x, const flo
                          const float *b, const float *residual, void *workspace);
 void onednn_conv_backward_data(const ConvShape *s, float *dx, float beta, const float *dy,
                                const float *w, void *workspace);
-void onednn_conv_backward_weights(const ConvShape *s, float *dw, float *db, const float *dy,
+void onednn_conv_backward_weights(const ConvShape *s, float *dw, const float *dy,
                                   const float *x, void *workspace);
 const char *onednn_version(void);
 #endif
