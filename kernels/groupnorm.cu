@@ -1,4 +1,5 @@
-/* GroupNorm over NHWC activations, optionally followed by SiLU, forward and backward.
+/* GroupNorm over NHWC activations, optionally followed by SiLU and dropout, forward and
+ * backward.
  *
  * Forward: one block per (sample, group) reads the group's HW x C/G values three
  * times: the mean, then the squared deviations from it (two passes avoid the
@@ -13,6 +14,10 @@
  *   dx:             one block per (sample, group) forms the group means of gamma*dy_pre
  *                   and gamma*dy_pre*xhat, then
  *                   dx = beta*dx + rstd * (gamma*dy_pre - mean_g - xhat*mean_gx).
+ *
+ * The fused dropout multiplies the output by dropout_apply's factor for the element (the
+ * mask from Philox by sample and element within the sample), and the backward takes dy
+ * times the same factor, redrawn: a ResBlock's norm -> SiLU -> dropout in one pass.
  */
 #include "column_sums.cuh"
 #include "cuda_ops.cuh"
@@ -26,6 +31,25 @@ struct GroupView {
     __device__ int channel(int g, int i) const { return g * cg + i % cg; }
     __device__ int count() const { return hw * cg; }
 };
+
+/* The fused dropout: p == 0 is none. */
+struct DropoutSpec {
+    float p, scale;   /* scale = 1/(1-p) */
+    RngKey key;
+    size_t per_sample;
+};
+
+/* v times element o's dropout factor, as pointwise.cu's dropout_apply forms it. */
+__device__ __forceinline__ float dropped(float v, const DropoutSpec &d, size_t o) {
+    if (d.p == 0.0f) return v;
+    const uint32_t s = (uint32_t)(o / d.per_sample);
+    const float mask = philox_uniform(d.key, s, o % d.per_sample) >= d.p ? d.scale : 0.0f;
+    return v * mask;
+}
+
+static DropoutSpec dropout_spec(float p, RngKey key, int hw, int c) {
+    return DropoutSpec{p, p > 0.0f ? 1.0f / (1.0f - p) : 1.0f, key, (size_t)hw * c};
+}
 
 /* Forward and backward share this, so they agree exactly. */
 __device__ __forceinline__ float normalized(float x, float mean, float rstd) {
@@ -44,7 +68,7 @@ __device__ __forceinline__ float grad_before_silu(float dy, float xhat, const fl
 template <bool SILU>
 __global__ void groupnorm_forward_kernel(float *y, float *mean, float *rstd, const float *x,
                                          const float *gamma, const float *shift, GroupView v,
-                                         int groups, float eps) {
+                                         int groups, float eps, DropoutSpec drop) {
     const int g = blockIdx.x, n = blockIdx.y, count = v.count();
     double sum = 0;
     for (int i = threadIdx.x; i < count; i += THREADS) sum += x[v.offset(n, g, i)];
@@ -65,7 +89,7 @@ __global__ void groupnorm_forward_kernel(float *y, float *mean, float *rstd, con
         const int ch = v.channel(g, i);
         float out = normalized(x[o], m, r) * gamma[ch] + shift[ch];
         if (SILU) out = out * sigmoid(out);
-        y[o] = out;
+        y[o] = dropped(out, drop, o);
     }
 }
 
@@ -73,7 +97,7 @@ template <bool SILU>
 __global__ void groupnorm_input_grad_kernel(float *dx, float beta, const float *dy, const float *x,
                                             const float *mean, const float *rstd,
                                             const float *gamma, const float *shift, GroupView v,
-                                            int groups) {
+                                            int groups, DropoutSpec drop) {
     const int g = blockIdx.x, n = blockIdx.y, count = v.count();
     const float m = mean[n * groups + g], r = rstd[n * groups + g];
     double sum_g = 0, sum_gx = 0;
@@ -81,7 +105,8 @@ __global__ void groupnorm_input_grad_kernel(float *dx, float beta, const float *
         const size_t o = v.offset(n, g, i);
         const int ch = v.channel(g, i);
         const float xhat = normalized(x[o], m, r);
-        const double gd = (double)gamma[ch] * grad_before_silu<SILU>(dy[o], xhat, gamma, shift, ch);
+        const double gd = (double)gamma[ch] *
+                          grad_before_silu<SILU>(dropped(dy[o], drop, o), xhat, gamma, shift, ch);
         sum_g += gd;
         sum_gx += gd * xhat;
     }
@@ -91,7 +116,8 @@ __global__ void groupnorm_input_grad_kernel(float *dx, float beta, const float *
         const size_t o = v.offset(n, g, i);
         const int ch = v.channel(g, i);
         const float xhat = normalized(x[o], m, r);
-        const float gd = grad_before_silu<SILU>(dy[o], xhat, gamma, shift, ch) * gamma[ch];
+        const float gd =
+            grad_before_silu<SILU>(dropped(dy[o], drop, o), xhat, gamma, shift, ch) * gamma[ch];
         dx[o] = blend(dx[o], beta, r * (gd - mean_g - xhat * mean_gx));
     }
 }
@@ -101,10 +127,11 @@ template <bool SILU>
 struct ParamGradTerms {
     const float *dy, *x, *mean, *rstd, *gamma, *shift;
     int hw, c, cg, groups;
+    DropoutSpec drop;
     __device__ void operator()(Sums<2> &acc, int, long long r, int ch) const {
         const size_t o = (size_t)r * c + ch, stat = (size_t)(r / hw) * groups + ch / cg;
         const float xhat = normalized(x[o], mean[stat], rstd[stat]);
-        const float d = grad_before_silu<SILU>(dy[o], xhat, gamma, shift, ch);
+        const float d = grad_before_silu<SILU>(dropped(dy[o], drop, o), xhat, gamma, shift, ch);
         acc.v[0] += (double)d * xhat;
         acc.v[1] += d;
     }
@@ -121,10 +148,10 @@ struct ParamGradStore {
 template <bool SILU>
 static void groupnorm_forward(float *y, float *mean, float *rstd, const float *x,
                               const float *gamma, const float *shift, int n, int hw, int c,
-                              int groups, float eps) {
+                              int groups, float eps, DropoutSpec drop) {
     const GroupView v = {hw, c, c / groups};
     groupnorm_forward_kernel<SILU><<<dim3(groups, n), THREADS, 0, cuda.stream>>>(
-        y, mean, rstd, x, gamma, shift, v, groups, eps);
+        y, mean, rstd, x, gamma, shift, v, groups, eps, drop);
     cudaCheckLaunch();
 }
 
@@ -132,32 +159,38 @@ template <bool SILU>
 static void groupnorm_backward(float *dx, float beta, float *dgamma, float *dshift,
                                const float *dy, const float *x, const float *mean,
                                const float *rstd, const float *gamma, const float *shift, int n,
-                               int hw, int c, int groups) {
+                               int hw, int c, int groups, DropoutSpec drop) {
     const int cg = c / groups;
     if (dgamma || dshift)
-        column_sums<2>(ParamGradTerms<SILU>{dy, x, mean, rstd, gamma, shift, hw, c, cg, groups},
+        column_sums<2>(ParamGradTerms<SILU>{dy, x, mean, rstd, gamma, shift, hw, c, cg, groups,
+                                            drop},
                        ParamGradStore{dgamma, dshift}, 1, (long long)n * hw, c);
     if (!dx) return;
     groupnorm_input_grad_kernel<SILU><<<dim3(groups, n), THREADS, 0, cuda.stream>>>(
-        dx, beta, dy, x, mean, rstd, gamma, shift, GroupView{hw, c, cg}, groups);
+        dx, beta, dy, x, mean, rstd, gamma, shift, GroupView{hw, c, cg}, groups, drop);
     cudaCheckLaunch();
 }
 
 void cuda_groupnorm_forward(float *y, float *mean, float *rstd, const float *x,
                             const float *gamma, const float *shift, int n, int hw, int c,
-                            int groups, float eps, int fuse_silu) {
-    if (fuse_silu) groupnorm_forward<true>(y, mean, rstd, x, gamma, shift, n, hw, c, groups, eps);
-    else groupnorm_forward<false>(y, mean, rstd, x, gamma, shift, n, hw, c, groups, eps);
+                            int groups, float eps, int fuse_silu, float dropout,
+                            RngKey dropout_key) {
+    const DropoutSpec drop = dropout_spec(dropout, dropout_key, hw, c);
+    if (fuse_silu)
+        groupnorm_forward<true>(y, mean, rstd, x, gamma, shift, n, hw, c, groups, eps, drop);
+    else groupnorm_forward<false>(y, mean, rstd, x, gamma, shift, n, hw, c, groups, eps, drop);
 }
 
 void cuda_groupnorm_backward(float *dx, float beta, float *dgamma, float *dshift,
                              const float *dy, const float *x, const float *mean,
                              const float *rstd, const float *gamma, const float *shift, int n,
-                             int hw, int c, int groups, int fuse_silu) {
+                             int hw, int c, int groups, int fuse_silu, float dropout,
+                             RngKey dropout_key) {
+    const DropoutSpec drop = dropout_spec(dropout, dropout_key, hw, c);
     if (fuse_silu)
         groupnorm_backward<true>(dx, beta, dgamma, dshift, dy, x, mean, rstd, gamma, shift, n, hw,
-                                 c, groups);
+                                 c, groups, drop);
     else
         groupnorm_backward<false>(dx, beta, dgamma, dshift, dy, x, mean, rstd, gamma, shift, n,
-                                  hw, c, groups);
+                                  hw, c, groups, drop);
 }

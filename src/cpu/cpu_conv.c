@@ -118,10 +118,10 @@ static void col2im(float *dx, float beta, const float *dcol, int nc, const ConvS
 }
 
 void cpu_conv2d_forward(const ConvShape *s, float *y, const float *x, const float *w,
-                        const float *b, void *workspace) {
+                        const float *b, const float *residual, void *workspace) {
     const int width = (int)col_width(s);
     if (is_pointwise(s)) {
-        cpu_linear_forward(y, x, w, b, s->n * s->h * s->w, width, s->oc);
+        cpu_linear_forward_residual(y, x, w, b, residual, s->n * s->h * s->w, width, s->oc);
         return;
     }
     float *col = workspace;
@@ -130,8 +130,9 @@ void cpu_conv2d_forward(const ConvShape *s, float *y, const float *x, const floa
     for (int n0 = 0; n0 < s->n; n0 += chunk) {
         const int nc = s->n - n0 < chunk ? s->n - n0 : chunk;
         im2col(col, x + n0 * input_per_sample(s), nc, s);
-        cpu_linear_forward(y + (size_t)n0 * rows_per_sample * s->oc, col, w, b,
-                           nc * rows_per_sample, width, s->oc);
+        const size_t out0 = (size_t)n0 * rows_per_sample * s->oc;
+        cpu_linear_forward_residual(y + out0, col, w, b, residual ? residual + out0 : NULL,
+                                    nc * rows_per_sample, width, s->oc);
     }
 }
 
