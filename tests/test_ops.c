@@ -517,6 +517,12 @@ static void groupnorm_cases(void) {
                      d->p);
             if (k == 2) d->fd.probes = 0;
         }
+    /* the coalesced CUDA forward: the U-Net's C = 128 at G = 32 (4 channels a group), and
+     * groups wider than a 32-channel span; with dropout, and x with a large mean */
+    OpCase *wide = groupnorm_case(MODE_CUDA, 3, 64, 128, 32, 1, -2, 3);
+    wide->p = 0.1f, wide->key = drop_key;
+    groupnorm_case(MODE_CUDA, 2, 20, 128, 2, 0, -2, 3);
+    groupnorm_case(MODE_CUDA, 2, 50, 64, 16, 1, 9, 11);
     OpCase *bench_drop = groupnorm_case(MODE_BENCH, 16, 1024, 128, 32, 1, -2, 3);
     bench_drop->p = 0.1f, bench_drop->key = drop_key;
 }
