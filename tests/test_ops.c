@@ -525,6 +525,7 @@ static void groupnorm_cases(void) {
     groupnorm_case(MODE_CUDA, 2, 50, 64, 16, 1, 9, 11);
     OpCase *bench_drop = groupnorm_case(MODE_BENCH, 16, 1024, 128, 32, 1, -2, 3);
     bench_drop->p = 0.1f, bench_drop->key = drop_key;
+    strcat(bench_drop->name, " dropout0.1");   /* against the two bench cases it replaces */
 }
 
 /* ---- elementwise ---- */
@@ -719,6 +720,7 @@ static void elementwise_cases(void) {
     dropout_case(MODE_ALL, 3, 7, 45, 0.0f, key);
     RngKey key2 = {42, RNG_STREAM_DROPOUT + 5, 9, 0};
     dropout_case(MODE_CUDA | MODE_BENCH, 3, 35, 3, 0.3f, key2);
+    dropout_case(MODE_BENCH, 16, 1024, 128, 0.1f, key2);   /* the ResBlock's, at C = 128 */
 }
 
 /* ---- layout ---- */
