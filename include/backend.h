@@ -141,20 +141,27 @@ typedef struct {
     /* ---- convolution: x (N,H,W,C), w (OC,KH,KW,C), b (OC) or NULL, y (N,OH,OW,OC) ---- */    \
     /* chooses algorithms, sets workspace_bytes */                                              \
     X(void, conv2d_prepare, (ConvShape *s))                                                     \
+    /* y = conv(x) + b + residual; residual (N,OH,OW,OC) or NULL, not y: a ResBlock's skip,  \
+     * added where the output is written instead of by a separate add */                      \
     X(void, conv2d_forward, (const ConvShape *s, float *y, const float *x, const float *w,      \
-                             const float *b, void *workspace))                                  \
+                             const float *b, const float *residual, void *workspace))           \
     X(void, conv2d_backward, (const ConvShape *s, float *dx, float beta, float *dw, float *db,  \
                               const float *dy, const float *x, const float *w, void *workspace)) \
                                                                                                 \
     /* ---- group norm over (HW, C/G) per (sample, group), optionally followed by SiLU ----     \
-     * x, y (N, HW, C); gamma, beta (C); mean, rstd (N, G) saved for backward. */               \
+     * x, y (N, HW, C); gamma, beta (C); mean, rstd (N, G) saved for backward. With           \
+     * dropout > 0 the output then goes through inverted dropout exactly as dropout_forward    \
+     * with (dropout, dropout_key) (same mask, same float operations), and the backward       \
+     * redraws that mask: one pass for a ResBlock's norm -> SiLU -> dropout. */                \
     X(void, groupnorm_forward, (float *y, float *mean, float *rstd, const float *x,             \
                                 const float *gamma, const float *shift, int n, int hw, int c,   \
-                                int groups, float eps, int fuse_silu))                          \
+                                int groups, float eps, int fuse_silu, float dropout,            \
+                                RngKey dropout_key))                                            \
     X(void, groupnorm_backward, (float *dx, float beta, float *dgamma, float *dshift,           \
                                  const float *dy, const float *x, const float *mean,            \
                                  const float *rstd, const float *gamma, const float *shift,     \
-                                 int n, int hw, int c, int groups, int fuse_silu))              \
+                                 int n, int hw, int c, int groups, int fuse_silu,               \
+                                 float dropout, RngKey dropout_key))                            \
                                                                                                 \
     /* ---- elementwise ---- */                                                                 \
     X(void, silu_forward, (float *y, const float *x, size_t n))                                 \
@@ -162,9 +169,11 @@ typedef struct {
     X(void, add_forward, (float *y, const float *a, const float *b, size_t n))                  \
     /* dst = beta*dst + src: the backward of add and the identity */                            \
     X(void, accumulate, (float *dst, float beta, const float *src, size_t n))                   \
-    /* y (N, HW, C) = x + bias (N, C) broadcast over HW */                                      \
-    X(void, add_bias_forward, (float *y, const float *x, const float *bias, int n, int hw,      \
-                               int c))                                                          \
+    /* y (N, HW, C) = x + (bias (N, C) + channel_bias (C)) broadcast over HW; channel_bias    \
+     * NULL or a preceding conv's bias folded in here (its gradient: add_bias_backward of      \
+     * dbias over the N rows) */                                                                \
+    X(void, add_bias_forward, (float *y, const float *x, const float *bias,                     \
+                               const float *channel_bias, int n, int hw, int c))                \
     /* dbias (N, C) = sum over HW of dy */                                                      \
     X(void, add_bias_backward, (float *dbias, float beta, const float *dy, int n, int hw,       \
                                 int c))                                                         \

@@ -111,7 +111,17 @@ int net_param(Net *net, ParamLayout layout, int fan_in, int ndim, const int64_t 
  * bottom/right (DDPM's and AutoencoderKL's downsamplers pad (0, 1)). */
 int net_conv(Net *net, const char *prefix, int x, int oc, int kernel, int stride, int pad_lo,
              int pad_hi);
+/* The general form of net_conv, for fusions: residual >= 0 is a tensor of the output's
+ * shape added where the output is written (y = conv(x) + b + residual: a ResBlock's skip
+ * add without a pass of its own); with deferred_bias non-NULL the bias is registered but
+ * not applied, its parameter index returned there for net_add_bias_with to fold in. */
+int net_conv_fused(Net *net, const char *prefix, int x, int oc, int kernel, int stride,
+                   int pad_lo, int pad_hi, int residual, int *deferred_bias);
 int net_groupnorm(Net *net, const char *prefix, int x, int groups, float eps, int fuse_silu);
+/* GroupNorm (+ SiLU), then inverted dropout with probability p while training, in one
+ * node: the same masks and values as net_groupnorm then net_dropout. */
+int net_groupnorm_dropout(Net *net, const char *prefix, int x, int groups, float eps,
+                          int fuse_silu, float p);
 /* Linear over the last dimension, "<prefix>.weight" (n_out, C) and "<prefix>.bias". */
 int net_linear(Net *net, const char *prefix, int x, int n_out);
 /* Linear with parameters registered by the caller (weight (n_out, C), bias (n_out) or -1). */
@@ -120,8 +130,12 @@ int net_silu(Net *net, int x);
 int net_add(Net *net, int a, int b);
 /* x (H, W, C) + bias (1, 1, C) per sample, broadcast over H*W */
 int net_add_bias(Net *net, int x, int bias);
+/* The same plus the parameter channel_bias (C) (-1: none), a conv bias deferred by
+ * net_conv_fused: one pass adds both. */
+int net_add_bias_with(Net *net, int x, int bias, int channel_bias);
 int net_concat(Net *net, int a, int b);
 int net_upsample2x(Net *net, int x);
+/* Inverted dropout while training; in evaluation the output shares its input's memory. */
 int net_dropout(Net *net, int x, float p);
 /* Single-head attention over the H*W positions of qkv (H, W, 3C), rows [q | k | v]. */
 int net_attention(Net *net, int qkv);

@@ -9,7 +9,8 @@
 typedef struct {
     int groups;        /* GroupNorm groups */
     float eps;         /* GroupNorm eps */
-    float dropout;     /* before conv2; 0: no dropout node */
+    float dropout;     /* before conv2; 0: no dropout */
+    int unfused;       /* 1: the ResBlock as separate nodes (the fused form's test oracle) */
 } BlockNorm;
 
 /* norm1+SiLU, conv1, (+ time_emb_proj(temb_act) when temb_act >= 0), norm2+SiLU, dropout,

@@ -710,8 +710,18 @@ static void crop_gradient(float *dx, float beta, const float *dpadded, const Con
     });
 }
 
+/* The bias, and the residual, seed y, and cuDNN accumulates onto it (beta 1). */
+static void seed_output(float *y, const float *b, const float *residual, const ConvShape *s) {
+    const size_t rows = (size_t)s->n * s->oh * s->ow;
+    if (residual && b) cuda_add_bias_forward(y, residual, b, NULL, 1, (int)rows, s->oc);
+    else if (residual)
+        cudaCheck(cudaMemcpyAsync(y, residual, rows * s->oc * sizeof(float),
+                                  cudaMemcpyDeviceToDevice, cuda.stream));
+    else if (b) cuda_broadcast_rows(y, b, rows, s->oc);
+}
+
 void cuda_conv2d_forward(const ConvShape *s, float *y, const float *x, const float *w,
-                         const float *b, void *workspace) {
+                         const float *b, const float *residual, void *workspace) {
     const ConvAlgoEntry *e = plan_for(s, direction_bit(CONV_FORWARD));
     const ConvDescriptors *d = &state_of(e)->direct;
     const ConvWorkspace ws = split_workspace(e, s, workspace);
@@ -720,12 +730,12 @@ void cuda_conv2d_forward(const ConvShape *s, float *y, const float *x, const flo
         pad_input(ws.padded, x, s);
         input = ws.padded;
     }
-    if (b) cuda_broadcast_rows(y, b, (size_t)s->n * s->oh * s->ow, s->oc);
+    seed_output(y, b, residual, s);
     const float one = 1.0f, zero = 0.0f;
     use_math(d, e, CONV_FORWARD);
     cudnnCheck(cudnnConvolutionForward(cuda.cudnn, &one, d->x, input, d->w, w, d->conv,
                                        (cudnnConvolutionFwdAlgo_t)e->algo[CONV_FORWARD], ws.algo,
-                                       ws.algo_bytes, b ? &one : &zero, d->y, y));
+                                       ws.algo_bytes, b || residual ? &one : &zero, d->y, y));
 }
 
 /* dx = beta*dx + the input gradient, by cuDNN's backward data. */

@@ -35,10 +35,12 @@ void cuda_accumulate(float *dst, float beta, const float *src, size_t n) {
     launch_elementwise(n, [=] __device__(size_t i) { dst[i] = blend(dst[i], beta, src[i]); });
 }
 
-void cuda_add_bias_forward(float *y, const float *x, const float *bias, int n, int hw, int c) {
+void cuda_add_bias_forward(float *y, const float *x, const float *bias, const float *channel_bias,
+                           int n, int hw, int c) {
     const size_t per_sample = (size_t)hw * c;
     launch_elementwise((size_t)n * per_sample, [=] __device__(size_t i) {
-        y[i] = x[i] + bias[i / per_sample * c + i % c];
+        const float b = bias[i / per_sample * c + i % c];
+        y[i] = x[i] + (channel_bias ? b + channel_bias[i % c] : b);
     });
 }
 

@@ -4,7 +4,8 @@
  * at 32x32 and 28x28, whose 7x7 level gives odd sizes and the downsamplers' asymmetric
  * (0, 1) padding at stride 2; the latent U-Net; the classifier; the KL autoencoders with
  * their 1x1 convolutions), plus hand-picked odd shapes, run on both paths from the same
- * random inputs: the forward output, the input gradient with beta 0 and beta 1 (added to
+ * random inputs: the forward output without and with a residual added (y = conv + b + r),
+ * the input gradient with beta 0 and beta 1 (added to
  * a random gradient already there), and the weight and bias gradients must agree to
  * 1e-5 relative (max |a - b| / max |b|). Both paths also run at a batch smaller than the
  * prepared one, as the sampler's last chunk does. Without oneDNN in the build the
@@ -82,12 +83,12 @@ static float *random_floats(size_t n, uint32_t stream) {
 }
 
 typedef struct {
-    float *y, *dx0, *dx1, *dw, *db;
+    float *y, *y_res, *dx0, *dx1, *dw, *db;   /* y_res: the forward with a residual */
 } ConvResults;
 
 static ConvResults run_path(CpuConvPath path, const ConvShape *prepared, int n, const float *x,
                             const float *w, const float *b, const float *dy,
-                            const float *dx_before) {
+                            const float *dx_before, const float *residual) {
     ConvShape s = *prepared;
     size_t in = (size_t)n * s.h * s.w * s.c, out = (size_t)n * s.oh * s.ow * s.oc;
     size_t weights = (size_t)s.oc * s.kh * s.kw * s.c;
@@ -100,10 +101,11 @@ static ConvResults run_path(CpuConvPath path, const ConvShape *prepared, int n, 
         CHECK(onednn_conv_workspace(&s) <= s.workspace_bytes,
               "the oneDNN path would not run at batch %d of a conv prepared for %d", n,
               prepared->n);
-    ConvResults r = {xmalloc(out * 4), xmalloc(in * 4), xmalloc(in * 4), xmalloc(weights * 4),
-                     xmalloc((size_t)s.oc * 4)};
+    ConvResults r = {xmalloc(out * 4), xmalloc(out * 4), xmalloc(in * 4), xmalloc(in * 4),
+                     xmalloc(weights * 4), xmalloc((size_t)s.oc * 4)};
     memcpy(r.dx1, dx_before, in * 4);
-    cpu_conv2d_forward(&s, r.y, x, w, b, ws);
+    cpu_conv2d_forward(&s, r.y, x, w, b, NULL, ws);
+    cpu_conv2d_forward(&s, r.y_res, x, w, b, residual, ws);
     cpu_conv2d_backward(&s, r.dx0, 0.0f, r.dw, r.db, dy, x, w, ws);
     cpu_conv2d_backward(&s, r.dx1, 1.0f, r.dw, r.db, dy, x, w, ws);
     free(ws);
@@ -111,7 +113,7 @@ static ConvResults run_path(CpuConvPath path, const ConvShape *prepared, int n, 
 }
 
 static void free_results(ConvResults *r) {
-    free(r->y), free(r->dx0), free(r->dx1), free(r->dw), free(r->db);
+    free(r->y), free(r->y_res), free(r->dx0), free(r->dx1), free(r->dw), free(r->db);
 }
 
 static void describe(char *text, size_t size, const ConvShape *s, int n) {
@@ -126,24 +128,25 @@ static double compare_shape(const ConvShape *s, int n) {
     size_t weights = (size_t)s->oc * s->kh * s->kw * s->c;
     float *x = random_floats(in, 1), *w = random_floats(weights, 2);
     float *b = random_floats((size_t)s->oc, 3), *dy = random_floats(out, 4);
-    float *dx_before = random_floats(in, 5);
-    ConvResults ref = run_path(CONV_PATH_IM2COL, s, n, x, w, b, dy, dx_before);
-    ConvResults got = run_path(CONV_PATH_ONEDNN, s, n, x, w, b, dy, dx_before);
-    const double err[5] = {rel_error(got.y, ref.y, out, 0), rel_error(got.dx0, ref.dx0, in, 0),
-                           rel_error(got.dx1, ref.dx1, in, 0),
+    float *dx_before = random_floats(in, 5), *residual = random_floats(out, 6);
+    ConvResults ref = run_path(CONV_PATH_IM2COL, s, n, x, w, b, dy, dx_before, residual);
+    ConvResults got = run_path(CONV_PATH_ONEDNN, s, n, x, w, b, dy, dx_before, residual);
+    const double err[6] = {rel_error(got.y, ref.y, out, 0), rel_error(got.y_res, ref.y_res, out, 0),
+                           rel_error(got.dx0, ref.dx0, in, 0), rel_error(got.dx1, ref.dx1, in, 0),
                            rel_error(got.dw, ref.dw, weights, 0),
                            rel_error(got.db, ref.db, (size_t)s->oc, 0)};
-    static const char *const what[5] = {"y", "dx (beta 0)", "dx (beta 1)", "dw", "db"};
+    static const char *const what[6] = {"y", "y + residual", "dx (beta 0)", "dx (beta 1)", "dw",
+                                        "db"};
     char text[128];
     describe(text, sizeof text, s, n);
     double worst = 0;
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 6; i++) {
         CHECK(err[i] <= TOL, "%s: %s differs from im2col by %.3g relative", text, what[i], err[i]);
         if (!(err[i] <= worst)) worst = err[i];
     }
     free_results(&ref);
     free_results(&got);
-    free(x), free(w), free(b), free(dy), free(dx_before);
+    free(x), free(w), free(b), free(dy), free(dx_before), free(residual);
     return worst;
 }
 

@@ -161,7 +161,7 @@ static void memory_cases(void) {
 
 /* ---- convolution ---- */
 
-enum { CV_X, CV_W, CV_B, CV_DY, CV_Y, CV_DX, CV_DW, CV_DB };
+enum { CV_X, CV_W, CV_B, CV_DY, CV_Y, CV_DX, CV_DW, CV_DB, CV_RES };
 
 static void conv_setup(const OpCase *c, OpRun *r) {
     ConvShape *s = &r->conv;
@@ -190,7 +190,7 @@ static void conv_setup(const OpCase *c, OpRun *r) {
 }
 
 static void conv_forward(const OpCase *c, OpRun *r) {
-    r->be->conv2d_forward(&r->conv, F(CV_Y), F(CV_X), F(CV_W), F(CV_B), r->workspace);
+    r->be->conv2d_forward(&r->conv, F(CV_Y), F(CV_X), F(CV_W), F(CV_B), F(CV_RES), r->workspace);
 }
 
 static void conv_backward(const OpCase *c, OpRun *r, float beta) {
@@ -232,6 +232,7 @@ static void conv_check(const OpCase *c, OpRun *r) {
     double *db = zeros((size_t)s->oc);
     for (size_t i = 0; i < ny; i++) {
         if (F(CV_B)) ref.y[i] = F(CV_B)[i % s->oc];
+        if (F(CV_RES)) ref.y[i] += F(CV_RES)[i];
         db[i % s->oc] += F(CV_DY)[i];
     }
     conv_reference(s, &ref);
@@ -249,8 +250,11 @@ static void conv_check(const OpCase *c, OpRun *r) {
 }
 
 /* pads: top, left, bottom, right; run_n: the batch it runs at (prepared at n) */
-static OpCase *conv_case(unsigned modes, const char *name, int n, int run_n, int h, int w, int ch,
-                         int oc, int k, int stride, const int pad[4], int bias) {
+/* residual: y = conv(x) + b + residual, the ResBlock's skip (its gradient is dy, added by
+ * the graph, so the op has none) */
+static OpCase *conv_case_residual(unsigned modes, const char *name, int n, int run_n, int h,
+                                  int w, int ch, int oc, int k, int stride, const int pad[4],
+                                  int bias, int residual) {
     OpCase *c = add_case(modes, "conv %s", name);
     c->n = n, c->run_n = run_n, c->h = h, c->w = w, c->ch = ch, c->oc = oc, c->k = k;
     c->stride = stride;
@@ -265,10 +269,17 @@ static OpCase *conv_case(unsigned modes, const char *name, int n, int run_n, int
     param_grad(c, "dw", wt);
     if (bias) param_grad(c, "db", b);
     else absent(c);
+    if (residual) input(c, "residual", c->t[dy].n, -2, 2);
+    else absent(c);
     c->setup = conv_setup;
     set_op(c, conv_forward, conv_backward, conv_check);
     c->ref_tol = 1e-5, c->beta_tol = 1e-6, c->fd = FD_DENSE;
     return c;
+}
+
+static OpCase *conv_case(unsigned modes, const char *name, int n, int run_n, int h, int w, int ch,
+                         int oc, int k, int stride, const int pad[4], int bias) {
+    return conv_case_residual(modes, name, n, run_n, h, w, ch, oc, k, stride, pad, bias, 0);
 }
 
 static void conv_cases(void) {
@@ -283,9 +294,17 @@ static void conv_cases(void) {
     conv_case(all, "3x3 s2 odd downsample", 2, 2, 5, 7, 4, 3, 3, 2, DOWN, 1);
     conv_case(all, "3x3 s2 uncovered edge", 2, 2, 6, 6, 2, 3, 3, 2, P0, 1);
     conv_case(all, "1x1 s2", 2, 2, 5, 5, 3, 2, 1, 2, P0, 1);
+    /* the skip add written by the conv: ResBlock conv2 (3x3) and conv_shortcut (1x1) */
+    conv_case_residual(all, "3x3 residual", 2, 2, 5, 6, 3, 4, 3, 1, P1, 1, 1);
+    conv_case_residual(all, "3x3 residual no bias", 2, 2, 4, 4, 3, 3, 3, 1, P1, 0, 1);
+    conv_case_residual(all, "1x1 residual", 2, 2, 5, 7, 6, 5, 1, 1, P0, 1, 1);
     OpCase *chunked = conv_case(all, "3x3 chunked batch", 4, 4, 64, 64, 64, 8, 3, 1, P1, 1);
     chunked->fd.probes = 0;
     chunked->flag = 1;
+    OpCase *chunked_res = conv_case_residual(all, "3x3 chunked batch residual", 4, 4, 64, 64, 64,
+                                             8, 3, 1, P1, 1, 1);
+    chunked_res->fd.probes = 0;
+    chunked_res->flag = 1;
     /* the GPU's cases: cuDNN's algorithms, batches smaller than prepared, and each
      * backward-data method forced. Each shape (batch included) is its own: the plan
      * cache keeps the first choice made for a shape. */
@@ -299,6 +318,8 @@ static void conv_cases(void) {
     conv_case(gpu, "down smaller n", 4, 3, 8, 8, 8, 8, 3, 2, DOWN, 1);
     conv_case(gpu, "3x3 no bias 8", 2, 2, 8, 8, 8, 8, 3, 1, P1, 0);
     conv_case(gpu, "3x3 16x16 c32", 3, 3, 16, 16, 32, 32, 3, 1, P1, 1);
+    conv_case_residual(gpu, "3x3 16x16 c32 residual", 3, 3, 16, 16, 32, 32, 3, 1, P1, 1, 1);
+    conv_case_residual(gpu, "1x1 shortcut residual", 2, 2, 8, 8, 16, 8, 1, 1, P0, 1, 1);
     /* prepared at batch 2, run at 1 (`ddpm sample --n 3 --batch 2` died on the first) */
     conv_case(gpu, "3x3 oc=1 batch 2->1", 2, 1, 32, 32, 16, 1, 3, 1, P1, 1);
     conv_case(gpu, "3x3 batch 2->1", 2, 1, 12, 12, 16, 16, 3, 1, P1, 1);
@@ -332,13 +353,19 @@ enum { GN_X, GN_GAMMA, GN_SHIFT, GN_DY, GN_Y, GN_MEAN, GN_RSTD, GN_DX, GN_DGAMMA
 
 static void groupnorm_forward(const OpCase *c, OpRun *r) {
     r->be->groupnorm_forward(F(GN_Y), F(GN_MEAN), F(GN_RSTD), F(GN_X), F(GN_GAMMA), F(GN_SHIFT),
-                             c->n, c->h, c->ch, c->groups, 1e-6f, c->flag);
+                             c->n, c->h, c->ch, c->groups, 1e-6f, c->flag, c->p, c->key);
 }
 
 static void groupnorm_backward(const OpCase *c, OpRun *r, float beta) {
     r->be->groupnorm_backward(F(GN_DX), beta, F(GN_DGAMMA), F(GN_DSHIFT), F(GN_DY), F(GN_X),
                               F(GN_MEAN), F(GN_RSTD), F(GN_GAMMA), F(GN_SHIFT), c->n, c->h,
-                              c->ch, c->groups, c->flag);
+                              c->ch, c->groups, c->flag, c->p, c->key);
+}
+
+/* The fused dropout's factor for element e of sample s: 1/(1-p) where kept, else 0. */
+static double dropout_factor(const OpCase *c, int s, size_t e) {
+    if (c->p == 0.0f) return 1.0;
+    return philox_uniform(c->key, (uint32_t)s, e) >= c->p ? 1.0f / (1.0f - c->p) : 0.0;
 }
 
 /* Direct double GroupNorm of one (sample, group): y, and the gradients from dy. */
@@ -360,8 +387,10 @@ static void groupnorm_reference_group(const OpCase *c, OpRun *r, int s, int grp,
                 size_t i = AT(p, j);
                 double xhat = (x[i] - mu) * rstd, pre = xhat * gamma[chn] + shift[chn];
                 double sig = 1.0 / (1.0 + exp(-pre));
-                if (pass == 0) y[i] = c->flag ? pre * sig : pre;
-                double dpre = c->flag ? dy[i] * sig * (1 + pre * (1 - sig)) : dy[i];
+                double drop = dropout_factor(c, s, (size_t)p * ch_n + chn);
+                if (pass == 0) y[i] = (c->flag ? pre * sig : pre) * drop;
+                double dout = dy[i] * drop;
+                double dpre = c->flag ? dout * sig * (1 + pre * (1 - sig)) : dout;
                 double gr = dpre * gamma[chn];
                 if (pass == 1) {
                     mean_g += gr / count;
@@ -384,13 +413,44 @@ static void groupnorm_check_threads(const OpCase *c, OpRun *r) {
         omp_set_num_threads(k == 0 ? 1 : 3);
         r->be->groupnorm_backward(dx[k], 0.0f, dgamma[k], NULL, F(GN_DY), F(GN_X), F(GN_MEAN),
                                   F(GN_RSTD), F(GN_GAMMA), F(GN_SHIFT), c->n, c->h, c->ch,
-                                  c->groups, c->flag);
+                                  c->groups, c->flag, c->p, c->key);
     }
     omp_set_num_threads(threads);
     CHECK(!memcmp(dx[0], dx[1], total * sizeof(float)) &&
               !memcmp(dgamma[0], dgamma[1], c->ch * sizeof(float)),
           "%s: backward differs between 1 and 3 threads", c->name);
     free(dx[0]), free(dx[1]), free(dgamma[0]), free(dgamma[1]);
+}
+
+static int same_bits(const float *a, const float *b, size_t n) {
+    return !memcmp(a, b, n * sizeof(float));
+}
+
+/* The fused dropout is the unfused chain bit for bit: groupnorm (+ SiLU) then
+ * dropout_forward; dropout_backward then the groupnorm backward. */
+static void groupnorm_check_unfused(const OpCase *c, OpRun *r) {
+    const Backend *be = r->be;
+    size_t total = c->t[GN_X].n, stats = c->t[GN_MEAN].n, per = (size_t)c->h * c->ch;
+    float *pre = xmalloc(total * 4), *y = xmalloc(total * 4), *mean = xmalloc(stats * 4);
+    float *rstd = xmalloc(stats * 4), *dpre = xmalloc(total * 4), *dx = xmalloc(total * 4);
+    float *dgamma = xmalloc(c->ch * 4), *dshift = xmalloc(c->ch * 4);
+    const RngKey none = {0};
+    be->groupnorm_forward(pre, mean, rstd, F(GN_X), F(GN_GAMMA), F(GN_SHIFT), c->n, c->h, c->ch,
+                          c->groups, 1e-6f, c->flag, 0.0f, none);
+    be->dropout_forward(y, pre, c->n, per, c->p, c->key);
+    be->dropout_backward(dpre, 0.0f, F(GN_DY), c->n, per, c->p, c->key);
+    be->groupnorm_backward(dx, 0.0f, dgamma, dshift, dpre, F(GN_X), mean, rstd, F(GN_GAMMA),
+                           F(GN_SHIFT), c->n, c->h, c->ch, c->groups, c->flag, 0.0f, none);
+    CHECK(same_bits(y, F(GN_Y), total) && same_bits(mean, F(GN_MEAN), stats) &&
+              same_bits(rstd, F(GN_RSTD), stats),
+          "%s: forward differs from groupnorm then dropout", c->name);
+    CHECK(same_bits(dx, F(GN_DX), total), "%s: dx differs from the unfused backward", c->name);
+    CHECK(same_bits(dgamma, F(GN_DGAMMA), c->ch) && same_bits(dshift, F(GN_DSHIFT), c->ch),
+          "%s: dgamma/dshift differ from the unfused backward", c->name);
+    size_t dropped = 0;
+    for (size_t i = 0; i < total; i++) dropped += F(GN_Y)[i] == 0.0f && pre[i] != 0.0f;
+    CHECK(dropped > 0 && dropped < total, "%s: %zu of %zu dropped", c->name, dropped, total);
+    free(pre), free(y), free(mean), free(rstd), free(dpre), free(dx), free(dgamma), free(dshift);
 }
 
 static void groupnorm_check(const OpCase *c, OpRun *r) {
@@ -404,6 +464,7 @@ static void groupnorm_check(const OpCase *c, OpRun *r) {
     expect_ref(c, "dgamma", F(GN_DGAMMA), dgamma, c->ch, c->ref_tol);
     expect_ref(c, "dshift", F(GN_DSHIFT), dshift, c->ch, c->ref_tol);
     if (c->k) groupnorm_check_threads(c, r);
+    if (c->p > 0.0f) groupnorm_check_unfused(c, r);
     free(y), free(dx), free(dgamma), free(dshift);
 }
 
@@ -442,6 +503,29 @@ static void groupnorm_cases(void) {
     OpCase *threads = groupnorm_case(MODE_CPU, 6, 64, 32, 8, 1, -1, 1);
     threads->k = 1, threads->fd.probes = 0;
     groupnorm_case(MODE_BENCH, 16, 1024, 128, 32, 1, -2, 3);
+    /* the ResBlock's norm2 -> SiLU -> dropout as one op (and without the SiLU); c = 12 and
+     * 45 do not divide the chunks, so runs start off a Philox block */
+    const RngKey drop_key = {7, 3, 11, RNG_STREAM_DROPOUT + 2};
+    static const int dropout_shapes[][4] = {{2, 6, 8, 2}, {3, 9, 12, 3}, {2, 40, 45, 5}};
+    for (int silu = 0; silu < 2; silu++)
+        for (int k = 0; k < 3; k++) {
+            const int *sh = dropout_shapes[k];
+            OpCase *d = groupnorm_case(k == 2 ? MODE_CPU | MODE_CUDA : MODE_ALL, sh[0], sh[1],
+                                       sh[2], sh[3], silu, -1.5f, 2.5f);
+            d->p = 0.3f, d->key = drop_key;
+            snprintf(d->name + strlen(d->name), sizeof d->name - strlen(d->name), " dropout%g",
+                     d->p);
+            if (k == 2) d->fd.probes = 0;
+        }
+    /* the coalesced CUDA forward: the U-Net's C = 128 at G = 32 (4 channels a group), and
+     * groups wider than a 32-channel span; with dropout, and x with a large mean */
+    OpCase *wide = groupnorm_case(MODE_CUDA, 3, 64, 128, 32, 1, -2, 3);
+    wide->p = 0.1f, wide->key = drop_key;
+    groupnorm_case(MODE_CUDA, 2, 20, 128, 2, 0, -2, 3);
+    groupnorm_case(MODE_CUDA, 2, 50, 64, 16, 1, 9, 11);
+    OpCase *bench_drop = groupnorm_case(MODE_BENCH, 16, 1024, 128, 32, 1, -2, 3);
+    bench_drop->p = 0.1f, bench_drop->key = drop_key;
+    strcat(bench_drop->name, " dropout0.1");   /* against the two bench cases it replaces */
 }
 
 /* ---- elementwise ---- */
@@ -507,10 +591,10 @@ static void elementwise_case(unsigned modes, const char *name, size_t n, float l
 
 /* ---- bias, dropout ---- */
 
-enum { BI_X, BI_BIAS, BI_DY, BI_Y, BI_DX, BI_DBIAS };
+enum { BI_X, BI_BIAS, BI_DY, BI_Y, BI_DX, BI_DBIAS, BI_CHANNEL };
 
 static void add_bias_forward(const OpCase *c, OpRun *r) {
-    r->be->add_bias_forward(F(BI_Y), F(BI_X), F(BI_BIAS), c->n, c->h, c->ch);
+    r->be->add_bias_forward(F(BI_Y), F(BI_X), F(BI_BIAS), F(BI_CHANNEL), c->n, c->h, c->ch);
 }
 static void add_bias_backward(const OpCase *c, OpRun *r, float beta) {
     if (F(BI_DBIAS)) r->be->add_bias_backward(F(BI_DBIAS), beta, F(BI_DY), c->n, c->h, c->ch);
@@ -523,13 +607,17 @@ static void add_bias_check(const OpCase *c, OpRun *r) {
         for (int p = 0; p < c->h; p++)
             for (int ch = 0; ch < c->ch; ch++) {
                 size_t i = ((size_t)s * c->h + p) * c->ch + ch;
-                exact &= F(BI_Y)[i] == F(BI_X)[i] + F(BI_BIAS)[(size_t)s * c->ch + ch];
+                float b = F(BI_BIAS)[(size_t)s * c->ch + ch];
+                if (F(BI_CHANNEL)) b = b + F(BI_CHANNEL)[ch];
+                exact &= F(BI_Y)[i] == F(BI_X)[i] + b;
             }
-    CHECK(exact, "add_bias forward is not x + bias[sample]");
+    CHECK(exact, "%s: forward is not x + (bias[sample] + channel_bias)", c->name);
 }
 
-static void add_bias_case(unsigned modes, int n, int hw, int ch) {
-    OpCase *c = add_case(modes, "add_bias n%d hw%d c%d", n, hw, ch);
+/* channel_bias: a conv bias folded into the add (its gradient is the graph's) */
+static void add_bias_case_channel(unsigned modes, int n, int hw, int ch, int channel_bias) {
+    OpCase *c = add_case(modes, "add_bias n%d hw%d c%d%s", n, hw, ch,
+                         channel_bias ? " channel bias" : "");
     c->n = n, c->h = hw, c->ch = ch;
     size_t total = (size_t)n * hw * ch;
     int x = input(c, "x", total, -1, 1), bias = input(c, "bias", (size_t)n * ch, -1, 1);
@@ -537,8 +625,14 @@ static void add_bias_case(unsigned modes, int n, int hw, int ch) {
     output(c, "y", total, dy);
     grad(c, "dx", x);
     grad(c, "dbias", bias);
+    if (channel_bias) input(c, "channel_bias", (size_t)ch, -1, 1);
+    else absent(c);
     set_op(c, add_bias_forward, add_bias_backward, add_bias_check);
     c->fd = FD_POINTWISE;
+}
+
+static void add_bias_case(unsigned modes, int n, int hw, int ch) {
+    add_bias_case_channel(modes, n, hw, ch, 0);
 }
 
 enum { MP_X, MP_DY, MP_Y, MP_DX };
@@ -614,6 +708,8 @@ static void elementwise_cases(void) {
     elementwise_case(MODE_ALL, "add", 120, -1, 1, 1);
     elementwise_case(MODE_CUDA | MODE_BENCH, "add", 10007, -1, 1, 1);
     add_bias_case(MODE_ALL, 2, 5, 300);   /* c > 256: more than one channel block */
+    add_bias_case_channel(MODE_ALL, 2, 5, 40, 1);
+    add_bias_case_channel(MODE_CUDA | MODE_BENCH, 3, 50, 40, 1);
     add_bias_case(MODE_CUDA | MODE_BENCH, 3, 50, 40);
     add_bias_case(MODE_CUDA | MODE_BENCH, 2, 4096, 8);   /* several chunks per sample */
     mean_pool_case(MODE_ALL, 3, 7, 5);
@@ -624,6 +720,7 @@ static void elementwise_cases(void) {
     dropout_case(MODE_ALL, 3, 7, 45, 0.0f, key);
     RngKey key2 = {42, RNG_STREAM_DROPOUT + 5, 9, 0};
     dropout_case(MODE_CUDA | MODE_BENCH, 3, 35, 3, 0.3f, key2);
+    dropout_case(MODE_BENCH, 16, 1024, 128, 0.1f, key2);   /* the ResBlock's, at C = 128 */
 }
 
 /* ---- layout ---- */

@@ -28,6 +28,18 @@ BACKEND_OPS(CPU_OP_PROTOTYPE)
  * deterministic: the bias gradients */
 void cpu_column_sums(float *sums, const float *m, size_t rows, int cols);
 
+/* src/cpu/cpu_pointwise.c: dropout_forward/backward's result for elements [e0, e0 + count)
+ * of sample s alone (any e0; p > 0): out = beta*out + in*mask/(1-p), the same mask and
+ * float operations. GroupNorm's fused dropout applies it to a chunk while it is in cache. */
+void cpu_dropout_range(float *out, float beta, const float *in, size_t count, uint32_t s,
+                       size_t e0, float p, RngKey key);
+
+/* src/cpu/cpu_dense.c: cpu_linear_forward plus residual (M, N) or NULL, not y: y is seeded
+ * with residual + b and the GEMM adds onto it (beta 1), so a convolution's skip add costs
+ * no pass of its own. */
+void cpu_linear_forward_residual(float *y, const float *x, const float *w, const float *b,
+                                 const float *residual, int m, int k, int n);
+
 /* Host scratch that an op keeps between calls, so the step loop allocates nothing: the
  * first call that needs more (the first step) grows it, later calls reuse it. Its
  * contents are not kept. One per op file; the CPU ops run on one calling thread. */

@@ -125,10 +125,10 @@ static void col2im(float *dx, float beta, const float *dcol, int nc, const ConvS
 }
 
 void im2col_conv_forward(const ConvShape *s, float *y, const float *x, const float *w,
-                         const float *b, void *workspace) {
+                         const float *b, const float *residual, void *workspace) {
     const int width = (int)col_width(s);
     if (is_pointwise(s)) {
-        cpu_linear_forward(y, x, w, b, s->n * s->h * s->w, width, s->oc);
+        cpu_linear_forward_residual(y, x, w, b, residual, s->n * s->h * s->w, width, s->oc);
         return;
     }
     float *col = workspace;
@@ -137,8 +137,9 @@ void im2col_conv_forward(const ConvShape *s, float *y, const float *x, const flo
     for (int n0 = 0; n0 < s->n; n0 += chunk) {
         const int nc = s->n - n0 < chunk ? s->n - n0 : chunk;
         im2col(col, x + n0 * input_per_sample(s), nc, s);
-        cpu_linear_forward(y + (size_t)n0 * rows_per_sample * s->oc, col, w, b,
-                           nc * rows_per_sample, width, s->oc);
+        const size_t out0 = (size_t)n0 * rows_per_sample * s->oc;
+        cpu_linear_forward_residual(y + out0, col, w, b, residual ? residual + out0 : NULL,
+                                    nc * rows_per_sample, width, s->oc);
     }
 }
 
@@ -220,14 +221,14 @@ static int onednn_runs(const ConvShape *s) {
 #endif
 
 void cpu_conv2d_forward(const ConvShape *s, float *y, const float *x, const float *w,
-                        const float *b, void *workspace) {
+                        const float *b, const float *residual, void *workspace) {
 #ifdef DDPM_ONEDNN
     if (onednn_runs(s)) {
-        onednn_conv_forward(s, y, x, w, b, NULL, workspace);
+        onednn_conv_forward(s, y, x, w, b, residual, workspace);
         return;
     }
 #endif
-    im2col_conv_forward(s, y, x, w, b, workspace);
+    im2col_conv_forward(s, y, x, w, b, residual, workspace);
 }
 
 void cpu_conv2d_backward(const ConvShape *s, float *dx, float beta, float *dw, float *db,

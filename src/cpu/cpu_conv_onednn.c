@@ -7,7 +7,8 @@
  * place. The im2col path stays: it is the oracle the tests compare this one with, and
  * the path of builds without oneDNN.
  *
- * One entry per shape, batch included: the forward, backward-data and backward-weights
+ * One entry per shape, batch included: the forward (plain, and one that sums onto y for a
+ * residual: copied into y, then a sum post-op), backward-data and backward-weights
  * primitives, the reorders between our (OC, KH, KW, IC) weights and the blocked layout
  * each primitive chose, and memory objects whose data handles are set on every call.
  * conv2d_prepare makes the entry of the largest batch; a smaller batch (the last chunk of
@@ -16,8 +17,8 @@
  * the caller's workspace, so running a primitive allocates nothing.
  *
  * Workspace of an entry, each part 64-byte aligned:
- *   [scratchpad | weights in the forward layout | weights in the backward-data layout |
- *    weight gradient in the backward-weights layout | dx (N,H,W,C) when beta != 0]. */
+ *   [scratchpad | weights in the layout of the primitive running | weight gradient in the
+ *    backward-weights layout | dx (N,H,W,C) when beta != 0]. */
 #include "cpu_conv_paths.h"
 
 #ifdef DDPM_ONEDNN
@@ -50,13 +51,12 @@ typedef struct {
 
 typedef struct ConvEntry {
     ConvShape key;                 /* workspace_bytes and algo zeroed */
-    Prim fwd, fwd_sum, bwd_data, bwd_weights;   /* fwd_sum: y += conv, made on first use */
-    WeightReorder w_fwd, w_bwd_data, dw;   /* dw.prim: theirs -> ours */
-    dnnl_memory_desc_t w_fwd_md;   /* the forward's weight layout, which fwd_sum must share */
+    Prim fwd, fwd_sum, bwd_data, bwd_weights;   /* fwd_sum: y += conv(x) + b */
+    WeightReorder w_fwd, w_fwd_sum, w_bwd_data, dw;   /* dw.prim: theirs -> ours */
     dnnl_memory_t src, dst, weights, bias, diff_src, diff_dst, diff_weights, scratch;
     float *zero_bias;              /* (OC) zeros: a bias-free call runs the same primitive */
     size_t dx_bytes;
-    size_t offset_w_fwd, offset_w_bwd, offset_dw, offset_dx, total_bytes;
+    size_t offset_weights, offset_dw, offset_dx, total_bytes;
     struct ConvEntry *next;
 } ConvEntry;
 
@@ -175,22 +175,11 @@ static void make_forward(ConvEntry *e, const ConvDescs *d, dnnl_primitive_desc_t
     *fwd_pd = forward_pd(d, 0);
     DNNL_CHECK(dnnl_primitive_create(&e->fwd.prim, *fwd_pd));
     e->fwd.scratch_bytes = scratch_size(*fwd_pd);
-    e->w_fwd_md = *chosen_md(*fwd_pd, dnnl_query_weights_md);
-    e->w_fwd = weight_reorder(&d->weights_ours, &e->w_fwd_md, 0);
-}
-
-/* The summing forward, made the first time a residual comes; it must take the weights in
- * the plain forward's layout (the reorder is shared) and fit the planned scratchpad. */
-static void make_forward_sum(ConvEntry *e, const ConvShape *s) {
-    ConvDescs d = conv_descs(s);
-    dnnl_primitive_desc_t pd = forward_pd(&d, 1);
-    const int same_layout =
-        dnnl_memory_desc_equal(chosen_md(pd, dnnl_query_weights_md), &e->w_fwd_md);
-    if (!same_layout || scratch_size(pd) > e->offset_w_fwd)
-        die("oneDNN: the summing convolution chose another weight layout or scratchpad");
-    DNNL_CHECK(dnnl_primitive_create(&e->fwd_sum.prim, pd));
-    e->fwd_sum.scratch_bytes = scratch_size(pd);
-    DNNL_CHECK(dnnl_primitive_desc_destroy(pd));
+    e->w_fwd = weight_reorder(&d->weights_ours, chosen_md(*fwd_pd, dnnl_query_weights_md), 0);
+    dnnl_primitive_desc_t sum_pd = forward_pd(d, 1);
+    e->w_fwd_sum = weight_reorder(&d->weights_ours, chosen_md(sum_pd, dnnl_query_weights_md), 0);
+    e->fwd_sum = make_prim(sum_pd);
+    DNNL_CHECK(dnnl_primitive_desc_destroy(sum_pd));
 }
 
 static void make_backward_data(ConvEntry *e, const ConvDescs *d,
@@ -225,19 +214,23 @@ static void make_backward_weights(ConvEntry *e, const ConvDescs *d,
 }
 
 static size_t max_scratch(const ConvEntry *e) {
-    const size_t all[] = {e->fwd.scratch_bytes, e->bwd_data.scratch_bytes,
-                          e->bwd_weights.scratch_bytes, e->w_fwd.prim.scratch_bytes,
+    const size_t all[] = {e->fwd.scratch_bytes,         e->fwd_sum.scratch_bytes,
+                          e->bwd_data.scratch_bytes,    e->bwd_weights.scratch_bytes,
+                          e->w_fwd.prim.scratch_bytes,  e->w_fwd_sum.prim.scratch_bytes,
                           e->w_bwd_data.prim.scratch_bytes, e->dw.prim.scratch_bytes};
     size_t most = 0;
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) most = all[i] > most ? all[i] : most;
     return most;
 }
 
+/* One weights part serves whichever primitive runs: a call uses one layout at a time. */
 static void plan_workspace(ConvEntry *e, const ConvShape *s) {
+    size_t weights = e->w_fwd.bytes;
+    if (e->w_fwd_sum.bytes > weights) weights = e->w_fwd_sum.bytes;
+    if (e->w_bwd_data.bytes > weights) weights = e->w_bwd_data.bytes;
     e->dx_bytes = (size_t)s->n * s->h * s->w * s->c * sizeof(float);
-    e->offset_w_fwd = align64(max_scratch(e));
-    e->offset_w_bwd = e->offset_w_fwd + align64(e->w_fwd.bytes);
-    e->offset_dw = e->offset_w_bwd + align64(e->w_bwd_data.bytes);
+    e->offset_weights = align64(max_scratch(e));
+    e->offset_dw = e->offset_weights + align64(weights);
     e->offset_dx = e->offset_dw + align64(e->dw.bytes);
     e->total_bytes = e->offset_dx + align64(e->dx_bytes);
 }
@@ -311,9 +304,9 @@ void onednn_conv_forward(const ConvShape *s, float *y, const float *x, const flo
                          const float *b, const float *residual, void *workspace) {
     ConvEntry *e = entry_for(s);
     char *ws = workspace;
-    if (residual && !e->fwd_sum.prim) make_forward_sum(e, s);
     set_handle(e->scratch, ws);
-    dnnl_memory_t weights = weights_for(e, &e->w_fwd, w, ws, e->offset_w_fwd);
+    dnnl_memory_t weights =
+        weights_for(e, residual ? &e->w_fwd_sum : &e->w_fwd, w, ws, e->offset_weights);
     if (residual) cpu_copy(y, residual, (size_t)s->n * s->oh * s->ow * s->oc * sizeof(float));
     set_handle(e->src, x);
     set_handle(e->dst, y);
@@ -329,7 +322,7 @@ void onednn_conv_backward_data(const ConvShape *s, float *dx, float beta, const 
     ConvEntry *e = entry_for(s);
     char *ws = workspace;
     set_handle(e->scratch, ws);
-    dnnl_memory_t weights = weights_for(e, &e->w_bwd_data, w, ws, e->offset_w_bwd);
+    dnnl_memory_t weights = weights_for(e, &e->w_bwd_data, w, ws, e->offset_weights);
     float *out = beta == 0.0f ? dx : (float *)(ws + e->offset_dx);
     set_handle(e->diff_dst, dy);
     set_handle(e->diff_src, out);

@@ -19,10 +19,11 @@ CpuConvPath cpu_conv_path(void);
 int cpu_conv_set_path(CpuConvPath path);
 const char *cpu_conv_path_name(CpuConvPath path);
 
-/* The im2col path: workspace bytes for s, and the two directions. dx NULL skips it. */
+/* The im2col path: workspace bytes for s, and the two directions. dx NULL skips it;
+ * residual (N, OH, OW, OC) or NULL, not y: y = conv(x) + b + residual. */
 size_t im2col_conv_workspace(const ConvShape *s);
 void im2col_conv_forward(const ConvShape *s, float *y, const float *x, const float *w,
-                         const float *b, void *workspace);
+                         const float *b, const float *residual, void *workspace);
 void im2col_conv_backward(const ConvShape *s, float *dx, float beta, float *dw, float *db,
                           const float *dy, const float *x, const float *w, void *workspace);
 

@@ -38,12 +38,31 @@ static void broadcast_rows(float *y, const float *row, int m, int n) {
     for (int i = 0; i < m; i++) memcpy(y + (size_t)i * n, row, (size_t)n * sizeof(float));
 }
 
+/* y = residual + bias row by row: the seed the GEMM accumulates onto. */
+static void residual_plus_rows(float *y, const float *residual, const float *row, int m, int n) {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < m; i++) {
+        const float *r = residual + (size_t)i * n;
+        float *out = y + (size_t)i * n;
+        if (row)
+            for (int j = 0; j < n; j++) out[j] = r[j] + row[j];
+        else
+            memcpy(out, r, (size_t)n * sizeof(float));
+    }
+}
+
+void cpu_linear_forward_residual(float *y, const float *x, const float *w, const float *b,
+                                 const float *residual, int m, int k, int n) {
+    /* Seeding y with the bias (and residual) lets the GEMM add them for free (beta = 1). */
+    if (residual) residual_plus_rows(y, residual, b, m, n);
+    else if (b) broadcast_rows(y, b, m, n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k,
+                b || residual ? 1.0f : 0.0f, y, n);
+}
+
 void cpu_linear_forward(float *y, const float *x, const float *w, const float *b, int m, int k,
                         int n) {
-    /* Seeding y with the bias lets the GEMM add it for free (beta = 1). */
-    if (b) broadcast_rows(y, b, m, n);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k,
-                b ? 1.0f : 0.0f, y, n);
+    cpu_linear_forward_residual(y, x, w, b, NULL, m, k, n);
 }
 
 void cpu_linear_backward(float *dx, float beta, float *dw, float *db, const float *dy,

@@ -4,14 +4,18 @@
  * loops then run over contiguous channels and vectorize) in double, and only then
  * combined into groups. The backward saves nothing but mean and rstd: it
  * recomputes the normalized value, and the pre-SiLU value when fused, from x.
- * The fused SiLU, and beta, are left to cpu_silu_* and cpu_accumulate on one
- * sample at a time; inside the per-sample parallel loop these run on the calling
- * thread. */
+ * The fused SiLU and dropout, and beta, are left to cpu_silu_*, cpu_dropout_range and
+ * cpu_accumulate; inside the per-sample parallel loop these run on the calling thread.
+ * The output pass and the backward's gradient at the affine output go through a
+ * sample in chunks of GN_CHUNK elements, normalizing, activating and dropping each
+ * while it is in L1: a ResBlock's norm -> SiLU -> dropout is one pass over memory. */
 #include <math.h>
 #include <omp.h>
 #include <string.h>
 
 #include "cpu_backend.h"
+
+enum { GN_CHUNK = 512 };   /* elements per chunk of the output pass: 2 KiB */
 
 /* Scratch, c entries per sample; scratch_slice gives one sample's share. */
 typedef struct {
@@ -95,18 +99,47 @@ static void sample_stats(float *mean, float *rstd, const Scratch *s, const float
 /* The normalized value; forward and backward share it so they agree exactly. */
 static inline float normalized(float x, float mean, float rstd) { return (x - mean) * rstd; }
 
-/* The affine output (before any SiLU) of one sample. */
-static void normalize_sample(float *y, const float *x, const Scratch *s, const float *gamma,
-                             const float *shift, int hw, int c) {
-    for (size_t row = 0; row < (size_t)hw * c; row += (size_t)c)
-        for (int ch = 0; ch < c; ch++)
-            y[row + ch] = normalized(x[row + ch], s->mean_c[ch], s->rstd_c[ch]) * gamma[ch] +
-                          shift[ch];
+/* The affine output (before any SiLU) of `count` elements from channel ch0 on, row
+ * segment by row segment so that the inner loop runs over contiguous channels. */
+static void normalize_range(float *y, const float *x, const Scratch *s, const float *gamma,
+                            const float *shift, int ch0, size_t count, int c) {
+    for (size_t k = 0; k < count; ch0 = 0) {
+        size_t width = (size_t)(c - ch0) < count - k ? (size_t)(c - ch0) : count - k;
+        const float *m = s->mean_c + ch0, *r = s->rstd_c + ch0, *g = gamma + ch0, *b = shift + ch0;
+        for (size_t j = 0; j < width; j++)
+            y[k + j] = normalized(x[k + j], m[j], r[j]) * g[j] + b[j];
+        k += width;
+    }
+}
+
+/* What follows the normalization in the fused op: SiLU, then dropout (p > 0). */
+typedef struct {
+    int silu;
+    float p;
+    RngKey key;
+} Epilogue;
+
+static size_t chunk_at(size_t e0, size_t per_sample) {
+    return per_sample - e0 < GN_CHUNK ? per_sample - e0 : GN_CHUNK;
+}
+
+/* One sample's output, chunk by chunk: normalize, SiLU, dropout. */
+static void output_sample(float *y, const float *x, const Scratch *s, const float *gamma,
+                          const float *shift, size_t per_sample, int c, Epilogue ep,
+                          int sample) {
+    for (size_t e0 = 0; e0 < per_sample; e0 += GN_CHUNK) {
+        size_t count = chunk_at(e0, per_sample);
+        normalize_range(y + e0, x + e0, s, gamma, shift, (int)(e0 % (size_t)c), count, c);
+        if (ep.silu) cpu_silu_forward(y + e0, y + e0, count);
+        if (ep.p > 0.0f)
+            cpu_dropout_range(y + e0, 0.0f, y + e0, count, (uint32_t)sample, e0, ep.p, ep.key);
+    }
 }
 
 void cpu_groupnorm_forward(float *y, float *mean, float *rstd, const float *x, const float *gamma,
                            const float *shift, int n, int hw, int c, int groups, float eps,
-                           int fuse_silu) {
+                           int fuse_silu, float dropout, RngKey dropout_key) {
+    const Epilogue ep = {fuse_silu, dropout, dropout_key};
     Scratch scratch = scratch_get(n, c, 0, NULL);
     int cg = c / groups;
     size_t per_sample = (size_t)hw * c;
@@ -119,8 +152,7 @@ void cpu_groupnorm_forward(float *y, float *mean, float *rstd, const float *x, c
         sample_stats(m, r, &s, xi, hw, c, groups, eps);
         broadcast_to_channels(s.mean_c, m, groups, cg);
         broadcast_to_channels(s.rstd_c, r, groups, cg);
-        normalize_sample(yi, xi, &s, gamma, shift, hw, c);
-        if (fuse_silu) cpu_silu_forward(yi, yi, per_sample);
+        output_sample(yi, xi, &s, gamma, shift, per_sample, c, ep, i);
     }
 }
 
@@ -169,6 +201,28 @@ static void input_grad(float *dx, const float *dy_pre, const float *x, const Scr
     }
 }
 
+/* dy_pre: the gradient at the affine output, dy back through the dropout (the mask
+ * redrawn, as dropout_backward with beta 0) and the SiLU (its input recomputed), chunk
+ * by chunk. */
+static void grad_at_affine_output(float *dy_pre, const float *dy, const float *x, const Scratch *s,
+                                  const float *gamma, const float *shift, size_t per_sample,
+                                  int c, Epilogue ep, int sample) {
+    float dropped[GN_CHUNK];
+    for (size_t e0 = 0; e0 < per_sample; e0 += GN_CHUNK) {
+        size_t count = chunk_at(e0, per_sample);
+        const float *g = dy + e0;
+        if (ep.p > 0.0f) {
+            float *to = ep.silu ? dropped : dy_pre + e0;
+            cpu_dropout_range(to, 0.0f, g, count, (uint32_t)sample, e0, ep.p, ep.key);
+            g = to;
+        }
+        if (ep.silu) {
+            normalize_range(dy_pre + e0, x + e0, s, gamma, shift, (int)(e0 % (size_t)c), count, c);
+            cpu_silu_backward(dy_pre + e0, 0.0f, g, dy_pre + e0, count);
+        }
+    }
+}
+
 /* Parameter gradients add the per-sample sums in sample order, for determinism. */
 static void param_grads(float *dgamma, float *dshift, const Scratch *scratch, int n, int c) {
     for (int ch = 0; ch < c; ch++) {
@@ -186,14 +240,15 @@ static void param_grads(float *dgamma, float *dshift, const Scratch *scratch, in
 void cpu_groupnorm_backward(float *dx, float beta, float *dgamma, float *dshift, const float *dy,
                             const float *x, const float *mean, const float *rstd,
                             const float *gamma, const float *shift, int n, int hw, int c,
-                            int groups, int fuse_silu) {
+                            int groups, int fuse_silu, float dropout, RngKey dropout_key) {
+    const Epilogue ep = {fuse_silu, dropout, dropout_key};
     int cg = c / groups;
     size_t per_sample = (size_t)hw * c;
     float *per_thread;
     Scratch scratch = scratch_get(n, c, per_sample, &per_thread);
 #pragma omp parallel
     {
-        /* this thread's sample: the pre-SiLU value, then dy_pre when fused, then dx */
+        /* this thread's sample: dy_pre when fused, then dx */
         float *sample = per_thread + (size_t)omp_get_thread_num() * per_sample;
 #pragma omp for schedule(static)
         for (int i = 0; i < n; i++) {
@@ -201,9 +256,8 @@ void cpu_groupnorm_backward(float *dx, float beta, float *dgamma, float *dshift,
             const float *xi = x + i * per_sample, *dy_pre = dy + i * per_sample;
             broadcast_to_channels(s.mean_c, mean + (size_t)i * groups, groups, cg);
             broadcast_to_channels(s.rstd_c, rstd + (size_t)i * groups, groups, cg);
-            if (fuse_silu) {
-                normalize_sample(sample, xi, &s, gamma, shift, hw, c);
-                cpu_silu_backward(sample, 0.0f, dy_pre, sample, per_sample);
+            if (ep.silu || ep.p > 0.0f) {
+                grad_at_affine_output(sample, dy_pre, xi, &s, gamma, shift, per_sample, c, ep, i);
                 dy_pre = sample;
             }
             grad_channel_sums(&s, dy_pre, xi, hw, c);

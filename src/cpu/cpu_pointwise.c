@@ -79,12 +79,18 @@ void cpu_accumulate(float *dst, float beta, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = blend(dst[i], beta, src[i]);
 }
 
-void cpu_add_bias_forward(float *y, const float *x, const float *bias, int n, int hw, int c) {
+/* With a channel bias, each sample's combined bias is formed per row (c adds, against
+ * the row's c): cheaper than a second pass over y. */
+void cpu_add_bias_forward(float *y, const float *x, const float *bias, const float *channel_bias,
+                          int n, int hw, int c) {
     size_t rows = (size_t)n * hw;
 #pragma omp parallel for schedule(static) if (rows * c >= PARALLEL_MIN)
     for (size_t row = 0; row < rows; row++) {
         const float *b = bias + row / (size_t)hw * c;
-        for (int ch = 0; ch < c; ch++) y[row * c + ch] = x[row * c + ch] + b[ch];
+        if (channel_bias)
+            for (int ch = 0; ch < c; ch++) y[row * c + ch] = x[row * c + ch] + (b[ch] + channel_bias[ch]);
+        else
+            for (int ch = 0; ch < c; ch++) y[row * c + ch] = x[row * c + ch] + b[ch];
     }
 }
 
@@ -144,6 +150,20 @@ static void dropout_run(float *out, float beta, const float *in, size_t count, u
     for (size_t k = 0; k < count; k++) {
         float mask = philox_u01(r.words[k]) >= p ? scale : 0.0f;
         out[k] = blend(out[k], beta, in[k] * mask);
+    }
+}
+
+void cpu_dropout_range(float *out, float beta, const float *in, size_t count, uint32_t s,
+                       size_t e0, float p, RngKey key) {
+    float scale = 1.0f / (1.0f - p);
+    size_t k = 0;
+    for (; k < count && (e0 + k) % 4; k++) {   /* up to the first element a block starts */
+        float mask = philox_uniform(key, s, e0 + k) >= p ? scale : 0.0f;
+        out[k] = blend(out[k], beta, in[k] * mask);
+    }
+    for (; k < count; k += DROPOUT_RUN) {
+        size_t run = count - k < DROPOUT_RUN ? count - k : DROPOUT_RUN;
+        dropout_run(out + k, beta, in + k, run, s, e0 + k, p, scale, key);
     }
 }
 

@@ -3,26 +3,40 @@
 
 #include <stdio.h>
 
+/* The fused form (norm.unfused = 0) computes the same as the plain chain, in fewer passes:
+ * conv1's bias is added with the time embedding's projection in one add_bias; norm2,
+ * SiLU and dropout are one node; the skip add is done by the last conv as it writes its
+ * output (conv2, or conv_shortcut with conv2's output as its residual). Parameters are
+ * registered in the same order either way. */
 int block_resnet(Net *net, const char *prefix, int x, int temb_act, int cout, BlockNorm norm) {
+    const int fused = !norm.unfused;
     char name[96];
     snprintf(name, sizeof name, "%s.norm1", prefix);
     int h = net_groupnorm(net, name, x, norm.groups, norm.eps, 1);
     snprintf(name, sizeof name, "%s.conv1", prefix);
-    h = net_conv(net, name, h, cout, 3, 1, 1, 1);
+    int fold_bias = fused && temb_act >= 0, conv1_bias = -1;
+    h = net_conv_fused(net, name, h, cout, 3, 1, 1, 1, -1, fold_bias ? &conv1_bias : NULL);
     if (temb_act >= 0) {
         snprintf(name, sizeof name, "%s.time_emb_proj", prefix);
         int proj = net_linear(net, name, temb_act, cout);
-        h = net_add_bias(net, h, proj);
+        h = net_add_bias_with(net, h, proj, conv1_bias);
     }
     snprintf(name, sizeof name, "%s.norm2", prefix);
-    h = net_groupnorm(net, name, h, norm.groups, norm.eps, 1);
-    if (norm.dropout > 0) h = net_dropout(net, h, norm.dropout);
+    if (fused) {
+        h = net_groupnorm_dropout(net, name, h, norm.groups, norm.eps, 1, norm.dropout);
+    } else {
+        h = net_groupnorm(net, name, h, norm.groups, norm.eps, 1);
+        if (norm.dropout > 0) h = net_dropout(net, h, norm.dropout);
+    }
+    const int project = net_channels(net, x) != cout;
     snprintf(name, sizeof name, "%s.conv2", prefix);
-    h = net_conv(net, name, h, cout, 3, 1, 1, 1);
+    h = net_conv_fused(net, name, h, cout, 3, 1, 1, 1, fused && !project ? x : -1, NULL);
+    if (fused && !project) return h;
     int shortcut = x;
-    if (net_channels(net, x) != cout) {
+    if (project) {
         snprintf(name, sizeof name, "%s.conv_shortcut", prefix);
-        shortcut = net_conv(net, name, x, cout, 1, 1, 0, 0);
+        shortcut = net_conv_fused(net, name, x, cout, 1, 1, 0, 0, fused ? h : -1, NULL);
+        if (fused) return shortcut;
     }
     return net_add(net, shortcut, h);
 }

@@ -25,7 +25,7 @@ struct Tensor {
 
 struct Node {
     OpKind op;
-    int in[2], out;           /* tensor ids; -1 when unused */
+    int in[2], out;           /* tensor ids; -1 when unused (OP_CONV: in[1] the residual) */
     int param[2];             /* weight, bias (or gamma, shift); -1 when unused */
     float in_beta[2];         /* 0: overwrite the input gradient, 1: add to it */
     ConvShape conv;           /* OP_CONV, with n = max_batch */
@@ -37,8 +37,8 @@ struct Node {
     float *probs;             /* OP_ATTENTION (max_batch, L, L) */
     int rows, k, n;           /* OP_LINEAR: rows per sample, in and out features;
                                  OP_EMBEDDING: rows = the table's rows */
-    float p;                  /* OP_DROPOUT: probability */
-    uint32_t layer;           /* OP_DROPOUT: index for the mask's RNG stream */
+    float p;                  /* OP_DROPOUT, OP_GROUPNORM: dropout probability */
+    uint32_t layer;           /* the mask's RNG stream: the count of dropouts before it */
 };
 
 #define ARENA_ALIGN 16        /* floats: 64 bytes */
@@ -141,12 +141,19 @@ int net_width(const Net *net, int t) { return net->tensors[t].w; }
 
 int net_conv(Net *net, const char *prefix, int x, int oc, int kernel, int stride, int pad_lo,
              int pad_hi) {
+    return net_conv_fused(net, prefix, x, oc, kernel, stride, pad_lo, pad_hi, -1, NULL);
+}
+
+int net_conv_fused(Net *net, const char *prefix, int x, int oc, int kernel, int stride,
+                   int pad_lo, int pad_hi, int residual, int *deferred_bias) {
     const Tensor in = net->tensors[x];   /* a copy: new_tensor may move the array */
     int ic = in.c, fan_in = ic * kernel * kernel;
-    Node *node = new_node(net, OP_CONV, x, -1, -1);
+    Node *node = new_node(net, OP_CONV, x, residual, -1);
     node->param[0] = net_param(net, PARAM_CONV, fan_in, 4, (int64_t[]){oc, ic, kernel, kernel},
                                "%s.weight", prefix);
-    node->param[1] = net_param(net, PARAM_PLAIN, fan_in, 1, (int64_t[]){oc}, "%s.bias", prefix);
+    int bias = net_param(net, PARAM_PLAIN, fan_in, 1, (int64_t[]){oc}, "%s.bias", prefix);
+    node->param[1] = deferred_bias ? -1 : bias;
+    if (deferred_bias) *deferred_bias = bias;
     node->conv = (ConvShape){.n = net->max_batch, .h = in.h, .w = in.w, .c = ic, .oc = oc,
                              .kh = kernel, .kw = kernel, .stride = stride, .pad_top = pad_lo,
                              .pad_left = pad_lo, .pad_bottom = pad_hi, .pad_right = pad_hi};
@@ -156,17 +163,39 @@ int net_conv(Net *net, const char *prefix, int x, int oc, int kernel, int stride
         net->workspace_bytes = node->conv.workspace_bytes;
     int out = new_tensor(net, node->conv.oh, node->conv.ow, oc);
     net->nodes[net->n_nodes - 1].out = out;
+    if (residual >= 0 && net_per_sample(net, residual) != net_per_sample(net, out))
+        die("internal: %s: a residual of %zu for an output of %zu", prefix,
+            net_per_sample(net, residual), net_per_sample(net, out));
     return out;
 }
 
+/* Dropout streams are numbered by the dropouts before them, not by node index, so that
+ * fusing nodes leaves every mask as it was. */
+static uint32_t next_dropout_layer(const Net *net) {
+    uint32_t layers = 0;
+    for (int i = 0; i < net->n_nodes; i++) {
+        const Node *node = &net->nodes[i];
+        layers += node->op == OP_DROPOUT || (node->op == OP_GROUPNORM && node->p > 0.0f);
+    }
+    return layers;
+}
+
 int net_groupnorm(Net *net, const char *prefix, int x, int groups, float eps, int fuse_silu) {
+    return net_groupnorm_dropout(net, prefix, x, groups, eps, fuse_silu, 0.0f);
+}
+
+int net_groupnorm_dropout(Net *net, const char *prefix, int x, int groups, float eps,
+                          int fuse_silu, float p) {
     int c = net_channels(net, x);
+    uint32_t layer = next_dropout_layer(net);
     if (c % groups) die("internal: %s: %d groups do not divide %d channels", prefix, groups, c);
     int out = new_tensor(net, net->tensors[x].h, net->tensors[x].w, c);
     Node *node = new_node(net, OP_GROUPNORM, x, -1, out);
     node->groups = groups;
     node->eps = eps;
     node->fuse_silu = fuse_silu;
+    node->p = p;
+    node->layer = layer;
     int gamma = net_param(net, PARAM_PLAIN, 0, 1, (int64_t[]){c}, "%s.weight", prefix);
     net->params[gamma].is_norm_weight = 1;
     net->nodes[net->n_nodes - 1].param[0] = gamma;
@@ -201,11 +230,18 @@ int net_add(Net *net, int a, int b) {
     return binary(net, OP_ADD, a, b, net_channels(net, a));
 }
 
-int net_add_bias(Net *net, int x, int bias) {
+int net_add_bias(Net *net, int x, int bias) { return net_add_bias_with(net, x, bias, -1); }
+
+int net_add_bias_with(Net *net, int x, int bias, int channel_bias) {
     if (net_per_sample(net, bias) != (size_t)net_channels(net, x))
         die("internal: a bias of %zu for %d channels", net_per_sample(net, bias),
             net_channels(net, x));
-    return binary(net, OP_ADD_BIAS, x, bias, net_channels(net, x));
+    if (channel_bias >= 0 && net->params[channel_bias].numel != (size_t)net_channels(net, x))
+        die("internal: a channel bias of %zu for %d channels", net->params[channel_bias].numel,
+            net_channels(net, x));
+    int out = binary(net, OP_ADD_BIAS, x, bias, net_channels(net, x));
+    net->nodes[net->n_nodes - 1].param[1] = channel_bias;
+    return out;
 }
 
 int net_concat(Net *net, int a, int b) {
@@ -213,10 +249,11 @@ int net_concat(Net *net, int a, int b) {
 }
 
 int net_dropout(Net *net, int x, float p) {
+    uint32_t layer = next_dropout_layer(net);
     int out = unary(net, OP_DROPOUT, x);
     Node *node = &net->nodes[net->n_nodes - 1];
     node->p = p;
-    node->layer = (uint32_t)(net->n_nodes - 1);
+    node->layer = layer;
     return out;
 }
 
@@ -437,6 +474,19 @@ static NodeIO node_io(const Net *net, const Node *node, int n, const float *weig
     return io;
 }
 
+/* Training: the mask applied into the output's own buffer. Evaluation: dropout is the
+ * identity, so the output shares its input's memory and no op runs. */
+static void dropout_forward_node(Net *net, const Node *node, int n, RngKey key) {
+    Tensor *y = &net->tensors[node->out];
+    const Tensor *a = &net->tensors[node->in[0]];
+    if (!net->training) {
+        y->data = a->data;
+        return;
+    }
+    y->data = (float *)net->arena + y->offset;
+    net->be->dropout_forward(y->data, a->data, n, per_sample(y), node->p, key);
+}
+
 static void forward_node(Net *net, const Node *node, int n, const float *weights,
                          RngKey dropout_key) {
     const Backend *be = net->be;
@@ -448,12 +498,13 @@ static void forward_node(Net *net, const Node *node, int n, const float *weights
     case OP_CONV: {
         ConvShape s = node->conv;
         s.n = n;
-        be->conv2d_forward(&s, y->data, a->data, w, bias, net->workspace);
+        be->conv2d_forward(&s, y->data, a->data, w, bias, b ? b->data : NULL, net->workspace);
         break;
     }
     case OP_GROUPNORM:
         be->groupnorm_forward(y->data, node->mean, node->rstd, a->data, w, bias, n, a->h * a->w,
-                              a->c, node->groups, node->eps, node->fuse_silu);
+                              a->c, node->groups, node->eps, node->fuse_silu,
+                              net->training ? node->p : 0.0f, io.dropout_key);
         break;
     case OP_SILU: be->silu_forward(y->data, a->data, count); break;
     case OP_LINEAR:
@@ -468,13 +519,10 @@ static void forward_node(Net *net, const Node *node, int n, const float *weights
         be->concat_forward(y->data, a->data, b->data, (size_t)n * y->h * y->w, a->c, b->c);
         break;
     case OP_ADD: be->add_forward(y->data, a->data, b->data, count); break;
-    case OP_ADD_BIAS: be->add_bias_forward(y->data, a->data, b->data, n, a->h * a->w, a->c); break;
-    case OP_DROPOUT:
-        if (net->training)
-            be->dropout_forward(y->data, a->data, n, per_sample(y), node->p, io.dropout_key);
-        else
-            be->copy(y->data, a->data, count * sizeof(float));
+    case OP_ADD_BIAS:
+        be->add_bias_forward(y->data, a->data, b->data, bias, n, a->h * a->w, a->c);
         break;
+    case OP_DROPOUT: dropout_forward_node(net, node, n, io.dropout_key); break;
     case OP_TIMESTEP_EMBEDDING:
         be->timestep_embedding(y->data, a->data, n, y->c);
         break;
@@ -486,6 +534,14 @@ static void forward_node(Net *net, const Node *node, int n, const float *weights
         be->gaussian_sample_forward(y->data, a->data, b->data, n, a->h * a->w, y->c);
         break;
     }
+}
+
+/* The folded conv bias's gradient: the sum of dy over all N*HW rows, taken from the
+ * per-sample sums dbias (N, C) when add_bias_backward has just overwritten them. */
+static void channel_bias_backward(const Backend *be, float *dchannel, const float *dbias,
+                                  float beta_bias, const float *dy, int n, int hw, int c) {
+    if (dbias && beta_bias == 0.0f) be->add_bias_backward(dchannel, 0.0f, dbias, 1, n, c);
+    else be->add_bias_backward(dchannel, 0.0f, dy, 1, n * hw, c);
 }
 
 static void backward_node(Net *net, const Node *node, int n, RngKey dropout_key) {
@@ -503,11 +559,13 @@ static void backward_node(Net *net, const Node *node, int n, RngKey dropout_key)
         ConvShape s = node->conv;
         s.n = n;
         be->conv2d_backward(&s, da, beta_a, dw, dbias, y->grad, a->data, w, net->workspace);
+        if (db) be->accumulate(db, beta_b, y->grad, count);   /* the residual's gradient */
         break;
     }
     case OP_GROUPNORM:
         be->groupnorm_backward(da, beta_a, dw, dbias, y->grad, a->data, node->mean, node->rstd, w,
-                               bias, n, a->h * a->w, a->c, node->groups, node->fuse_silu);
+                               bias, n, a->h * a->w, a->c, node->groups, node->fuse_silu,
+                               net->training ? node->p : 0.0f, io.dropout_key);
         break;
     case OP_SILU: be->silu_backward(da, beta_a, y->grad, a->data, count); break;
     case OP_LINEAR:
@@ -530,9 +588,13 @@ static void backward_node(Net *net, const Node *node, int n, RngKey dropout_key)
     case OP_ADD_BIAS:
         if (da) be->accumulate(da, beta_a, y->grad, count);
         if (db) be->add_bias_backward(db, beta_b, y->grad, n, a->h * a->w, a->c);
+        if (dbias) channel_bias_backward(be, dbias, db, beta_b, y->grad, n, a->h * a->w, a->c);
         break;
     case OP_DROPOUT:
-        if (da) be->dropout_backward(da, beta_a, y->grad, n, per_sample(y), node->p, io.dropout_key);
+        if (da && net->training)
+            be->dropout_backward(da, beta_a, y->grad, n, per_sample(y), node->p, io.dropout_key);
+        else if (da)
+            be->accumulate(da, beta_a, y->grad, count);
         break;
     case OP_TIMESTEP_EMBEDDING: break;
     case OP_MEAN_POOL:
