@@ -86,6 +86,9 @@ typedef enum { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2, PRED_VELOCITY = 3 } Predic
     X(void, to_host, (void *dst, const void *src, size_t bytes))                                \
     X(void, copy, (void *dst, const void *src, size_t bytes))                                   \
     X(void, fill, (float *x, float value, size_t n))                                            \
+    /* x = the nearest bf16 value of x, in place (include/bf16.h's bf16_round): the            \
+     * mixed-precision emulation's storage rounding of activations and their gradients */     \
+    X(void, round_bf16, (float *x, size_t n))                                                   \
     X(void, synchronize, (void))                                                                \
                                                                                                 \
     /* ==== nn primitives ==== */                                                               \
@@ -251,10 +254,11 @@ typedef enum { PRED_EPS = 0, PRED_X0 = 1, PRED_V = 2, PRED_VELOCITY = 3 } Predic
     X(void, global_norm, (float *out, const float *g, size_t n))                                \
     /* AdamW, PyTorch semantics: p -= lr*wd*p; m,v moments; p -= lr * mhat / (sqrt(vhat) + eps).\
      * The gradient is scaled by grad_scale first (clipping). bias_c1 = 1-b1^t,                 \
-     * bias_c2 = 1-b2^t. */                                                                     \
-    X(void, adamw, (float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, \
-                    float b2, float eps, float wd, float bias_c1, float bias_c2,                \
-                    float grad_scale))                                                          \
+     * bias_c2 = 1-b2^t. p_bf16 (or NULL): receives bf16_round of the updated p in the same   \
+     * pass, the compute weights of mixed precision. */                                         \
+    X(void, adamw, (float *p, float *p_bf16, const float *g, float *m, float *v, size_t n,      \
+                    float lr, float b1, float b2, float eps, float wd, float bias_c1,           \
+                    float bias_c2, float grad_scale))                                           \
     /* ema = decay*ema + (1-decay)*p */                                                         \
     X(void, ema_update, (float *ema, const float *p, size_t n, float decay))
 

@@ -81,7 +81,8 @@ __device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + expf(-
  * of bf16 matches the CPU's bit for bit. */
 __device__ __forceinline__ float bf16_round_device(float f) {
     unsigned int bits = __float_as_uint(f);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return __uint_as_float((bits | 0x00400000u) & 0xffff0000u);
+    if ((bits & 0x7fffffffu) > 0x7f800000u)   /* NaN: keep the sign, force quiet */
+        return __uint_as_float((bits | 0x00400000u) & 0xffff0000u);
     bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
     return __uint_as_float(bits);
 }

@@ -36,9 +36,11 @@ void cuda_global_norm(float *out, const float *g, size_t n) {
 
 /* torch.optim.AdamW (_single_tensor_adamw, not amsgrad):
  *   p *= 1 - lr*wd;  m.lerp_(g, 1-b1);  v = v*b2 + (1-b2)*g*g;
- *   denom = sqrt(v)/sqrt(bias_c2) + eps;  p += -(lr/bias_c1) * m/denom */
-void cuda_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
-                float b2, float eps, float wd, float bias_c1, float bias_c2, float grad_scale) {
+ *   denom = sqrt(v)/sqrt(bias_c2) + eps;  p += -(lr/bias_c1) * m/denom
+ * and, for mixed precision, the bf16 compute copy of p in the same pass. */
+void cuda_adamw(float *p, float *p_bf16, const float *g, float *m, float *v, size_t n, float lr,
+                float b1, float b2, float eps, float wd, float bias_c1, float bias_c2,
+                float grad_scale) {
     const float decay = (float)(1.0 - (double)lr * wd);
     const float m_weight = (float)(1.0 - b1), v_weight = (float)(1.0 - b2);
     const float neg_step = (float)(-(double)lr / bias_c1);
@@ -50,7 +52,9 @@ void cuda_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr
         const float denom = sqrtf(vi) / bias_c2_sqrt + eps;
         m[i] = mi;
         v[i] = vi;
-        p[i] = p[i] * decay + neg_step * (mi / denom);
+        const float pi = p[i] * decay + neg_step * (mi / denom);
+        p[i] = pi;
+        if (p_bf16) p_bf16[i] = bf16_round_device(pi);
     });
 }
 

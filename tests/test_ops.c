@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "../kernels/conv_algo_cache.h"
+#include "bf16.h"
 #include "op_harness.h"
 
 enum { MAX_CASES = 160 };
@@ -157,6 +158,58 @@ static void memory_cases(void) {
         c->flag = k;
         set_op(c, forwards[k], NULL, memory_check);
     }
+}
+
+/* ---- bf16 rounding (mixed precision's emulation) ---- */
+
+enum { RB_X, RB_Y };
+
+static void round_bf16_forward(const OpCase *c, OpRun *r) {
+    r->be->copy(F(RB_Y), F(RB_X), c->t[RB_X].n * sizeof(float));
+    r->be->round_bf16(F(RB_Y), c->t[RB_Y].n);
+}
+
+/* Bit for bit include/bf16.h's bf16_round (itself checked by tests/test_bf16.c), the
+ * low 16 bits zero; NaN stays NaN. */
+static void round_bf16_check(const OpCase *c, OpRun *r) {
+    size_t wrong = 0;
+    for (size_t i = 0; i < c->t[RB_X].n; i++) {
+        float x = F(RB_X)[i], y = F(RB_Y)[i], want = bf16_round(x);
+        uint32_t bits;
+        memcpy(&bits, &y, sizeof bits);
+        int same = x != x ? y != y : memcmp(&y, &want, sizeof y) == 0;
+        wrong += !same || (bits & 0xffffu) != 0;
+    }
+    CHECK(wrong == 0, "round_bf16: %zu of %zu values differ from bf16_round", wrong,
+          c->t[RB_X].n);
+}
+
+/* Random bit patterns: every exponent (subnormals; with specials, Inf and NaN), and a tie
+ * every fourth value. The CUDA comparison takes finite inputs that stay finite (its
+ * relative error is NaN at an Inf), so the CUDA case draws exponents below the top. */
+static void round_bf16_case(unsigned modes, size_t n, int specials) {
+    OpCase *c = add_case(modes, "round_bf16 n%zu%s", n, specials ? " with Inf/NaN" : "");
+    uint32_t *bits = xmalloc(n * sizeof *bits);
+    RngKey key = {0xbf16, 0, 0, 0};
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b = philox_below(key, 0, i, 0xffffffffu);
+        if (!specials && ((b >> 23) & 0xffu) >= 0xfeu) b &= 0xbfffffffu;   /* exponent < 0x7f */
+        if (i % 4 == 0) b = (b & 0xffff0000u) | 0x8000u;
+        bits[i] = b;
+    }
+    if (specials) {
+        uint32_t fixed[] = {0x7f800000u, 0xff800000u, 0x7f800001u, 0x7f7fffffu, 0x80000001u};
+        memcpy(bits, fixed, sizeof fixed);
+    }
+    input_bytes(c, "x", n, sizeof(float), bits);
+    free(bits);
+    set_tol(c, output(c, "y", n, -1), 0.0);
+    set_op(c, round_bf16_forward, NULL, round_bf16_check);
+}
+
+static void round_bf16_cases(void) {
+    round_bf16_case(MODE_CPU, 100003, 1);   /* parallel, with a ragged tail */
+    round_bf16_case(MODE_CPU | MODE_CUDA | MODE_BENCH, 100003, 0);
 }
 
 /* ---- convolution ---- */
@@ -1436,15 +1489,37 @@ static void global_norm_case(unsigned modes, size_t n) {
     c->ref_tol = 1e-6;
 }
 
-enum { AD_P0, AD_G, AD_M0, AD_V0, AD_P, AD_M, AD_V };
+enum { AD_P0, AD_G, AD_M0, AD_V0, AD_P, AD_M, AD_V, AD_P_BF16 };
 
 static void adamw_forward(const OpCase *c, OpRun *r) {
     size_t n = c->t[AD_P].n, bytes = n * sizeof(float);
     r->be->copy(F(AD_P), F(AD_P0), bytes);
     r->be->copy(F(AD_M), F(AD_M0), bytes);
     r->be->copy(F(AD_V), F(AD_V0), bytes);
-    r->be->adamw(F(AD_P), F(AD_G), F(AD_M), F(AD_V), n, 2e-4f, 0.9f, 0.999f, 1e-8f, 0.01f,
+    r->be->adamw(F(AD_P), F(AD_P_BF16), F(AD_G), F(AD_M), F(AD_V), n, 2e-4f, 0.9f, 0.999f,
+                 1e-8f, 0.01f, 1 - 0.9f * 0.9f, 1 - 0.999f * 0.999f, 0.5f);
+}
+
+/* The optional output is bf16_round of the updated p, and asking for it changes nothing
+ * else: a second run without it (NULL) gives the same p, m and v bit for bit. */
+static void adamw_bf16_check(const OpCase *c, OpRun *r) {
+    size_t n = c->t[AD_P].n, bytes = n * sizeof(float);
+    adamw_forward(c, r);
+    size_t wrong = 0;
+    for (size_t i = 0; i < n; i++) {
+        float want = bf16_round(F(AD_P)[i]);
+        wrong += memcmp(&F(AD_P_BF16)[i], &want, sizeof want) != 0;
+    }
+    CHECK(wrong == 0, "adamw: %zu of %zu bf16 weights are not bf16_round(p)", wrong, n);
+    float *with[3] = {xmalloc(bytes), xmalloc(bytes), xmalloc(bytes)};
+    memcpy(with[0], F(AD_P), bytes), memcpy(with[1], F(AD_M), bytes), memcpy(with[2], F(AD_V), bytes);
+    memcpy(F(AD_P), F(AD_P0), bytes), memcpy(F(AD_M), F(AD_M0), bytes), memcpy(F(AD_V), F(AD_V0), bytes);
+    r->be->adamw(F(AD_P), NULL, F(AD_G), F(AD_M), F(AD_V), n, 2e-4f, 0.9f, 0.999f, 1e-8f, 0.01f,
                  1 - 0.9f * 0.9f, 1 - 0.999f * 0.999f, 0.5f);
+    CHECK(memcmp(with[0], F(AD_P), bytes) == 0 && memcmp(with[1], F(AD_M), bytes) == 0 &&
+              memcmp(with[2], F(AD_V), bytes) == 0,
+          "adamw: p, m, v differ with and without the bf16 output");
+    for (int k = 0; k < 3; k++) free(with[k]);
 }
 
 /* Three steps from zero moments against torch.optim.AdamW's formula in double. */
@@ -1461,7 +1536,7 @@ static void adamw_check(const OpCase *c, OpRun *r) {
     for (int step = 1; step <= STEPS; step++) {
         float *g = uniform_floats(n, -0.5f, 0.5f, 50 + step);
         float bc1 = 1.0f - powf(b1, step), bc2 = 1.0f - powf(b2, step);
-        r->be->adamw(p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, scale);
+        r->be->adamw(p, NULL, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, scale);
         for (size_t i = 0; i < n; i++) {
             double grad = (double)g[i] * scale;
             pd[i] *= 1.0 - (double)lr * wd;
@@ -1475,6 +1550,7 @@ static void adamw_check(const OpCase *c, OpRun *r) {
     expect_ref(c, "m after 3 steps", m, md, n, c->ref_tol);
     expect_ref(c, "v after 3 steps", v, vd, n, c->ref_tol);
     free(pd), free(md), free(vd);
+    adamw_bf16_check(c, r);
 }
 
 static void adamw_case(unsigned modes, size_t n) {
@@ -1486,6 +1562,7 @@ static void adamw_case(unsigned modes, size_t n) {
     output(c, "p updated", n, -1);
     output(c, "m updated", n, -1);
     output(c, "v updated", n, -1);
+    set_tol(c, output(c, "p bf16", n, -1), 0.0);   /* bf16 of the same p: exact when p is */
     set_op(c, adamw_forward, NULL, adamw_check);
     c->ref_tol = 1e-6;
 }
@@ -1664,6 +1741,7 @@ static void vae_cases(void) {
 static int op_cases(OpCase *cases, int cap) {
     table = cases, capacity = cap, n_cases = 0;
     memory_cases();
+    round_bf16_cases();
     conv_cases();
     groupnorm_cases();
     elementwise_cases();

@@ -4,6 +4,7 @@
  * threads. */
 #include <math.h>
 
+#include "bf16.h"
 #include "cpu_backend.h"
 
 enum {
@@ -41,9 +42,11 @@ void cpu_global_norm(float *out, const float *g, size_t n) {
 /* torch.optim.AdamW (_single_tensor_adamw, not amsgrad): scalars are formed in
  * double as Python does, then applied in float:
  *   p *= 1 - lr*wd;  m.lerp_(g, 1-b1);  v = v*b2 + (1-b2)*g*g;
- *   denom = sqrt(v)/sqrt(bias_c2) + eps;  p += -(lr/bias_c1) * m/denom */
-void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
-               float b2, float eps, float wd, float bias_c1, float bias_c2, float grad_scale) {
+ *   denom = sqrt(v)/sqrt(bias_c2) + eps;  p += -(lr/bias_c1) * m/denom
+ * and, for mixed precision, the bf16 compute copy of p in the same pass. */
+void cpu_adamw(float *p, float *p_bf16, const float *g, float *m, float *v, size_t n, float lr,
+               float b1, float b2, float eps, float wd, float bias_c1, float bias_c2,
+               float grad_scale) {
     float decay = (float)(1.0 - (double)lr * wd);
     float m_weight = (float)(1.0 - b1), v_weight = (float)(1.0 - b2);
     float neg_step = (float)(-(double)lr / bias_c1);
@@ -56,6 +59,7 @@ void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr,
         v[i] = v[i] * b2 + v_weight * grad * grad;
         float denom = sqrtf(v[i]) / bias_c2_sqrt + eps;
         p[i] += neg_step * (m[i] / denom);
+        if (p_bf16) p_bf16[i] = bf16_round(p[i]);
     }
 }
 

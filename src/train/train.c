@@ -161,12 +161,13 @@ double learning_rate(const Config *cfg, long adam_steps) {
     return cfg->lr * (ramp < 1 ? ramp : 1);
 }
 
-void adamw_step(const Backend *be, const Config *c, float *weights, const float *grads,
-                float *adam_m, float *adam_v, size_t n, long t, double lr, double grad_norm) {
+void adamw_step(const Backend *be, const Config *c, float *weights, float *weights_bf16,
+                const float *grads, float *adam_m, float *adam_v, size_t n, long t, double lr,
+                double grad_norm) {
     /* clip_grad_norm_: scale by clip / (norm + 1e-6) when that is below 1 */
     double scale = c->grad_clip > 0 ? c->grad_clip / (grad_norm + 1e-6) : 1.0;
     if (scale > 1) scale = 1;
-    be->adamw(weights, grads, adam_m, adam_v, n, (float)lr, (float)c->beta1, (float)c->beta2,
+    be->adamw(weights, weights_bf16, grads, adam_m, adam_v, n, (float)lr, (float)c->beta1, (float)c->beta2,
               (float)c->adam_eps, (float)c->weight_decay, (float)(1 - pow(c->beta1, (double)t)),
               (float)(1 - pow(c->beta2, (double)t)), (float)scale);
 }
@@ -174,8 +175,10 @@ void adamw_step(const Backend *be, const Config *c, float *weights, const float 
 static void apply_update(Trainer *tr, double grad_norm, double lr) {
     Net *m = tr->model;
     long t = ++tr->progress.adam_steps;
-    adamw_step(tr->be, &tr->cfg, m->weights, m->grads, tr->adam_m, tr->adam_v,
-               m->num_parameters, t, lr, grad_norm);
+    /* with bf16, the compute copy comes out of the same pass */
+    adamw_step(tr->be, &tr->cfg, m->weights, m->compute_weights, m->grads, tr->adam_m,
+               tr->adam_v, m->num_parameters, t, lr, grad_norm);
+    if (m->compute_weights) net_compute_weights_match(m, m->weights);
     tr->be->ema_update(tr->ema, m->weights, m->num_parameters, (float)tr->cfg.ema_decay);
 }
 
@@ -275,6 +278,7 @@ int trainer_load(Trainer *tr, const char *path, char *err, size_t err_size) {
     optimizer_buffers(tr, bufs);
     TrainProgress progress;
     if (checkpoint_read(path, tr->model, bufs, &progress, err, err_size) != 0) return -1;
+    net_weights_changed(tr->model);   /* the bf16 compute copy is rounded afresh */
     CheckpointExtra extras[MAX_EXTRAS];
     int n_extras = objective_extras(tr, extras);
     if (checkpoint_read_extras(path, extras, n_extras, err, err_size) < 0) return -1;
