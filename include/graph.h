@@ -155,8 +155,10 @@ void net_backward(Net *net, int n, RngKey dropout_key);
  * copy of the weights (compute_weights), and every node's output and every activation
  * gradient is rounded to bf16 in place (round_bf16), so each conv and GEMM reads bf16
  * values and accumulates in fp32, as tensor cores do. The weights the caller owns (the
- * fp32 masters, the EMA), the parameter gradients and all reductions stay fp32. The
- * network's inputs are used as given. net_forward rounds the weights it is given into
+ * fp32 masters, the EMA), the parameter gradients and all reductions stay fp32. A conv
+ * or linear that reads a network input (conv_in reads x_t) reads a bf16 copy of it, as
+ * autocast casts it; the input itself stays as given (the sampler's chain, the loss's
+ * x_t). net_forward rounds the weights it is given into
  * compute_weights unless they already mirror them: the trainer's AdamW writes them in
  * its pass and says so with net_compute_weights_match; whoever changes weights in place
  * otherwise (a load) calls net_weights_changed. */

@@ -34,6 +34,8 @@ struct Node {
     int param_ic, param_oc;   /* OP_CONV: the parameters' channels */
     size_t pad_offset[8];     /* OP_CONV padding buffers, in PadBuffer order */
     float *pad[8];
+    float *bf16_input;        /* bf16 emulation, a conv or linear reading a network input:
+                                 its bf16-rounded copy (the input itself stays as given) */
     int groups, fuse_silu;    /* OP_GROUPNORM */
     float eps;                /* OP_GROUPNORM */
     size_t stats_offset;
@@ -453,6 +455,7 @@ void net_free(Net *net) {
         be->release(net->weights);
         be->release(net->grads);
         be->release(net->compute_weights);
+        for (int i = 0; i < net->n_nodes; i++) be->release(net->nodes[i].bf16_input);
     }
     free(net->final_from);
     free(net->nodes);
@@ -492,6 +495,12 @@ static NodeIO node_io(const Net *net, const Node *node, int n, const float *weig
     return io;
 }
 
+/* What a conv or linear node reads as its input: the bf16 copy of a network input under
+ * the bf16 emulation, else the tensor itself. */
+static const float *gemm_input(const Node *node, const Tensor *a) {
+    return node->bf16_input ? node->bf16_input : a->data;
+}
+
 /* A padded conv (net_conv_padded) runs on compute buffers: the input gets zero channels
  * appended, the weights zero input channels and zero output rows, the bias zero
  * entries; the output keeps the parameters' first channels. */
@@ -501,7 +510,7 @@ static void conv_forward_padded(Net *net, const Node *node, int n, const NodeIO 
     s.n = n;
     const int ic = node->param_ic, oc = node->param_oc;
     const size_t taps = (size_t)s.kh * s.kw, in_pixels = (size_t)n * s.h * s.w;
-    const float *x = io->a->data;
+    const float *x = gemm_input(node, io->a);
     float *w = node->pad[PAD_W], *y = node->pad[PAD_Y] ? node->pad[PAD_Y] : io->y->data;
     if (s.c > ic) {
         be->concat_forward(node->pad[PAD_X], x, net->zeros, in_pixels, ic, s.c - ic);
@@ -527,7 +536,7 @@ static void conv_backward_padded(Net *net, const Node *node, int n, const NodeIO
     s.n = n;
     const int ic = node->param_ic, oc = node->param_oc;
     const size_t taps = (size_t)s.kh * s.kw, in_pixels = (size_t)n * s.h * s.w;
-    const float *dy = io->y->grad, *x = s.c > ic ? node->pad[PAD_X] : io->a->data;
+    const float *dy = io->y->grad, *x = s.c > ic ? node->pad[PAD_X] : gemm_input(node, io->a);
     if (node->pad[PAD_DY]) {
         be->concat_forward(node->pad[PAD_DY], dy, net->zeros, (size_t)n * s.oh * s.ow, oc,
                            s.oc - oc);
@@ -556,7 +565,7 @@ static void forward_node(Net *net, const Node *node, int n, const float *weights
         }
         ConvShape s = node->conv;
         s.n = n;
-        be->conv2d_forward(&s, y->data, a->data, w, bias, net->workspace);
+        be->conv2d_forward(&s, y->data, gemm_input(node, a), w, bias, net->workspace);
         break;
     }
     case OP_GROUPNORM:
@@ -565,7 +574,8 @@ static void forward_node(Net *net, const Node *node, int n, const float *weights
         break;
     case OP_SILU: be->silu_forward(y->data, a->data, count); break;
     case OP_LINEAR:
-        be->linear_forward(y->data, a->data, w, bias, n * node->rows, node->k, node->n);
+        be->linear_forward(y->data, gemm_input(node, a), w, bias, n * node->rows, node->k,
+                           node->n);
         break;
     case OP_ATTENTION:
         be->attention_forward(y->data, node->probs, a->data, n, y->h * y->w, y->c,
@@ -615,7 +625,8 @@ static void backward_node(Net *net, const Node *node, int n, RngKey dropout_key)
         }
         ConvShape s = node->conv;
         s.n = n;
-        be->conv2d_backward(&s, da, beta_a, dw, dbias, y->grad, a->data, w, net->workspace);
+        be->conv2d_backward(&s, da, beta_a, dw, dbias, y->grad, gemm_input(node, a), w,
+                            net->workspace);
         break;
     }
     case OP_GROUPNORM:
@@ -624,8 +635,8 @@ static void backward_node(Net *net, const Node *node, int n, RngKey dropout_key)
         break;
     case OP_SILU: be->silu_backward(da, beta_a, y->grad, a->data, count); break;
     case OP_LINEAR:
-        be->linear_backward(da, beta_a, dw, dbias, y->grad, a->data, w, n * node->rows, node->k,
-                            node->n);
+        be->linear_backward(da, beta_a, dw, dbias, y->grad, gemm_input(node, a), w,
+                            n * node->rows, node->k, node->n);
         break;
     case OP_ATTENTION:
         /* the qkv projection output has no other reader, so its gradient is overwritten */
@@ -667,11 +678,24 @@ static void check_batch(const Net *net, int n) {
 
 /* ---------------- bf16 emulation ---------------- */
 
+static int is_network_input(const Net *net, int tensor) {
+    for (int i = 0; i < net->n_inputs; i++)
+        if (net->inputs[i].tensor == tensor) return 1;
+    return 0;
+}
+
 void net_use_bf16(Net *net) {
     if (!net->finished) die("internal: net_use_bf16 comes after net_finish");
     if (net->compute_weights) return;
     net->compute_weights = net->be->alloc(net->num_parameters * sizeof(float));
     net->compute_source = NULL;
+    for (int i = 0; i < net->n_nodes; i++) {
+        Node *node = &net->nodes[i];
+        const Tensor *a = node->in[0] >= 0 ? &net->tensors[node->in[0]] : NULL;
+        if ((node->op == OP_CONV || node->op == OP_LINEAR) && a && a->dtype == NET_F32 &&
+            is_network_input(net, node->in[0]))
+            node->bf16_input = net->be->alloc(tensor_floats(net, a) * sizeof(float));
+    }
 }
 
 void net_weights_changed(Net *net) { net->compute_source = NULL; }
@@ -712,8 +736,14 @@ void net_forward(Net *net, int n, const float *weights, RngKey dropout_key) {
     const float *w = weights ? weights : net->weights;
     if (net->compute_weights) w = bf16_weights(net, w);
     for (int i = 0; i < net->n_nodes; i++) {
-        forward_node(net, &net->nodes[i], n, w, dropout_key);
-        if (net->compute_weights) round_node_output(net, &net->nodes[i], n);
+        const Node *node = &net->nodes[i];
+        if (node->bf16_input) {   /* a GEMM reads bf16, as autocast casts its input */
+            size_t count = (size_t)n * per_sample(&net->tensors[node->in[0]]);
+            net->be->copy(node->bf16_input, net->tensors[node->in[0]].data, count * sizeof(float));
+            net->be->round_bf16(node->bf16_input, count);
+        }
+        forward_node(net, node, n, w, dropout_key);
+        if (net->compute_weights) round_node_output(net, node, n);
     }
 }
 
