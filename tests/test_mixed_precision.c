@@ -37,10 +37,13 @@
 #include "util.h"
 
 #define TRAIN_STEPS 200
+/* Under the sanitizers (DDPM_SANITIZE=1, `make test`'s second pass), which look for memory
+ * errors rather than for drift and run about twice as slowly: the first 40 steps. */
+#define SANITIZE_STEPS 40
 #define LOSS_WINDOW 20
 /* max over windows of LOSS_WINDOW steps of |mean bf16 loss - mean fp32 loss| / mean fp32
- * loss. Measured 0.0061 when this was set (docs/perf-logs/2026-12-02-mixed-precision-cpu.log); the bound
- * leaves about 5x that as margin, since the two trajectories drift apart by chance. */
+ * loss. Measured 0.0061 when this was set (docs/perf-logs/2026-12-02-mixed-precision-cpu.log);
+ * the bound leaves about 5x that as margin, since the two trajectories drift apart by chance. */
 #define LOSS_WINDOW_BOUND 0.03
 #define TRAIN_BATCH 8   /* the tiny config at half its batch: both runs within ~60 s */
 /* padded vs unpadded, per tensor: max |difference| / max |unpadded| (see above) */
@@ -105,7 +108,8 @@ static void check_bf16_storage(const Net *m, int b) {
     }
     CHECK(checked > 10 && bad_data == 0, "%d of %d activations not bf16-exact", bad_data, checked);
     CHECK(bad_grad == 0, "%d activation gradients not bf16-exact", bad_grad);
-    CHECK(!low_bits_zero(net_input_data(m, "sample"), (size_t)b * net_per_sample(m, 0)),
+    size_t x_t_count = (size_t)b * net_per_sample(m, net_input(m, "sample"));
+    CHECK(!low_bits_zero(net_input_data(m, "sample"), x_t_count),
           "the network input x_t stays fp32 (conv_in reads a bf16 copy)");
     CHECK(m->compute_weights && low_bits_zero(m->compute_weights, m->num_parameters),
           "the compute weights are bf16-exact");
@@ -135,7 +139,9 @@ static void check_weight_switch(Trainer *tr) {
           "the next forward with the masters computes with bf16(masters)");
 }
 
-/* Runs TRAIN_STEPS steps; losses[i] is step i's mean loss. */
+static int train_steps(void) { return getenv("DDPM_SANITIZE") ? SANITIZE_STEPS : TRAIN_STEPS; }
+
+/* Runs train_steps() steps; losses[i] is step i's mean loss. */
 static void train(const char *mixed_precision, double *losses, int check_storage) {
     Config cfg = tiny_config(mixed_precision);
     Dataset data;
@@ -145,7 +151,7 @@ static void train(const char *mixed_precision, double *losses, int check_storage
     Trainer tr;
     trainer_init(&tr, backend_cpu(), &cfg, &data, NULL);
     int skipped = 0;
-    for (int step = 0; step < TRAIN_STEPS; step++) {
+    for (int step = 0; step < train_steps(); step++) {
         StepResult r = trainer_step(&tr);
         skipped += r.skipped;
         losses[step] = r.loss;
@@ -164,10 +170,11 @@ static void check_training(void) {
     static double fp32[TRAIN_STEPS], bf16[TRAIN_STEPS];
     train("no", fp32, 0);
     train("bf16", bf16, 1);
+    const int steps = train_steps();
     int differ = 0;
     double worst = 0;
-    for (int i = 0; i < TRAIN_STEPS; i++) differ += fp32[i] != bf16[i];
-    for (int w = 0; w + LOSS_WINDOW <= TRAIN_STEPS; w += LOSS_WINDOW) {
+    for (int i = 0; i < steps; i++) differ += fp32[i] != bf16[i];
+    for (int w = 0; w + LOSS_WINDOW <= steps; w += LOSS_WINDOW) {
         double mean32 = 0, mean16 = 0;
         for (int i = w; i < w + LOSS_WINDOW; i++) mean32 += fp32[i], mean16 += bf16[i];
         double rel = fabs(mean16 - mean32) / mean32;
@@ -176,9 +183,8 @@ static void check_training(void) {
         if (!(rel <= worst)) worst = rel;
     }
     printf("  worst window: %.4f (bound %.2f); %d of %d step losses differ\n", worst,
-           LOSS_WINDOW_BOUND, differ, TRAIN_STEPS);
-    CHECK(differ > TRAIN_STEPS / 2, "bf16 changes the losses (%d of %d steps differ)", differ,
-          TRAIN_STEPS);
+           LOSS_WINDOW_BOUND, differ, steps);
+    CHECK(differ > steps / 2, "bf16 changes the losses (%d of %d steps differ)", differ, steps);
     CHECK(worst <= LOSS_WINDOW_BOUND, "bf16 loss within %.2f of fp32 per window: %.4f",
           LOSS_WINDOW_BOUND, worst);
 }

@@ -1511,9 +1511,13 @@ static void adamw_bf16_check(const OpCase *c, OpRun *r) {
         wrong += memcmp(&F(AD_P_BF16)[i], &want, sizeof want) != 0;
     }
     CHECK(wrong == 0, "adamw: %zu of %zu bf16 weights are not bf16_round(p)", wrong, n);
-    float *with[3] = {xmalloc(bytes), xmalloc(bytes), xmalloc(bytes)};
-    memcpy(with[0], F(AD_P), bytes), memcpy(with[1], F(AD_M), bytes), memcpy(with[2], F(AD_V), bytes);
-    memcpy(F(AD_P), F(AD_P0), bytes), memcpy(F(AD_M), F(AD_M0), bytes), memcpy(F(AD_V), F(AD_V0), bytes);
+    const int state[3] = {AD_P, AD_M, AD_V}, initial[3] = {AD_P0, AD_M0, AD_V0};
+    float *with[3];
+    for (int k = 0; k < 3; k++) {
+        with[k] = xmalloc(bytes);
+        memcpy(with[k], F(state[k]), bytes);
+        memcpy(F(state[k]), F(initial[k]), bytes);
+    }
     r->be->adamw(F(AD_P), NULL, F(AD_G), F(AD_M), F(AD_V), n, 2e-4f, 0.9f, 0.999f, 1e-8f, 0.01f,
                  1 - 0.9f * 0.9f, 1 - 0.999f * 0.999f, 0.5f);
     CHECK(memcmp(with[0], F(AD_P), bytes) == 0 && memcmp(with[1], F(AD_M), bytes) == 0 &&

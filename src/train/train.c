@@ -167,9 +167,10 @@ void adamw_step(const Backend *be, const Config *c, float *weights, float *weigh
     /* clip_grad_norm_: scale by clip / (norm + 1e-6) when that is below 1 */
     double scale = c->grad_clip > 0 ? c->grad_clip / (grad_norm + 1e-6) : 1.0;
     if (scale > 1) scale = 1;
-    be->adamw(weights, weights_bf16, grads, adam_m, adam_v, n, (float)lr, (float)c->beta1, (float)c->beta2,
-              (float)c->adam_eps, (float)c->weight_decay, (float)(1 - pow(c->beta1, (double)t)),
-              (float)(1 - pow(c->beta2, (double)t)), (float)scale);
+    be->adamw(weights, weights_bf16, grads, adam_m, adam_v, n, (float)lr, (float)c->beta1,
+              (float)c->beta2, (float)c->adam_eps, (float)c->weight_decay,
+              (float)(1 - pow(c->beta1, (double)t)), (float)(1 - pow(c->beta2, (double)t)),
+              (float)scale);
 }
 
 static void apply_update(Trainer *tr, double grad_norm, double lr) {
