@@ -1,5 +1,6 @@
 /* The generic tape (see graph.h): building, planning, the arena, forward, backward,
- * initialisation and parameter layout conversion. No network lives here. */
+ * padded convs, the bf16 emulation of mixed precision, initialisation and parameter
+ * layout conversion. No network lives here. */
 #include "graph.h"
 
 #include <math.h>
@@ -23,6 +24,11 @@ struct Tensor {
     float *data, *grad;       /* (max_batch, h, w, c); data holds int32 for NET_I32 */
 };
 
+/* A padded conv's compute buffers (net_conv_padded): the input with zero channels
+ * appended and its gradient, the output with extra channels and its gradient, the
+ * weights and bias padded with zeros and their gradients. NULL where unused. */
+typedef enum { PAD_X, PAD_DX, PAD_Y, PAD_DY, PAD_W, PAD_B, PAD_DW, PAD_DB, PAD_BUFFERS } PadBuffer;
+
 struct Node {
     OpKind op;
     int in[2], out;           /* tensor ids; -1 when unused */
@@ -32,8 +38,8 @@ struct Node {
                                  channels, which padding may make larger than the
                                  parameters' (net_conv_padded) */
     int param_ic, param_oc;   /* OP_CONV: the parameters' channels */
-    size_t pad_offset[8];     /* OP_CONV padding buffers, in PadBuffer order */
-    float *pad[8];
+    size_t pad_offset[PAD_BUFFERS]; /* OP_CONV padding buffers; SIZE_MAX: unused */
+    float *pad[PAD_BUFFERS];
     float *bf16_input;        /* bf16 emulation, a conv or linear reading a network input:
                                  its bf16-rounded copy (the input itself stays as given) */
     int groups, fuse_silu;    /* OP_GROUPNORM */
@@ -49,11 +55,6 @@ struct Node {
 };
 
 #define ARENA_ALIGN 16        /* floats: 64 bytes */
-
-/* A padded conv's compute buffers (net_conv_padded): the input with zero channels
- * appended and its gradient, the output with extra channels and its gradient, the
- * weights and bias padded with zeros and their gradients. NULL where unused. */
-typedef enum { PAD_X, PAD_DX, PAD_Y, PAD_DY, PAD_W, PAD_B, PAD_DW, PAD_DB } PadBuffer;
 
 /* ---------------- building ---------------- */
 
@@ -315,7 +316,7 @@ static int conv_is_padded(const Node *node) {
  * the largest need): the zero channels come from one region of the arena that nothing
  * writes, since the arena starts zeroed. */
 static void plan_conv_padding(Net *net, Node *node, size_t *cursor, size_t *zeros) {
-    for (int k = 0; k < 8; k++) node->pad_offset[k] = SIZE_MAX;
+    for (int k = 0; k < PAD_BUFFERS; k++) node->pad_offset[k] = SIZE_MAX;
     if (!conv_is_padded(node)) return;
     const ConvShape *s = &node->conv;
     const Tensor *in = &net->tensors[node->in[0]];
@@ -380,7 +381,7 @@ static void bind_arena(Net *net) {
         }
         if (node->op == OP_ATTENTION) node->probs = base + node->probs_offset;
         if (node->op == OP_CONV)
-            for (int k = 0; k < 8; k++)
+            for (int k = 0; k < PAD_BUFFERS; k++)
                 node->pad[k] = node->pad_offset[k] == SIZE_MAX ? NULL : base + node->pad_offset[k];
     }
     net->zeros = base + net->zeros_offset;
