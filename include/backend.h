@@ -117,6 +117,9 @@ typedef struct {
     X(void, to_host, (void *dst, const void *src, size_t bytes))                                \
     X(void, copy, (void *dst, const void *src, size_t bytes))                                   \
     X(void, fill, (float *x, float value, size_t n))                                            \
+    /* x = the nearest bf16 value of x, in place (include/bf16.h's bf16_round): the            \
+     * mixed-precision emulation's storage rounding of activations and their gradients */     \
+    X(void, round_bf16, (float *x, size_t n))                                                   \
     X(void, synchronize, (void))                                                                \
     /* Page-locked host memory for to_host_async (zeroed); released with release_host */        \
     X(void *, alloc_host, (size_t bytes))                                                       \
@@ -318,10 +321,11 @@ typedef struct {
     X(void, global_norm, (float *out, const float *g, size_t n))                                \
     /* AdamW, PyTorch semantics: p -= lr*wd*p; m,v moments; p -= lr * mhat / (sqrt(vhat) + eps).\
      * The gradient is scaled by grad_scale first (clipping). bias_c1 = 1-b1^t,                 \
-     * bias_c2 = 1-b2^t. */                                                                     \
-    X(void, adamw, (float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, \
-                    float b2, float eps, float wd, float bias_c1, float bias_c2,                \
-                    float grad_scale))                                                          \
+     * bias_c2 = 1-b2^t. p_bf16 (or NULL): receives bf16_round of the updated p in the same   \
+     * pass, the compute weights of mixed precision. */                                         \
+    X(void, adamw, (float *p, float *p_bf16, const float *g, float *m, float *v, size_t n,      \
+                    float lr, float b1, float b2, float eps, float wd, float bias_c1,           \
+                    float bias_c2, float grad_scale))                                           \
     /* ema = decay*ema + (1-decay)*p */                                                         \
     X(void, ema_update, (float *ema, const float *p, size_t n, float decay))                    \
     /* One step of the optimizer's control state (one thread's work). With step = state->step:\
@@ -333,9 +337,11 @@ typedef struct {
      * Then step++. grad_norm is one float of backend memory. */                               \
     X(void, optimizer_control, (OptimState *state, const float *grad_norm, const float *stats, \
                                 OptimControl control))                                          \
-    /* adamw with state's lr, bias_c1, bias_c2 and grad_scale; nothing when state->skip */     \
-    X(void, adamw_state, (float *p, const float *g, float *m, float *v, size_t n,               \
-                          const OptimState *state, float b1, float b2, float eps, float wd))    \
+    /* adamw with state's lr, bias_c1, bias_c2 and grad_scale; when state->skip p, m and v   \
+     * stay. p_bf16 (or NULL) gets bf16_round(p) either way, so it always mirrors p. */       \
+    X(void, adamw_state, (float *p, float *p_bf16, const float *g, float *m, float *v,          \
+                          size_t n, const OptimState *state, float b1, float b2, float eps,     \
+                          float wd))                                                            \
     /* ema_update, nothing when state->skip */                                                  \
     X(void, ema_update_state, (float *ema, const float *p, size_t n, const OptimState *state,   \
                                float decay))

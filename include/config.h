@@ -11,6 +11,12 @@
  * variance use PredictionType (backend.h) and VarianceType (diffusion.h). */
 typedef enum { LOSS_MSE = 0, LOSS_HYBRID = 1, LOSS_KL = 2 } LossKind;
 typedef enum { SAVE_ERROR_STOP = 0, SAVE_ERROR_CONTINUE = 1 } SaveErrorPolicy;
+/* mixed_precision (diffusers' name): no = fp32 throughout; bf16 = the network computes on
+ * bf16 values (graph.h's emulation), master weights and optimizer state stay fp32 */
+typedef enum { MIXED_PRECISION_NO = 0, MIXED_PRECISION_BF16 = 1 } MixedPrecision;
+/* pad_io_channels: the U-Net's first and last convs computed on 8 channels (zero padding)
+ * for tensor cores; auto = on for the CUDA backend with bf16 */
+typedef enum { PAD_IO_AUTO = 0, PAD_IO_NO = 1, PAD_IO_YES = 2 } PadIoChannels;
 typedef enum {
     TIMESTEPS_UNIFORM = 0, TIMESTEPS_LOSS_SECOND_MOMENT = 1,
     TIMESTEPS_LOGIT_NORMAL = 2      /* flow: t = sigmoid(logit_mean + logit_std z) (SD3) */
@@ -90,6 +96,8 @@ typedef struct {
                                                  that cannot be written (full disk) ends the
                                                  run, or not */
     int threads;                              /* CPU threads; 0: all cores */
+    int mixed_precision;                      /* MixedPrecision: no | bf16 */
+    int pad_io_channels;                      /* PadIoChannels: auto | no | yes */
     /* data parallelism (dist.h): batch_size is the global batch, split over the ranks */
     double bucket_mb;                         /* gradient all-reduce bucket size, MiB */
     double dist_timeout;                      /* seconds a collective may take before the run stops */

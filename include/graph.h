@@ -80,6 +80,11 @@ typedef struct {
     Profile *profile;         /* NULL, or where each node's time goes (benchmarks) */
     GradsReadyFn grads_ready; /* NULL, or the data-parallel gradient reducer */
     void *grads_ready_ctx;
+    size_t zeros_offset;      /* a region of the arena nothing writes: padding's zeros */
+    float *zeros;
+    /* bf16 emulation (net_use_bf16): NULL when off */
+    float *compute_weights;   /* (num_parameters) bf16_round of the weights forward uses */
+    const float *compute_source; /* the fp32 weights compute_weights mirrors; NULL: stale */
 } Net;
 
 /* ---------------- building ---------------- */
@@ -117,6 +122,13 @@ int net_conv(Net *net, const char *prefix, int x, int oc, int kernel, int stride
  * not applied, its parameter index returned there for net_add_bias_with to fold in. */
 int net_conv_fused(Net *net, const char *prefix, int x, int oc, int kernel, int stride,
                    int pad_lo, int pad_hi, int residual, int *deferred_bias);
+/* The same parameters (shapes ic -> oc, ic = x's channels), computed as a conv of
+ * compute_ic -> compute_oc channels: x gets zero channels appended, the weights zero
+ * input channels and zero output rows, the bias zero entries, and the output keeps the
+ * first oc channels (tensor cores want channel counts that are multiples of 8). The
+ * padding lives in compute buffers only; its gradients are dropped. */
+int net_conv_padded(Net *net, const char *prefix, int x, int oc, int kernel, int stride,
+                    int pad_lo, int pad_hi, int compute_ic, int compute_oc);
 int net_groupnorm(Net *net, const char *prefix, int x, int groups, float eps, int fuse_silu);
 /* GroupNorm (+ SiLU), then inverted dropout with probability p while training, in one
  * node: the same masks and values as net_groupnorm then net_dropout. */
@@ -160,6 +172,22 @@ void net_forward(Net *net, int n, const float *weights, RngKey dropout_key);
 /* Gradients of the loss whose output gradients were written by the caller: parameters
  * into net->grads, inputs that need them into their gradient buffers. */
 void net_backward(Net *net, int n, RngKey dropout_key);
+
+/* ---------------- bf16 mixed precision, emulated ----------------
+ * After net_use_bf16 (config mixed_precision=bf16), forward and backward run on a bf16
+ * copy of the weights (compute_weights), and every node's output and every activation
+ * gradient is rounded to bf16 in place (round_bf16), so each conv and GEMM reads bf16
+ * values and accumulates in fp32, as tensor cores do. The weights the caller owns (the
+ * fp32 masters, the EMA), the parameter gradients and all reductions stay fp32. A conv
+ * or linear that reads a network input (conv_in reads x_t) reads a bf16 copy of it, as
+ * autocast casts it; the input itself stays as given (the sampler's chain, the loss's
+ * x_t). net_forward rounds the weights it is given into
+ * compute_weights unless they already mirror them: the trainer's AdamW writes them in
+ * its pass and says so with net_compute_weights_match; whoever changes weights in place
+ * otherwise (a load) calls net_weights_changed. */
+void net_use_bf16(Net *net);   /* after net_finish; allocates compute_weights */
+void net_weights_changed(Net *net);
+void net_compute_weights_match(Net *net, const float *source);
 
 /* Ports by name: the tensor id, or -1 when the network has no such port. */
 int net_input(const Net *net, const char *name);

@@ -90,9 +90,11 @@ void objective_free(Objective *o);
 double learning_rate(const Config *cfg, long adam_steps);
 
 /* One AdamW update (optimizer step t, from 1) with global-norm clipping to
- * cfg->grad_clip, given the gradient norm before clipping. */
-void adamw_step(const Backend *be, const Config *cfg, float *weights, const float *grads,
-                float *adam_m, float *adam_v, size_t n, long t, double lr, double grad_norm);
+ * cfg->grad_clip, given the gradient norm before clipping. weights_bf16 (or NULL)
+ * receives the bf16-rounded updated weights (mixed precision's compute copy). */
+void adamw_step(const Backend *be, const Config *cfg, float *weights, float *weights_bf16,
+                const float *grads, float *adam_m, float *adam_v, size_t n, long t, double lr,
+                double grad_norm);
 
 /* `ddpm train`: the whole run with logging, samples and checkpoints. Returns the exit status. */
 int train_main(const Config *cfg, const Backend *be, int resume);

@@ -13,6 +13,11 @@
  * compute the gradient with respect to the "sample" input. Weights start at zero. */
 Net *unet_build(const Backend *be, const Config *cfg, int max_batch, int input_grad);
 
+/* Whether conv_in and conv_out compute on channels padded to a multiple of 8 (config
+ * pad_io_channels; auto: the CUDA backend with mixed_precision=bf16). The parameters
+ * keep their diffusers shapes either way. */
+int unet_pads_io_channels(const Backend *be, const Config *cfg);
+
 /* The U-Net's encoder half on an existing graph: the time embedding of t, conv_in, the
  * down blocks and the middle block over x. Returns the middle block's output. Shared
  * by the U-Net and by networks that stop halfway (a noisy classifier). With

@@ -77,6 +77,17 @@ __device__ __forceinline__ float blend(float old, float beta, float v) {
 
 __device__ __forceinline__ float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
 
+/* include/bf16.h's bf16_round on the device, the same integer steps (round to nearest,
+ * ties to even; NaN stays a quiet NaN; overflow carries into Inf), so the CUDA emulation
+ * of bf16 matches the CPU's bit for bit. */
+__device__ __forceinline__ float bf16_round_device(float f) {
+    unsigned int bits = __float_as_uint(f);
+    if ((bits & 0x7fffffffu) > 0x7f800000u)   /* NaN: keep the sign, force quiet */
+        return __uint_as_float((bits | 0x00400000u) & 0xffff0000u);
+    bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+    return __uint_as_float(bits);
+}
+
 /* Butterfly sums: lanes i and i^offset add the same two numbers (a+b == b+a exactly),
  * so every lane ends with the same total, in an order fixed by the lane numbers. */
 __device__ __forceinline__ double warp_sum(double v) {

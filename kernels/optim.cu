@@ -37,9 +37,11 @@ void cuda_global_norm(float *out, const float *g, size_t n) {
 
 /* torch.optim.AdamW (_single_tensor_adamw, not amsgrad):
  *   p *= 1 - lr*wd;  m.lerp_(g, 1-b1);  v = v*b2 + (1-b2)*g*g;
- *   denom = sqrt(v)/sqrt(bias_c2) + eps;  p += -(lr/bias_c1) * m/denom */
-void cuda_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
-                float b2, float eps, float wd, float bias_c1, float bias_c2, float grad_scale) {
+ *   denom = sqrt(v)/sqrt(bias_c2) + eps;  p += -(lr/bias_c1) * m/denom
+ * and, for mixed precision, the bf16 compute copy of p in the same pass. */
+void cuda_adamw(float *p, float *p_bf16, const float *g, float *m, float *v, size_t n, float lr,
+                float b1, float b2, float eps, float wd, float bias_c1, float bias_c2,
+                float grad_scale) {
     const float decay = (float)(1.0 - (double)lr * wd);
     const float m_weight = (float)(1.0 - b1), v_weight = (float)(1.0 - b2);
     const float neg_step = (float)(-(double)lr / bias_c1);
@@ -51,7 +53,9 @@ void cuda_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr
         const float denom = sqrtf(vi) / bias_c2_sqrt + eps;
         m[i] = mi;
         v[i] = vi;
-        p[i] = p[i] * decay + neg_step * (mi / denom);
+        const float pi = p[i] * decay + neg_step * (mi / denom);
+        p[i] = pi;
+        if (p_bf16) p_bf16[i] = bf16_round_device(pi);
     });
 }
 
@@ -108,11 +112,14 @@ void cuda_optimizer_control(OptimState *state, const float *grad_norm, const flo
 
 /* cuda_adamw with the scalars read from the state on the device, formed as the host forms
  * them (double, then float). */
-void cuda_adamw_state(float *p, const float *g, float *m, float *v, size_t n,
+void cuda_adamw_state(float *p, float *p_bf16, const float *g, float *m, float *v, size_t n,
                       const OptimState *state, float b1, float b2, float eps, float wd) {
     const float m_weight = (float)(1.0 - b1), v_weight = (float)(1.0 - b2);
     launch_elementwise(n, [=] __device__(size_t i) {
-        if (state->skip) return;
+        if (state->skip) {   /* p stays; its bf16 copy still mirrors it */
+            if (p_bf16) p_bf16[i] = bf16_round_device(p[i]);
+            return;
+        }
         const float lr = state->lr, grad_scale = state->grad_scale;
         const float decay = (float)(1.0 - (double)lr * wd);
         const float neg_step = (float)(-(double)lr / state->bias_c1);
@@ -124,6 +131,7 @@ void cuda_adamw_state(float *p, const float *g, float *m, float *v, size_t n,
         m[i] = mi;
         v[i] = vi;
         p[i] = p[i] * decay + neg_step * (mi / denom);
+        if (p_bf16) p_bf16[i] = bf16_round_device(p[i]);
     });
 }
 

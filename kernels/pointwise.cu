@@ -1,6 +1,7 @@
-/* Elementwise and layout ops of the CUDA backend: fill, bias broadcast, SiLU, adds,
- * per-sample bias, dropout, nearest x2 upsampling, channel concat, the sinusoidal
- * timestep embedding and the class embedding's gather (its backward: below). All
+/* Elementwise and layout ops of the CUDA backend: fill, bias broadcast, the bf16
+ * rounding of mixed precision, SiLU, adds, per-sample bias, dropout, nearest x2
+ * upsampling, channel concat, the sinusoidal timestep embedding and the class
+ * embedding's gather (its backward: below). All
  * memory-bound, one thread per output element (dropout: per four, the elements one
  * Philox call serves), each computing what the CPU backend computes for that element,
  * in the same order of operations. Backward ops blend into their input gradient: beta 0
@@ -10,6 +11,10 @@
 
 void cuda_fill(float *x, float value, size_t n) {
     launch_elementwise(n, [=] __device__(size_t i) { x[i] = value; });
+}
+
+void cuda_round_bf16(float *x, size_t n) {
+    launch_elementwise(n, [=] __device__(size_t i) { x[i] = bf16_round_device(x[i]); });
 }
 
 void cuda_broadcast_rows(float *y, const float *bias, size_t rows, int cols) {

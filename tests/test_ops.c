@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "../kernels/conv_algo_cache.h"
+#include "bf16.h"
 #include "op_harness.h"
 
 enum { MAX_CASES = 160 };
@@ -157,6 +158,58 @@ static void memory_cases(void) {
         c->flag = k;
         set_op(c, forwards[k], NULL, memory_check);
     }
+}
+
+/* ---- bf16 rounding (mixed precision's emulation) ---- */
+
+enum { RB_X, RB_Y };
+
+static void round_bf16_forward(const OpCase *c, OpRun *r) {
+    r->be->copy(F(RB_Y), F(RB_X), c->t[RB_X].n * sizeof(float));
+    r->be->round_bf16(F(RB_Y), c->t[RB_Y].n);
+}
+
+/* Bit for bit include/bf16.h's bf16_round (itself checked by tests/test_bf16.c), the
+ * low 16 bits zero; NaN stays NaN. */
+static void round_bf16_check(const OpCase *c, OpRun *r) {
+    size_t wrong = 0;
+    for (size_t i = 0; i < c->t[RB_X].n; i++) {
+        float x = F(RB_X)[i], y = F(RB_Y)[i], want = bf16_round(x);
+        uint32_t bits;
+        memcpy(&bits, &y, sizeof bits);
+        int same = x != x ? y != y : memcmp(&y, &want, sizeof y) == 0;
+        wrong += !same || (bits & 0xffffu) != 0;
+    }
+    CHECK(wrong == 0, "round_bf16: %zu of %zu values differ from bf16_round", wrong,
+          c->t[RB_X].n);
+}
+
+/* Random bit patterns: every exponent (subnormals; with specials, Inf and NaN), and a tie
+ * every fourth value. The CUDA comparison takes finite inputs that stay finite (its
+ * relative error is NaN at an Inf), so the CUDA case draws exponents below the top. */
+static void round_bf16_case(unsigned modes, size_t n, int specials) {
+    OpCase *c = add_case(modes, "round_bf16 n%zu%s", n, specials ? " with Inf/NaN" : "");
+    uint32_t *bits = xmalloc(n * sizeof *bits);
+    RngKey key = {0xbf16, 0, 0, 0};
+    for (size_t i = 0; i < n; i++) {
+        uint32_t b = philox_below(key, 0, i, 0xffffffffu);
+        if (!specials && ((b >> 23) & 0xffu) >= 0xfeu) b &= 0xbfffffffu;   /* exponent < 0x7f */
+        if (i % 4 == 0) b = (b & 0xffff0000u) | 0x8000u;
+        bits[i] = b;
+    }
+    if (specials) {
+        uint32_t fixed[] = {0x7f800000u, 0xff800000u, 0x7f800001u, 0x7f7fffffu, 0x80000001u};
+        memcpy(bits, fixed, sizeof fixed);
+    }
+    input_bytes(c, "x", n, sizeof(float), bits);
+    free(bits);
+    set_tol(c, output(c, "y", n, -1), 0.0);
+    set_op(c, round_bf16_forward, NULL, round_bf16_check);
+}
+
+static void round_bf16_cases(void) {
+    round_bf16_case(MODE_CPU, 100003, 1);   /* parallel, with a ragged tail */
+    round_bf16_case(MODE_CPU | MODE_CUDA | MODE_BENCH, 100003, 0);
 }
 
 /* ---- convolution ---- */
@@ -1593,15 +1646,41 @@ static void global_norm_case(unsigned modes, size_t n) {
     c->ref_tol = 1e-6;
 }
 
-enum { AD_P0, AD_G, AD_M0, AD_V0, AD_P, AD_M, AD_V };
+enum { AD_P0, AD_G, AD_M0, AD_V0, AD_P, AD_M, AD_V, AD_P_BF16 };
 
 static void adamw_forward(const OpCase *c, OpRun *r) {
     size_t n = c->t[AD_P].n, bytes = n * sizeof(float);
     r->be->copy(F(AD_P), F(AD_P0), bytes);
     r->be->copy(F(AD_M), F(AD_M0), bytes);
     r->be->copy(F(AD_V), F(AD_V0), bytes);
-    r->be->adamw(F(AD_P), F(AD_G), F(AD_M), F(AD_V), n, 2e-4f, 0.9f, 0.999f, 1e-8f, 0.01f,
+    r->be->adamw(F(AD_P), F(AD_P_BF16), F(AD_G), F(AD_M), F(AD_V), n, 2e-4f, 0.9f, 0.999f,
+                 1e-8f, 0.01f, 1 - 0.9f * 0.9f, 1 - 0.999f * 0.999f, 0.5f);
+}
+
+/* The optional output is bf16_round of the updated p, and asking for it changes nothing
+ * else: a second run without it (NULL) gives the same p, m and v bit for bit. */
+static void adamw_bf16_check(const OpCase *c, OpRun *r) {
+    size_t n = c->t[AD_P].n, bytes = n * sizeof(float);
+    adamw_forward(c, r);
+    size_t wrong = 0;
+    for (size_t i = 0; i < n; i++) {
+        float want = bf16_round(F(AD_P)[i]);
+        wrong += memcmp(&F(AD_P_BF16)[i], &want, sizeof want) != 0;
+    }
+    CHECK(wrong == 0, "adamw: %zu of %zu bf16 weights are not bf16_round(p)", wrong, n);
+    const int state[3] = {AD_P, AD_M, AD_V}, initial[3] = {AD_P0, AD_M0, AD_V0};
+    float *with[3];
+    for (int k = 0; k < 3; k++) {
+        with[k] = xmalloc(bytes);
+        memcpy(with[k], F(state[k]), bytes);
+        memcpy(F(state[k]), F(initial[k]), bytes);
+    }
+    r->be->adamw(F(AD_P), NULL, F(AD_G), F(AD_M), F(AD_V), n, 2e-4f, 0.9f, 0.999f, 1e-8f, 0.01f,
                  1 - 0.9f * 0.9f, 1 - 0.999f * 0.999f, 0.5f);
+    CHECK(memcmp(with[0], F(AD_P), bytes) == 0 && memcmp(with[1], F(AD_M), bytes) == 0 &&
+              memcmp(with[2], F(AD_V), bytes) == 0,
+          "adamw: p, m, v differ with and without the bf16 output");
+    for (int k = 0; k < 3; k++) free(with[k]);
 }
 
 /* Three steps from zero moments against torch.optim.AdamW's formula in double. */
@@ -1618,7 +1697,7 @@ static void adamw_check(const OpCase *c, OpRun *r) {
     for (int step = 1; step <= STEPS; step++) {
         float *g = uniform_floats(n, -0.5f, 0.5f, 50 + step);
         float bc1 = 1.0f - powf(b1, step), bc2 = 1.0f - powf(b2, step);
-        r->be->adamw(p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, scale);
+        r->be->adamw(p, NULL, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, scale);
         for (size_t i = 0; i < n; i++) {
             double grad = (double)g[i] * scale;
             pd[i] *= 1.0 - (double)lr * wd;
@@ -1632,6 +1711,7 @@ static void adamw_check(const OpCase *c, OpRun *r) {
     expect_ref(c, "m after 3 steps", m, md, n, c->ref_tol);
     expect_ref(c, "v after 3 steps", v, vd, n, c->ref_tol);
     free(pd), free(md), free(vd);
+    adamw_bf16_check(c, r);
 }
 
 static void adamw_case(unsigned modes, size_t n) {
@@ -1643,6 +1723,7 @@ static void adamw_case(unsigned modes, size_t n) {
     output(c, "p updated", n, -1);
     output(c, "m updated", n, -1);
     output(c, "v updated", n, -1);
+    set_tol(c, output(c, "p bf16", n, -1), 0.0);   /* bf16 of the same p: exact when p is */
     set_op(c, adamw_forward, NULL, adamw_check);
     c->ref_tol = 1e-6;
 }
@@ -1762,8 +1843,9 @@ static void optimizer_control_case(unsigned modes, float norm, int warmup, float
 }
 
 /* adamw_state and ema_update_state: adamw and ema_update with the state's scalars, bit for
- * bit, or nothing at all when the state says skip. */
-enum { AS_P0, AS_G, AS_M0, AS_V0, AS_E0, AS_STATE, AS_P, AS_M, AS_V, AS_E };
+ * bit, or nothing at all when the state says skip; either way the bf16 output is the
+ * bf16 rounding of the weights that come out. */
+enum { AS_P0, AS_G, AS_M0, AS_V0, AS_E0, AS_STATE, AS_P, AS_M, AS_V, AS_E, AS_PB };
 
 static void adamw_state_forward(const OpCase *c, OpRun *r) {
     size_t n = c->t[AS_P].n, bytes = n * sizeof(float);
@@ -1772,7 +1854,8 @@ static void adamw_state_forward(const OpCase *c, OpRun *r) {
     r->be->copy(F(AS_V), F(AS_V0), bytes);
     r->be->copy(F(AS_E), F(AS_E0), bytes);
     const OptimState *state = (const OptimState *)F(AS_STATE);
-    r->be->adamw_state(F(AS_P), F(AS_G), F(AS_M), F(AS_V), n, state, 0.9f, 0.999f, 1e-8f, 0.01f);
+    r->be->adamw_state(F(AS_P), F(AS_PB), F(AS_G), F(AS_M), F(AS_V), n, state, 0.9f, 0.999f,
+                       1e-8f, 0.01f);
     r->be->ema_update_state(F(AS_E), F(AS_P), n, state, 0.999f);
 }
 
@@ -1783,13 +1866,16 @@ static void adamw_state_check(const OpCase *c, OpRun *r) {
     memcpy(p, F(AS_P0), bytes), memcpy(m, F(AS_M0), bytes), memcpy(v, F(AS_V0), bytes);
     memcpy(e, F(AS_E0), bytes);
     if (!state->skip) {
-        r->be->adamw(p, F(AS_G), m, v, n, state->lr, 0.9f, 0.999f, 1e-8f, 0.01f, state->bias_c1,
-                     state->bias_c2, state->grad_scale);
+        r->be->adamw(p, NULL, F(AS_G), m, v, n, state->lr, 0.9f, 0.999f, 1e-8f, 0.01f,
+                     state->bias_c1, state->bias_c2, state->grad_scale);
         r->be->ema_update(e, p, n, 0.999f);
     }
     CHECK(!memcmp(p, F(AS_P), bytes) && !memcmp(m, F(AS_M), bytes) &&
               !memcmp(v, F(AS_V), bytes) && !memcmp(e, F(AS_E), bytes),
           "%s: not adamw and ema_update with the state's scalars", c->name);
+    int mirrors = 1;
+    for (size_t i = 0; i < n; i++) mirrors &= F(AS_PB)[i] == bf16_round(F(AS_P)[i]);
+    CHECK(mirrors, "%s: the bf16 output is not the rounded weights", c->name);
     free(p), free(m), free(v), free(e);
 }
 
@@ -1808,6 +1894,7 @@ static void adamw_state_case(unsigned modes, size_t n, int skip) {
     output(c, "m updated", n, -1);
     output(c, "v updated", n, -1);
     output(c, "ema updated", n, -1);
+    output(c, "p bf16", n, -1);
     set_op(c, adamw_state_forward, NULL, adamw_state_check);
     c->tol = 1e-6;
 }
@@ -2029,6 +2116,7 @@ static void vae_cases(void) {
 static int op_cases(OpCase *cases, int cap) {
     table = cases, capacity = cap, n_cases = 0;
     memory_cases();
+    round_bf16_cases();
     conv_cases();
     groupnorm_cases();
     elementwise_cases();

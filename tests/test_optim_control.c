@@ -63,8 +63,8 @@ static StepResult reference_step(Trainer *tr) {
     } else {
         tr->bad_streak = 0;
         long t = ++tr->progress.adam_steps;
-        adamw_step(be, c, m->weights, m->grads, tr->adam_m, tr->adam_v, m->num_parameters, t,
-                   r.lr, norm);
+        adamw_step(be, c, m->weights, NULL, m->grads, tr->adam_m, tr->adam_v, m->num_parameters,
+                   t, r.lr, norm);
         be->ema_update(tr->ema, m->weights, m->num_parameters, (float)c->ema_decay);
     }
     tr->progress.step++;

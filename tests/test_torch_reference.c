@@ -246,7 +246,7 @@ int main(void) {
                ref_losses[step - 1], norm, ref_norms[step - 1]);
         CHECK(fabs(l - ref_losses[step - 1]) <= TOL * ref_losses[step - 1], "adamw loss %d", step);
         CHECK(fabs(norm - ref_norms[step - 1]) <= TOL * ref_norms[step - 1], "grad norm %d", step);
-        adamw_step(be, &cfg, m->weights, m->grads, adam_m, adam_v, m->num_parameters, step,
+        adamw_step(be, &cfg, m->weights, NULL, m->grads, adam_m, adam_v, m->num_parameters, step,
                    cfg.lr, norm);
     }
     /* Adam normalises each element's step, so where a gradient is near zero its

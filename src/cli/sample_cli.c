@@ -29,6 +29,7 @@ void inference_load(Inference *inf, const char *ckpt, const Backend *be, int bat
     inf->model = unet_build(be, c, batch, 0);
     float *bufs[CKPT_BUFFERS] = {NULL, inf->model->weights, NULL, NULL};
     if (checkpoint_read(ckpt, inf->model, bufs, NULL, err, sizeof err) != 0) die("%s", err);
+    if (c->mixed_precision == MIXED_PRECISION_BF16) net_use_bf16(inf->model);   /* as trained */
     PredictionType pred = c->objective == OBJECTIVE_FLOW ? PRED_VELOCITY : inf->diffusion.pred;
     ModelOutput output = {.prediction = pred, .learned_var = c->learn_sigma,
                           .channels = c->in_channels};

@@ -6,6 +6,7 @@
  * threads. */
 #include <math.h>
 
+#include "bf16.h"
 #include "cpu_backend.h"
 
 enum {
@@ -43,9 +44,11 @@ void cpu_global_norm(float *out, const float *g, size_t n) {
 /* torch.optim.AdamW (_single_tensor_adamw, not amsgrad): scalars are formed in
  * double as Python does, then applied in float:
  *   p *= 1 - lr*wd;  m.lerp_(g, 1-b1);  v = v*b2 + (1-b2)*g*g;
- *   denom = sqrt(v)/sqrt(bias_c2) + eps;  p += -(lr/bias_c1) * m/denom */
-void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1,
-               float b2, float eps, float wd, float bias_c1, float bias_c2, float grad_scale) {
+ *   denom = sqrt(v)/sqrt(bias_c2) + eps;  p += -(lr/bias_c1) * m/denom
+ * and, for mixed precision, the bf16 compute copy of p in the same pass. */
+void cpu_adamw(float *p, float *p_bf16, const float *g, float *m, float *v, size_t n, float lr,
+               float b1, float b2, float eps, float wd, float bias_c1, float bias_c2,
+               float grad_scale) {
     float decay = (float)(1.0 - (double)lr * wd);
     float m_weight = (float)(1.0 - b1), v_weight = (float)(1.0 - b2);
     float neg_step = (float)(-(double)lr / bias_c1);
@@ -58,6 +61,7 @@ void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr,
         v[i] = v[i] * b2 + v_weight * grad * grad;
         float denom = sqrtf(v[i]) / bias_c2_sqrt + eps;
         p[i] += neg_step * (m[i] / denom);
+        if (p_bf16) p_bf16[i] = bf16_round(p[i]);
     }
 }
 
@@ -102,11 +106,16 @@ void cpu_optimizer_control(OptimState *state, const float *grad_norm, const floa
     state->step = step + 1;
 }
 
-void cpu_adamw_state(float *p, const float *g, float *m, float *v, size_t n,
+void cpu_adamw_state(float *p, float *p_bf16, const float *g, float *m, float *v, size_t n,
                      const OptimState *state, float b1, float b2, float eps, float wd) {
-    if (state->skip) return;
-    cpu_adamw(p, g, m, v, n, state->lr, b1, b2, eps, wd, state->bias_c1, state->bias_c2,
-              state->grad_scale);
+    if (!state->skip) {
+        cpu_adamw(p, p_bf16, g, m, v, n, state->lr, b1, b2, eps, wd, state->bias_c1,
+                  state->bias_c2, state->grad_scale);
+        return;
+    }
+    if (!p_bf16) return;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) p_bf16[i] = bf16_round(p[i]);
 }
 
 void cpu_ema_update_state(float *ema, const float *p, size_t n, const OptimState *state,

@@ -1,11 +1,13 @@
 /* Elementwise and layout ops of the CPU backend: SiLU, adds, bias, dropout,
- * nearest upsampling, channel concat and the sinusoidal timestep embedding.
+ * nearest upsampling, channel concat, the sinusoidal timestep embedding and the bf16
+ * rounding of mixed precision.
  * Apart from SiLU (which GroupNorm's fused form also calls) everything here is
  * memory-bound; loops parallelize only when large enough to pay for waking the
  * OpenMP team. */
 #include <math.h>
 #include <string.h>
 
+#include "bf16.h"
 #include "cpu_backend.h"
 
 enum {
@@ -291,4 +293,9 @@ void cpu_embedding_backward(float *dtable, const float *dy, const int32_t *ids, 
         const float *g = dy + (size_t)i * dim;
         for (int j = 0; j < dim; j++) row[j] += g[j];
     }
+}
+
+void cpu_round_bf16(float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) x[i] = bf16_round(x[i]);
 }

@@ -87,6 +87,8 @@ static const ConfigKey keys[] = {
     NUM(keep_ckpts, KEY_INT, 1, 1000, 0),
     ENUM(on_save_error, "stop|continue", 0),
     NUM(threads, KEY_INT, 0, 1024, 0),
+    ENUM(mixed_precision, "no|bf16", 0),
+    ENUM(pad_io_channels, "auto|no|yes", 0),
     NUM(bucket_mb, KEY_DOUBLE, 0.001, 4096, 0),
     NUM(dist_timeout, KEY_DOUBLE, 1, 1e6, 0),
     NUM(latent_channels, KEY_INT, 1, 64, 1),

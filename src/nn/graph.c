@@ -1,5 +1,6 @@
 /* The generic tape (see graph.h): building, planning, the arena, forward, backward,
- * initialisation and parameter layout conversion. No network lives here. */
+ * padded convs, the bf16 emulation of mixed precision, initialisation and parameter
+ * layout conversion. No network lives here. */
 #include "graph.h"
 
 #include <math.h>
@@ -23,12 +24,24 @@ struct Tensor {
     float *data, *grad;       /* (max_batch, h, w, c); data holds int32 for NET_I32 */
 };
 
+/* A padded conv's compute buffers (net_conv_padded): the input with zero channels
+ * appended and its gradient, the output with extra channels and its gradient, the
+ * weights and bias padded with zeros and their gradients. NULL where unused. */
+typedef enum { PAD_X, PAD_DX, PAD_Y, PAD_DY, PAD_W, PAD_B, PAD_DW, PAD_DB, PAD_BUFFERS } PadBuffer;
+
 struct Node {
     OpKind op;
     int in[2], out;           /* tensor ids; -1 when unused (OP_CONV: in[1] the residual) */
     int param[2];             /* weight, bias (or gamma, shift); -1 when unused */
     float in_beta[2];         /* 0: overwrite the input gradient, 1: add to it */
-    ConvShape conv;           /* OP_CONV, with n = max_batch */
+    ConvShape conv;           /* OP_CONV, with n = max_batch; c and oc are the compute
+                                 channels, which padding may make larger than the
+                                 parameters' (net_conv_padded) */
+    int param_ic, param_oc;   /* OP_CONV: the parameters' channels */
+    size_t pad_offset[PAD_BUFFERS]; /* OP_CONV padding buffers; SIZE_MAX: unused */
+    float *pad[PAD_BUFFERS];
+    float *bf16_input;        /* bf16 emulation, a conv or linear reading a network input:
+                                 its bf16-rounded copy (the input itself stays as given) */
     int groups, fuse_silu;    /* OP_GROUPNORM */
     float eps;                /* OP_GROUPNORM */
     size_t stats_offset;
@@ -139,22 +152,50 @@ int net_channels(const Net *net, int t) { return net->tensors[t].c; }
 int net_height(const Net *net, int t) { return net->tensors[t].h; }
 int net_width(const Net *net, int t) { return net->tensors[t].w; }
 
+static int net_conv_general(Net *net, const char *prefix, int x, int oc, int kernel,
+                            int stride, int pad_lo, int pad_hi, int compute_ic, int compute_oc,
+                            int residual, int *deferred_bias);
+
 int net_conv(Net *net, const char *prefix, int x, int oc, int kernel, int stride, int pad_lo,
              int pad_hi) {
-    return net_conv_fused(net, prefix, x, oc, kernel, stride, pad_lo, pad_hi, -1, NULL);
+    return net_conv_general(net, prefix, x, oc, kernel, stride, pad_lo, pad_hi,
+                            net_channels(net, x), oc, -1, NULL);
 }
 
 int net_conv_fused(Net *net, const char *prefix, int x, int oc, int kernel, int stride,
                    int pad_lo, int pad_hi, int residual, int *deferred_bias) {
+    return net_conv_general(net, prefix, x, oc, kernel, stride, pad_lo, pad_hi,
+                            net_channels(net, x), oc, residual, deferred_bias);
+}
+
+int net_conv_padded(Net *net, const char *prefix, int x, int oc, int kernel, int stride,
+                    int pad_lo, int pad_hi, int compute_ic, int compute_oc) {
+    return net_conv_general(net, prefix, x, oc, kernel, stride, pad_lo, pad_hi, compute_ic,
+                            compute_oc, -1, NULL);
+}
+
+/* Both: compute channels (padding), a residual added where the output is written, and a
+ * bias registered but deferred (folded into a later add). Padding takes neither of those. */
+static int net_conv_general(Net *net, const char *prefix, int x, int oc, int kernel,
+                            int stride, int pad_lo, int pad_hi, int compute_ic, int compute_oc,
+                            int residual, int *deferred_bias) {
     const Tensor in = net->tensors[x];   /* a copy: new_tensor may move the array */
     int ic = in.c, fan_in = ic * kernel * kernel;
+    if (compute_ic < ic || compute_oc < oc)
+        die("internal: %s: compute channels %d -> %d below the parameters' %d -> %d", prefix,
+            compute_ic, compute_oc, ic, oc);
+    if ((compute_ic > ic || compute_oc > oc) && (residual >= 0 || deferred_bias))
+        die("internal: %s: a padded conv takes no residual and no deferred bias", prefix);
     Node *node = new_node(net, OP_CONV, x, residual, -1);
     node->param[0] = net_param(net, PARAM_CONV, fan_in, 4, (int64_t[]){oc, ic, kernel, kernel},
                                "%s.weight", prefix);
     int bias = net_param(net, PARAM_PLAIN, fan_in, 1, (int64_t[]){oc}, "%s.bias", prefix);
     node->param[1] = deferred_bias ? -1 : bias;
     if (deferred_bias) *deferred_bias = bias;
-    node->conv = (ConvShape){.n = net->max_batch, .h = in.h, .w = in.w, .c = ic, .oc = oc,
+    node->param_ic = ic;
+    node->param_oc = oc;
+    node->conv = (ConvShape){.n = net->max_batch, .h = in.h, .w = in.w, .c = compute_ic,
+                             .oc = compute_oc,
                              .kh = kernel, .kw = kernel, .stride = stride, .pad_top = pad_lo,
                              .pad_left = pad_lo, .pad_bottom = pad_hi, .pad_right = pad_hi};
     conv_shape_finish(&node->conv);
@@ -328,9 +369,43 @@ static size_t reserve(size_t *cursor, size_t floats) {
     return at;
 }
 
+static int conv_is_padded(const Node *node) {
+    return node->conv.c > node->param_ic || node->conv.oc > node->param_oc;
+}
+
+/* The buffers of a padded conv, and how many zeros its padding reads (*zeros grows to
+ * the largest need): the zero channels come from one region of the arena that nothing
+ * writes, since the arena starts zeroed. */
+static void plan_conv_padding(Net *net, Node *node, size_t *cursor, size_t *zeros) {
+    for (int k = 0; k < PAD_BUFFERS; k++) node->pad_offset[k] = SIZE_MAX;
+    if (!conv_is_padded(node)) return;
+    const ConvShape *s = &node->conv;
+    const Tensor *in = &net->tensors[node->in[0]];
+    size_t in_pixels = (size_t)net->max_batch * s->h * s->w;
+    size_t out_pixels = (size_t)net->max_batch * s->oh * s->ow;
+    size_t taps = (size_t)s->kh * s->kw;
+    if (s->c > node->param_ic) {
+        node->pad_offset[PAD_X] = reserve(cursor, in_pixels * s->c);
+        if (in->needs_grad) node->pad_offset[PAD_DX] = reserve(cursor, in_pixels * s->c);
+        size_t need = (in_pixels > s->oc * taps ? in_pixels : s->oc * taps) *
+                      (size_t)(s->c - node->param_ic);
+        if (need > *zeros) *zeros = need;
+    }
+    if (s->oc > node->param_oc) {
+        node->pad_offset[PAD_Y] = reserve(cursor, out_pixels * s->oc);
+        node->pad_offset[PAD_DY] = reserve(cursor, out_pixels * s->oc);
+        size_t need = out_pixels * (size_t)(s->oc - node->param_oc);
+        if (need > *zeros) *zeros = need;
+    }
+    node->pad_offset[PAD_W] = reserve(cursor, (size_t)s->oc * taps * s->c);
+    node->pad_offset[PAD_B] = reserve(cursor, (size_t)s->oc);
+    node->pad_offset[PAD_DW] = reserve(cursor, (size_t)s->oc * taps * s->c);
+    node->pad_offset[PAD_DB] = reserve(cursor, (size_t)s->oc);
+}
+
 /* Lays out every buffer in one arena; returns its size in floats. */
 static size_t plan_arena(Net *net) {
-    size_t cursor = 0;
+    size_t cursor = 0, zeros = 0;
     for (int i = 0; i < net->n_tensors; i++) {
         Tensor *t = &net->tensors[i];
         t->offset = reserve(&cursor, tensor_floats(net, t));
@@ -346,7 +421,9 @@ static size_t plan_arena(Net *net) {
             size_t ws = (size_t)net->max_batch * l * l * sizeof(float);
             if (ws > net->workspace_bytes) net->workspace_bytes = ws;
         }
+        if (node->op == OP_CONV) plan_conv_padding(net, node, &cursor, &zeros);
     }
+    net->zeros_offset = reserve(&cursor, zeros);
     return cursor;
 }
 
@@ -364,7 +441,11 @@ static void bind_arena(Net *net) {
             node->rstd = node->mean + (size_t)net->max_batch * node->groups;
         }
         if (node->op == OP_ATTENTION) node->probs = base + node->probs_offset;
+        if (node->op == OP_CONV)
+            for (int k = 0; k < PAD_BUFFERS; k++)
+                node->pad[k] = node->pad_offset[k] == SIZE_MAX ? NULL : base + node->pad_offset[k];
     }
+    net->zeros = base + net->zeros_offset;
 }
 
 /* Decides, for each node input, whether backward overwrites or adds to its gradient. */
@@ -435,6 +516,8 @@ void net_free(Net *net) {
         be->release(net->workspace);
         be->release(net->weights);
         be->release(net->grads);
+        be->release(net->compute_weights);
+        for (int i = 0; i < net->n_nodes; i++) be->release(net->nodes[i].bf16_input);
     }
     free(net->final_from);
     free(net->nodes);
@@ -487,6 +570,61 @@ static void dropout_forward_node(Net *net, const Node *node, int n, RngKey key) 
     net->be->dropout_forward(y->data, a->data, n, per_sample(y), node->p, key);
 }
 
+/* What a conv or linear node reads as its input: the bf16 copy of a network input under
+ * the bf16 emulation, else the tensor itself. */
+static const float *gemm_input(const Node *node, const Tensor *a) {
+    return node->bf16_input ? node->bf16_input : a->data;
+}
+
+/* A padded conv (net_conv_padded) runs on compute buffers: the input gets zero channels
+ * appended, the weights zero input channels and zero output rows, the bias zero
+ * entries; the output keeps the parameters' first channels. */
+static void conv_forward_padded(Net *net, const Node *node, int n, const NodeIO *io) {
+    const Backend *be = net->be;
+    ConvShape s = node->conv;
+    s.n = n;
+    const int ic = node->param_ic, oc = node->param_oc;
+    const size_t taps = (size_t)s.kh * s.kw, in_pixels = (size_t)n * s.h * s.w;
+    const float *x = gemm_input(node, io->a);
+    float *w = node->pad[PAD_W], *y = node->pad[PAD_Y] ? node->pad[PAD_Y] : io->y->data;
+    if (s.c > ic) {
+        be->concat_forward(node->pad[PAD_X], x, net->zeros, in_pixels, ic, s.c - ic);
+        be->concat_forward(w, io->w, net->zeros, (size_t)oc * taps, ic, s.c - ic);
+        x = node->pad[PAD_X];
+    } else {
+        be->copy(w, io->w, (size_t)oc * taps * s.c * sizeof(float));
+    }
+    /* rows oc.. of w and entries oc.. of the bias stay the arena's zeros */
+    be->copy(node->pad[PAD_B], io->bias, (size_t)oc * sizeof(float));
+    be->conv2d_forward(&s, y, x, w, node->pad[PAD_B], NULL, net->workspace);
+    if (node->pad[PAD_Y])
+        be->concat_backward(io->y->data, 0.0f, NULL, 0.0f, y, (size_t)n * s.oh * s.ow, oc,
+                            s.oc - oc);
+}
+
+/* Its backward: the output gradient padded with zeros, then the padding's gradients
+ * dropped (only the parameters' and the input's own channels are kept). */
+static void conv_backward_padded(Net *net, const Node *node, int n, const NodeIO *io,
+                                 float *da, float beta_a, float *dw, float *dbias) {
+    const Backend *be = net->be;
+    ConvShape s = node->conv;
+    s.n = n;
+    const int ic = node->param_ic, oc = node->param_oc;
+    const size_t taps = (size_t)s.kh * s.kw, in_pixels = (size_t)n * s.h * s.w;
+    const float *dy = io->y->grad, *x = s.c > ic ? node->pad[PAD_X] : gemm_input(node, io->a);
+    if (node->pad[PAD_DY]) {
+        be->concat_forward(node->pad[PAD_DY], dy, net->zeros, (size_t)n * s.oh * s.ow, oc,
+                           s.oc - oc);
+        dy = node->pad[PAD_DY];
+    }
+    float *dx = s.c > ic ? (da ? node->pad[PAD_DX] : NULL) : da;
+    be->conv2d_backward(&s, dx, s.c > ic ? 0.0f : beta_a, node->pad[PAD_DW], node->pad[PAD_DB],
+                        dy, x, node->pad[PAD_W], net->workspace);
+    if (dx && s.c > ic) be->concat_backward(da, beta_a, NULL, 0.0f, dx, in_pixels, ic, s.c - ic);
+    be->concat_backward(dw, 0.0f, NULL, 0.0f, node->pad[PAD_DW], (size_t)oc * taps, ic, s.c - ic);
+    be->copy(dbias, node->pad[PAD_DB], (size_t)oc * sizeof(float));
+}
+
 static void forward_node(Net *net, const Node *node, int n, const float *weights,
                          RngKey dropout_key) {
     const Backend *be = net->be;
@@ -496,9 +634,14 @@ static void forward_node(Net *net, const Node *node, int n, const float *weights
     size_t count = io.count;
     switch (node->op) {
     case OP_CONV: {
+        if (conv_is_padded(node)) {
+            conv_forward_padded(net, node, n, &io);
+            break;
+        }
         ConvShape s = node->conv;
         s.n = n;
-        be->conv2d_forward(&s, y->data, a->data, w, bias, b ? b->data : NULL, net->workspace);
+        be->conv2d_forward(&s, y->data, gemm_input(node, a), w, bias, b ? b->data : NULL,
+                           net->workspace);
         break;
     }
     case OP_GROUPNORM:
@@ -508,7 +651,8 @@ static void forward_node(Net *net, const Node *node, int n, const float *weights
         break;
     case OP_SILU: be->silu_forward(y->data, a->data, count); break;
     case OP_LINEAR:
-        be->linear_forward(y->data, a->data, w, bias, n * node->rows, node->k, node->n);
+        be->linear_forward(y->data, gemm_input(node, a), w, bias, n * node->rows, node->k,
+                           node->n);
         break;
     case OP_ATTENTION:
         be->attention_forward(y->data, node->probs, a->data, n, y->h * y->w, y->c,
@@ -546,7 +690,8 @@ static void channel_bias_backward(const Backend *be, float *dchannel, const floa
 
 static void backward_node(Net *net, const Node *node, int n, RngKey dropout_key) {
     const Backend *be = net->be;
-    NodeIO io = node_io(net, node, n, net->weights, dropout_key);
+    NodeIO io = node_io(net, node, n, net->compute_weights ? net->compute_weights : net->weights,
+                        dropout_key);
     const Tensor *a = io.a, *b = io.b, *y = io.y;
     const float *w = io.w, *bias = io.bias;
     size_t count = io.count;
@@ -556,9 +701,14 @@ static void backward_node(Net *net, const Node *node, int n, RngKey dropout_key)
     float beta_a = node->in_beta[0], beta_b = node->in_beta[1];
     switch (node->op) {
     case OP_CONV: {
+        if (conv_is_padded(node)) {
+            conv_backward_padded(net, node, n, &io, da, beta_a, dw, dbias);
+            break;
+        }
         ConvShape s = node->conv;
         s.n = n;
-        be->conv2d_backward(&s, da, beta_a, dw, dbias, y->grad, a->data, w, net->workspace);
+        be->conv2d_backward(&s, da, beta_a, dw, dbias, y->grad, gemm_input(node, a), w,
+                            net->workspace);
         if (db) be->accumulate(db, beta_b, y->grad, count);   /* the residual's gradient */
         break;
     }
@@ -569,8 +719,8 @@ static void backward_node(Net *net, const Node *node, int n, RngKey dropout_key)
         break;
     case OP_SILU: be->silu_backward(da, beta_a, y->grad, a->data, count); break;
     case OP_LINEAR:
-        be->linear_backward(da, beta_a, dw, dbias, y->grad, a->data, w, n * node->rows, node->k,
-                            node->n);
+        be->linear_backward(da, beta_a, dw, dbias, y->grad, gemm_input(node, a), w,
+                            n * node->rows, node->k, node->n);
         break;
     case OP_ATTENTION:
         /* the qkv projection output has no other reader, so its gradient is overwritten */
@@ -614,6 +764,61 @@ static void check_batch(const Net *net, int n) {
     if (n < 1 || n > net->max_batch) die("batch %d outside [1, %d]", n, net->max_batch);
 }
 
+/* ---------------- bf16 emulation ---------------- */
+
+static int is_network_input(const Net *net, int tensor) {
+    for (int i = 0; i < net->n_inputs; i++)
+        if (net->inputs[i].tensor == tensor) return 1;
+    return 0;
+}
+
+void net_use_bf16(Net *net) {
+    if (!net->finished) die("internal: net_use_bf16 comes after net_finish");
+    if (net->compute_weights) return;
+    net->compute_weights = net->be->alloc(net->num_parameters * sizeof(float));
+    net->compute_source = NULL;
+    for (int i = 0; i < net->n_nodes; i++) {
+        Node *node = &net->nodes[i];
+        const Tensor *a = node->in[0] >= 0 ? &net->tensors[node->in[0]] : NULL;
+        if ((node->op == OP_CONV || node->op == OP_LINEAR) && a && a->dtype == NET_F32 &&
+            is_network_input(net, node->in[0]))
+            node->bf16_input = net->be->alloc(tensor_floats(net, a) * sizeof(float));
+    }
+}
+
+void net_weights_changed(Net *net) { net->compute_source = NULL; }
+
+void net_compute_weights_match(Net *net, const float *source) { net->compute_source = source; }
+
+/* The bf16 copy of `source`, rounded afresh unless it already mirrors it. */
+static const float *bf16_weights(Net *net, const float *source) {
+    if (net->compute_source != source) {
+        net->be->copy(net->compute_weights, source, net->num_parameters * sizeof(float));
+        net->be->round_bf16(net->compute_weights, net->num_parameters);
+        net->compute_source = source;
+    }
+    return net->compute_weights;
+}
+
+static void round_tensor(const Net *net, const Tensor *t, float *data, int n) {
+    if (data && t->dtype == NET_F32) net->be->round_bf16(data, (size_t)n * per_sample(t));
+}
+
+/* After a node's forward: its output is stored in bf16. */
+static void round_node_output(const Net *net, const Node *node, int n) {
+    const Tensor *y = &net->tensors[node->out];
+    round_tensor(net, y, y->data, n);
+}
+
+/* After a node's backward: the activation gradients it wrote are stored in bf16. */
+static void round_node_input_grads(const Net *net, const Node *node, int n) {
+    for (int j = 0; j < 2; j++)
+        if (node->in[j] >= 0) {
+            const Tensor *t = &net->tensors[node->in[j]];
+            round_tensor(net, t, t->grad, n);
+        }
+}
+
 /* ---------------- profiling (profile.h) ---------------- */
 
 static ProfileCategory node_category(const Node *node) {
@@ -626,20 +831,22 @@ static ProfileCategory node_category(const Node *node) {
     }
 }
 
-/* A convolution's weight gradient alone, for the profile's split by direction. */
+/* A convolution's weight gradient alone, for the profile's split by direction (a padded
+ * conv's, which runs on its own buffers, is not split: its whole backward counts as data). */
 static void conv_weight_gradient(Net *net, const Node *node, int n) {
     ConvShape s = node->conv;
     s.n = n;
+    const float *weights = net->compute_weights ? net->compute_weights : net->weights;
     float *dw = (float *)param_ptr(net, net->grads, node->param[0]);
     net->be->conv2d_backward(&s, NULL, 0.0f, dw, NULL, net->tensors[node->out].grad,
-                             net->tensors[node->in[0]].data,
-                             param_ptr(net, net->weights, node->param[0]), net->workspace);
+                             gemm_input(node, &net->tensors[node->in[0]]),
+                             param_ptr(net, weights, node->param[0]), net->workspace);
 }
 
 static void profiled_backward_node(Net *net, const Node *node, int n, RngKey dropout_key) {
     Profile *p = net->profile;
     double weights_ms = 0, start;
-    if (node->op == OP_CONV) {
+    if (node->op == OP_CONV && !conv_is_padded(node)) {
         start = profile_begin(p);
         conv_weight_gradient(net, node, n);
         weights_ms = profile_end(p, PROF_CONV_BACKWARD_WEIGHTS, start, 0);
@@ -676,18 +883,31 @@ double net_forward_flops(const Net *net) {
 void net_forward(Net *net, int n, const float *weights, RngKey dropout_key) {
     check_batch(net, n);
     const float *w = weights ? weights : net->weights;
+    if (net->compute_weights) w = bf16_weights(net, w);
     for (int i = 0; i < net->n_nodes; i++) {
+        const Node *node = &net->nodes[i];
         const double start = profile_begin(net->profile);
-        forward_node(net, &net->nodes[i], n, w, dropout_key);
-        profile_end(net->profile, node_category(&net->nodes[i]), start, 1);
+        if (node->bf16_input) {   /* a GEMM reads bf16, as autocast casts its input */
+            size_t count = (size_t)n * per_sample(&net->tensors[node->in[0]]);
+            net->be->copy(node->bf16_input, net->tensors[node->in[0]].data, count * sizeof(float));
+            net->be->round_bf16(node->bf16_input, count);
+        }
+        forward_node(net, node, n, w, dropout_key);
+        if (net->compute_weights) round_node_output(net, node, n);
+        profile_end(net->profile, node_category(node), start, 1);
     }
 }
 
 void net_backward(Net *net, int n, RngKey dropout_key) {
     check_batch(net, n);
+    for (int i = 0; net->compute_weights && i < net->n_outputs; i++) {
+        const Tensor *t = &net->tensors[net->outputs[i].tensor];
+        round_tensor(net, t, t->grad, n);   /* the loss's gradient, stored in bf16 */
+    }
     for (int i = net->n_nodes - 1; i >= 0; i--) {
         if (net->profile) profiled_backward_node(net, &net->nodes[i], n, dropout_key);
         else backward_node(net, &net->nodes[i], n, dropout_key);
+        if (net->compute_weights) round_node_input_grads(net, &net->nodes[i], n);
         if (net->grads_ready) net->grads_ready(net->grads_ready_ctx, net->final_from[i]);
     }
 }
@@ -783,6 +1003,7 @@ void net_init_weights(Net *net, uint64_t seed, float *host_weights) {
     free(torch_order);
     if (!host_weights) {
         net->be->to_device(net->weights, host, net->num_parameters * sizeof(float));
+        net_weights_changed(net);
         free(host);
     }
 }

@@ -3,6 +3,7 @@
 #include "unet.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #include "nn_blocks.h"
 #include "util.h"
@@ -14,6 +15,18 @@ static int has_attention(const Config *cfg, int resolution) {
     for (int i = 0; i < cfg->n_attn_resolutions; i++)
         if (cfg->attn_resolutions[i] == resolution) return 1;
     return 0;
+}
+
+/* pad_io_channels: auto pads where tensor cores would run the convs (CUDA with bf16). */
+int unet_pads_io_channels(const Backend *be, const Config *cfg) {
+    if (cfg->pad_io_channels == PAD_IO_YES) return 1;
+    if (cfg->pad_io_channels == PAD_IO_NO) return 0;
+    return strcmp(be->name, "cuda") == 0 && cfg->mixed_precision == MIXED_PRECISION_BF16;
+}
+
+/* The channels the first and last convs compute on: a multiple of 8 when padding. */
+static int io_compute_channels(const Net *net, const Config *cfg, int channels) {
+    return unet_pads_io_channels(net->be, cfg) ? (channels + 7) / 8 * 8 : channels;
 }
 
 static BlockNorm unet_norm(const Config *cfg) {
@@ -33,7 +46,8 @@ int unet_encoder(Net *net, const Config *cfg, int x, int t, int *temb_out, int *
     int temb = block_time_class_embedding(net, t, cfg->ch, 4 * cfg->ch, class_ids,
                                           cfg->num_class_embeds);
     *n_skips = 0;
-    x = net_conv(net, "conv_in", x, cfg->ch, 3, 1, 1, 1);
+    x = net_conv_padded(net, "conv_in", x, cfg->ch, 3, 1, 1, 1,
+                        io_compute_channels(net, cfg, net_channels(net, x)), cfg->ch);
     skips[(*n_skips)++] = x;
     for (int i = 0; i < levels; i++) {
         int cout = cfg->ch * cfg->ch_mult[i];
@@ -80,7 +94,8 @@ static int unet_decoder(Net *net, const Config *cfg, int x, int temb, int *skips
         }
     }
     x = net_groupnorm(net, "conv_norm_out", x, cfg->groups, UNET_GN_EPS, 1);
-    return net_conv(net, "conv_out", x, cfg->out_channels, 3, 1, 1, 1);
+    return net_conv_padded(net, "conv_out", x, cfg->out_channels, 3, 1, 1, 1,
+                           net_channels(net, x), io_compute_channels(net, cfg, cfg->out_channels));
 }
 
 Net *unet_build(const Backend *be, const Config *cfg, int max_batch, int input_grad) {

@@ -6,13 +6,22 @@
 #include "unet.h"
 #include "util.h"
 
-Net *model_build(const Backend *be, const Config *cfg, int max_batch, int input_grad) {
+static Net *build_network(const Backend *be, const Config *cfg, int max_batch, int input_grad) {
     switch ((ObjectiveKind)cfg->objective) {
     case OBJECTIVE_DDPM: return unet_build(be, cfg, max_batch, input_grad);
     case OBJECTIVE_CLASSIFIER: return classifier_build(be, cfg, max_batch, input_grad, NULL);
     case OBJECTIVE_FLOW: return unet_build(be, cfg, max_batch, input_grad);   /* time 1000 t */
     case OBJECTIVE_VAE: return autoencoder_build(be, cfg, max_batch, input_grad);
     default: break;
+    }
+    return NULL;
+}
+
+Net *model_build(const Backend *be, const Config *cfg, int max_batch, int input_grad) {
+    Net *net = build_network(be, cfg, max_batch, input_grad);
+    if (net) {
+        if (cfg->mixed_precision == MIXED_PRECISION_BF16) net_use_bf16(net);
+        return net;
     }
     die("objective=%s: this build has no network for it",
         config_enum_name("objective", cfg->objective));

@@ -168,14 +168,16 @@ double learning_rate(const Config *cfg, long adam_steps) {
     return cfg->lr * (ramp < 1 ? ramp : 1);
 }
 
-void adamw_step(const Backend *be, const Config *c, float *weights, const float *grads,
-                float *adam_m, float *adam_v, size_t n, long t, double lr, double grad_norm) {
+void adamw_step(const Backend *be, const Config *c, float *weights, float *weights_bf16,
+                const float *grads, float *adam_m, float *adam_v, size_t n, long t, double lr,
+                double grad_norm) {
     /* clip_grad_norm_: scale by clip / (norm + 1e-6) when that is below 1 */
     double scale = c->grad_clip > 0 ? c->grad_clip / (grad_norm + 1e-6) : 1.0;
     if (scale > 1) scale = 1;
-    be->adamw(weights, grads, adam_m, adam_v, n, (float)lr, (float)c->beta1, (float)c->beta2,
-              (float)c->adam_eps, (float)c->weight_decay, (float)(1 - pow(c->beta1, (double)t)),
-              (float)(1 - pow(c->beta2, (double)t)), (float)scale);
+    be->adamw(weights, weights_bf16, grads, adam_m, adam_v, n, (float)lr, (float)c->beta1,
+              (float)c->beta2, (float)c->adam_eps, (float)c->weight_decay,
+              (float)(1 - pow(c->beta1, (double)t)), (float)(1 - pow(c->beta2, (double)t)),
+              (float)scale);
 }
 
 /* The device's optimizer state from tr->progress (after set-up or a checkpoint's load). */
@@ -200,9 +202,11 @@ static void queue_update(Trainer *tr) {
     const Backend *be = tr->be;
     Net *m = tr->model;
     be->optimizer_control(tr->optim_state, tr->grad_norm, tr->step_stats, optim_control(tr));
-    be->adamw_state(m->weights, m->grads, tr->adam_m, tr->adam_v, m->num_parameters,
-                    tr->optim_state, (float)c->beta1, (float)c->beta2, (float)c->adam_eps,
-                    (float)c->weight_decay);
+    /* with bf16, the compute copy of the weights comes out of the same pass */
+    be->adamw_state(m->weights, m->compute_weights, m->grads, tr->adam_m, tr->adam_v,
+                    m->num_parameters, tr->optim_state, (float)c->beta1, (float)c->beta2,
+                    (float)c->adam_eps, (float)c->weight_decay);
+    if (m->compute_weights) net_compute_weights_match(m, m->weights);
     be->ema_update_state(tr->ema, m->weights, m->num_parameters, tr->optim_state,
                          (float)c->ema_decay);
 }
@@ -321,6 +325,7 @@ int trainer_load(Trainer *tr, const char *path, char *err, size_t err_size) {
     optimizer_buffers(tr, bufs);
     TrainProgress progress;
     if (checkpoint_read(path, tr->model, bufs, &progress, err, err_size) != 0) return -1;
+    net_weights_changed(tr->model);   /* the bf16 compute copy is rounded afresh */
     CheckpointExtra extras[MAX_EXTRAS];
     int n_extras = objective_extras(tr, extras);
     if (checkpoint_read_extras(path, extras, n_extras, err, err_size) < 0) return -1;
