@@ -6,7 +6,10 @@
 # was fused (conv1's bias added with the time embedding, the skip add written by the last
 # conv: a few float additions in another order, within 1e-6 of the plain chain, see
 # tests/test_fusion.c; and dropout streams numbered by dropout rather than by node). The
-# plain chain with node-numbered streams still gave the earlier hashes exactly.
+# plain chain with node-numbered streams still gave the earlier hashes exactly. Re-recorded
+# again when attention came to run its samples in parallel (each sample's GEMMs then run on
+# one OpenBLAS thread, whose kernels round differently from its 2-thread split); the
+# previous attention code still gave the previous hashes exactly.
 # A change that moves any bit fails here; one that means to must re-record, and say why.
 source tests/lib_e2e.sh
 # The bits of a float GEMM depend on OpenBLAS's kernel, its blocking and the thread count:
