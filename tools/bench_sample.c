@@ -22,6 +22,7 @@ static double process_cpu_seconds(void) {
 }
 
 int main(int argc, char **argv) {
+    prefer_passive_omp_wait(argv);
     BenchArgs a = bench_parse(argc, argv);
     const Config *c = &a.cfg;
     char err[512];
@@ -70,12 +71,12 @@ int main(int argc, char **argv) {
     const double gflops = flops_per_image * B / step.p50 / 1e6;
     const double peak = cpu && a.sgemm_n ? bench_sgemm_peak_gflops(a.sgemm_n, 5) : 0;
     printf("{\"engine\": \"ddpm.c\", \"mode\": \"sample\", \"backend\": \"%s\", "
-           "\"commit\": \"%s\", \"precision\": \"%s\", \"threads\": %d, \"batch\": %d, "
+           "\"commit\": \"%s\", \"precision\": \"%s\", \"threads\": %d, \"blas_core\": \"%s\", \"batch\": %d, "
            "\"image_size\": %d, \"ch\": %d, \"guidance_scale\": %g, \"forward_batch\": %d, "
            "\"iters\": %d, \"p10_ms\": %.3f, \"p50_ms\": %.3f, \"p90_ms\": %.3f, "
            "\"ms_per_step\": %.3f, \"cpu_ms_per_step\": %.3f, \"img_per_s_full_chain\": %.4f, "
            "\"gflop_per_img\": %.3f, \"gflops\": %.1f",
-           a.be->name, DDPM_COMMIT, bench_precision(&a), omp_get_max_threads(), B,
+           a.be->name, DDPM_COMMIT, bench_precision(&a), omp_get_max_threads(), openblas_get_corename(), B,
            c->image_size, c->ch, conditional ? scale : 1.0, forward_batch, a.iters, step.p10,
            step.p50, step.p90, step.p50, cpu_median, B / (step.p50 * c->timesteps / 1e3),
            flops_per_image / 1e9, gflops);

@@ -91,13 +91,13 @@ int main(int argc, char **argv) {
     const double peak = cpu && a.sgemm_n ? bench_sgemm_peak_gflops(a.sgemm_n, 5) : 0;
     if (env.rank == 0) {
         printf("{\"engine\": \"ddpm.c\", \"mode\": \"train\", \"backend\": \"%s\", "
-               "\"commit\": \"%s\", \"precision\": \"%s\", \"threads\": %d, \"batch\": %d, "
+               "\"commit\": \"%s\", \"precision\": \"%s\", \"threads\": %d, \"blas_core\": \"%s\", \"batch\": %d, "
                "\"image_size\": %d, \"ch\": %d, \"dropout\": %g, \"parameters\": %zu, "
                "\"world_size\": %d, \"launcher\": \"%s\", \"allreduce\": %s, "
                "\"bucket_mb\": %g, \"iters\": %d, \"p10_ms\": %.3f, \"p50_ms\": %.3f, "
                "\"p90_ms\": %.3f, \"ms_per_step\": %.3f, \"host_enqueue_ms\": %.3f, "
                "\"img_per_s\": %.2f, \"gflop_per_img\": %.3f, \"gflops\": %.1f",
-               a.be->name, DDPM_COMMIT, bench_precision(&a), omp_get_max_threads(),
+               a.be->name, DDPM_COMMIT, bench_precision(&a), omp_get_max_threads(), openblas_get_corename(),
                a.cfg.batch_size, a.cfg.image_size, a.cfg.ch, a.cfg.dropout,
                tr.model->num_parameters, env.world_size, env.launcher,
                dist->ops.allreduce_mean_start ? "true" : "false", a.cfg.bucket_mb, a.iters,
