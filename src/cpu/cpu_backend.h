@@ -28,6 +28,13 @@ BACKEND_OPS(CPU_OP_PROTOTYPE)
  * deterministic: the bias gradients */
 void cpu_column_sums(float *sums, const float *m, size_t rows, int cols);
 
+/* src/cpu/cpu_pointwise.c: silu_forward/backward on the calling thread alone, for callers
+ * inside a parallel region that go chunk by chunk (GroupNorm's fused SiLU): there even an
+ * OpenMP construct that stays on one thread costs about a microsecond a call, which made the
+ * fused SiLU cost three times the GroupNorm it follows. */
+void cpu_silu_range(float *y, const float *x, size_t n);
+void cpu_silu_backward_range(float *dx, float beta, const float *dy, const float *x, size_t n);
+
 /* src/cpu/cpu_pointwise.c: dropout_forward/backward's result for elements [e0, e0 + count)
  * of sample s alone (any e0; p > 0): out = beta*out + in*mask/(1-p), the same mask and
  * float operations. GroupNorm's fused dropout applies it to a chunk while it is in cache. */

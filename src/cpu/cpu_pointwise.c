@@ -58,17 +58,29 @@ static inline float blend(float old, float beta, float v) {
     return beta * (beta == 0.0f ? 0.0f : old) + v;
 }
 
+static inline float silu(float x) { return x * sigmoid(x); }
+
+static inline float silu_grad(float dx_old, float beta, float dy, float x) {
+    float sig = sigmoid(x);
+    return blend(dx_old, beta, dy * sig * (1.0f + x * (1.0f - sig)));
+}
+
 void cpu_silu_forward(float *y, const float *x, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) y[i] = x[i] * sigmoid(x[i]);
+    for (size_t i = 0; i < n; i++) y[i] = silu(x[i]);
 }
 
 void cpu_silu_backward(float *dx, float beta, const float *dy, const float *x, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
-    for (size_t i = 0; i < n; i++) {
-        float sig = sigmoid(x[i]);
-        dx[i] = blend(dx[i], beta, dy[i] * sig * (1.0f + x[i] * (1.0f - sig)));
-    }
+    for (size_t i = 0; i < n; i++) dx[i] = silu_grad(dx[i], beta, dy[i], x[i]);
+}
+
+void cpu_silu_range(float *y, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = silu(x[i]);
+}
+
+void cpu_silu_backward_range(float *dx, float beta, const float *dy, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) dx[i] = silu_grad(dx[i], beta, dy[i], x[i]);
 }
 
 void cpu_add_forward(float *y, const float *a, const float *b, size_t n) {
