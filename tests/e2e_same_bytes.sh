@@ -9,7 +9,8 @@
 # plain chain with node-numbered streams still gave the earlier hashes exactly. Re-recorded
 # again when attention came to run its samples in parallel (each sample's GEMMs then run on
 # one OpenBLAS thread, whose kernels round differently from its 2-thread split); the
-# previous attention code still gave the previous hashes exactly.
+# previous attention code still gave the previous hashes exactly. Re-recorded again when
+# the softmax came to use the vectorised exponential (cpu_math.h) instead of libm's expf.
 # A change that moves any bit fails here; one that means to must re-record, and say why.
 source tests/lib_e2e.sh
 # The bits of a float GEMM depend on OpenBLAS's kernel, its blocking and the thread count:
@@ -17,9 +18,10 @@ source tests/lib_e2e.sh
 # threads, which are pinned here so that any x86-64 machine with AVX2 reproduces them.
 grep -qw avx2 /proc/cpuinfo 2>/dev/null || skip "the recorded hashes need OpenBLAS's AVX2 kernels"
 export OMP_NUM_THREADS=2 OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512
-# The bytes were recorded on the im2col convolutions (the oracle); oneDNN's JIT kernels
-# depend on the machine's vector ISA, so they have no machine-independent bytes to pin.
-export DDPM_CPU_CONV=im2col
+# The bytes were recorded on the im2col convolutions and OpenBLAS's GEMMs (the oracles);
+# oneDNN's JIT kernels depend on the machine's vector ISA, so they have no
+# machine-independent bytes to pin.
+export DDPM_CPU_CONV=im2col DDPM_CPU_GEMM=openblas
 [ -n "${DDPM_SANITIZE:-}" ] && skip "under the sanitizers (the same code, slower)"
 check_run() {
     local name=$1

@@ -1,4 +1,5 @@
-/* Dense ops on the CPU: linear layers and single-head attention, on OpenBLAS SGEMM.
+/* Dense ops on the CPU: linear layers and single-head attention, on cpu_gemm (oneDNN's
+ * matmul, or OpenBLAS's SGEMM).
  *
  * Linear:    y (M, N) = x (M, K) w^T + b, w (N, K) as in PyTorch.
  * Attention: per sample, q, k, v are strided views of qkv (L, 3C) with leading
@@ -13,6 +14,8 @@
 #include <string.h>
 
 #include "cpu_backend.h"
+#include "cpu_gemm.h"
+#include "cpu_math.h"
 
 /* ---- linear ---- */
 
@@ -56,8 +59,9 @@ void cpu_linear_forward_residual(float *y, const float *x, const float *w, const
     /* Seeding y with the bias (and residual) lets the GEMM add them for free (beta = 1). */
     if (residual) residual_plus_rows(y, residual, b, m, n);
     else if (b) broadcast_rows(y, b, m, n);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, w, k,
-                b || residual ? 1.0f : 0.0f, y, n);
+    cpu_gemm(&(GemmCall){.m = m, .n = n, .k = k, .trans_b = 1, .lda = k, .ldb = k, .ldc = n,
+                         .alpha = 1.0f, .beta = b || residual ? 1.0f : 0.0f},
+             x, w, y);
 }
 
 void cpu_linear_forward(float *y, const float *x, const float *w, const float *b, int m, int k,
@@ -67,32 +71,36 @@ void cpu_linear_forward(float *y, const float *x, const float *w, const float *b
 
 void cpu_linear_backward(float *dx, float beta, float *dw, float *db, const float *dy,
                          const float *x, const float *w, int m, int k, int n) {
-    /* dx (M, K) = dy (M, N) w (N, K); SGEMM's beta is exactly our beta (0 ignores dx). */
+    /* dx (M, K) = dy (M, N) w (N, K); the GEMM's beta is exactly our beta (0 ignores dx). */
     if (dx)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, k, n, 1.0f, dy, n, w, k, beta,
-                    dx, k);
+        cpu_gemm(&(GemmCall){.m = m, .n = k, .k = n, .lda = n, .ldb = k, .ldc = k, .alpha = 1.0f,
+                             .beta = beta},
+                 dy, w, dx);
     /* dw (N, K) = dy^T (N, M) x (M, K) */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, k, m, 1.0f, dy, n, x, k, 0.0f, dw, k);
+    cpu_gemm(&(GemmCall){.m = n, .n = k, .k = m, .trans_a = 1, .lda = n, .ldb = k, .ldc = k,
+                         .alpha = 1.0f},
+             dy, x, dw);
     if (db) cpu_column_sums(db, dy, (size_t)m, n);
 }
 
 /* ---- attention ----
- * A sample's GEMMs (L x L x C) are too small to split well over threads: OpenBLAS wakes its
- * threads for each one, and the scores leave the cache between the GEMMs and the softmax.
- * When the batch has a sample for every thread, the samples run in parallel instead, one
- * per thread from start to end; OpenBLAS runs single-threaded inside an OpenMP parallel
- * region. Otherwise (sampling one image) the GEMMs take the threads, one sample at a time.
- * Either way every row's sums have one fixed order. */
+ * On oneDNN (cpu_gemm.h), each of the GEMMs runs once as a strided batch over the samples.
+ * On OpenBLAS, a sample's GEMMs (L x L x C) are too small to split well over threads: it
+ * wakes its threads for each one, and the scores leave the cache between the GEMMs and the
+ * softmax. When the batch has a sample for every thread, the samples run in parallel
+ * instead, one per thread from start to end; OpenBLAS runs single-threaded inside an OpenMP
+ * parallel region. Otherwise (sampling one image) the GEMMs take the threads, one sample at
+ * a time. Either way every row's sums have one fixed order. */
 
-/* In place over one row of length n: p = exp(s - max s) / sum. */
+/* In place over one row of length n: p = exp(s - max s) / sum. The exponentials are
+ * vectorised (cpu_math.h; libm's expf is a scalar call, which took a tenth of a sampling
+ * step), then summed in order in double. */
 static void softmax_row(float *row, int n) {
     float max = row[0];
     for (int j = 1; j < n; j++) max = row[j] > max ? row[j] : max;
+    for (int j = 0; j < n; j++) row[j] = exp_saturating(row[j] - max);
     double sum = 0;
-    for (int j = 0; j < n; j++) {
-        row[j] = expf(row[j] - max);
-        sum += row[j];
-    }
+    for (int j = 0; j < n; j++) sum += row[j];
     const float inv = (float)(1.0 / sum);
     for (int j = 0; j < n; j++) row[j] *= inv;
 }
@@ -124,9 +132,73 @@ static void attention_sample_forward(float *out, float *probs, const float *qkv,
                 d.ld, 0.0f, out, d.c);
 }
 
+/* The batched path: each GEMM once over all samples (a strided batch), the softmax over all
+ * rows; the GEMM library spreads the batch over the threads. */
+static void softmax_all_rows(float *p, size_t rows, int n) {
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) softmax_row(p + r * (size_t)n, n);
+}
+
+static void softmax_backward_all_rows(float *d, const float *p, size_t rows, int n) {
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) softmax_backward_row(d + r * (size_t)n, p + r * (size_t)n, n);
+}
+
+/* (L, L) or (L, C) products of each sample: A (lda) and B (ldb) with their batch strides. */
+static GemmCall attention_gemm(int b, int m, int n, int k, int trans_a, int trans_b, int lda,
+                               size_t stride_a, int ldb, size_t stride_b, int ldc,
+                               size_t stride_c, float alpha) {
+    return (GemmCall){.batch = b, .m = m, .n = n, .k = k, .trans_a = trans_a,
+                      .trans_b = trans_b, .lda = lda, .ldb = ldb, .ldc = ldc,
+                      .stride_a = stride_a, .stride_b = stride_b, .stride_c = stride_c,
+                      .alpha = alpha};
+}
+
+static void attention_forward_batched(float *out, float *probs, const float *qkv, int b,
+                                      AttentionDims d) {
+    const size_t qkv_stride = (size_t)d.l * d.ld, probs_stride = (size_t)d.l * d.l;
+    const size_t out_stride = (size_t)d.l * d.c;
+    const float *q = qkv, *k = qkv + d.c, *v = qkv + 2 * d.c;
+    GemmCall scores = attention_gemm(b, d.l, d.l, d.c, 0, 1, d.ld, qkv_stride, d.ld, qkv_stride,
+                                     d.l, probs_stride, d.scale);
+    cpu_gemm(&scores, q, k, probs);
+    softmax_all_rows(probs, (size_t)b * d.l, d.l);
+    GemmCall mix = attention_gemm(b, d.l, d.c, d.l, 0, 0, d.l, probs_stride, d.ld, qkv_stride,
+                                  d.c, out_stride, 1.0f);
+    cpu_gemm(&mix, probs, v, out);
+}
+
+static void attention_backward_batched(float *dqkv, const float *dout, const float *qkv,
+                                       const float *probs, float *dscores, int b,
+                                       AttentionDims d) {
+    const size_t qkv_stride = (size_t)d.l * d.ld, probs_stride = (size_t)d.l * d.l;
+    const size_t out_stride = (size_t)d.l * d.c;
+    const float *q = qkv, *k = qkv + d.c, *v = qkv + 2 * d.c;
+    float *dq = dqkv, *dk = dqkv + d.c, *dv = dqkv + 2 * d.c;
+    /* dv = probs^T dout;  dprobs = dout v^T */
+    GemmCall g = attention_gemm(b, d.l, d.c, d.l, 1, 0, d.l, probs_stride, d.c, out_stride, d.ld,
+                                qkv_stride, 1.0f);
+    cpu_gemm(&g, probs, dout, dv);
+    g = attention_gemm(b, d.l, d.l, d.c, 0, 1, d.c, out_stride, d.ld, qkv_stride, d.l,
+                       probs_stride, 1.0f);
+    cpu_gemm(&g, dout, v, dscores);
+    softmax_backward_all_rows(dscores, probs, (size_t)b * d.l, d.l);
+    /* dq = dscores k * scale;  dk = dscores^T q * scale */
+    g = attention_gemm(b, d.l, d.c, d.l, 0, 0, d.l, probs_stride, d.ld, qkv_stride, d.ld,
+                       qkv_stride, d.scale);
+    cpu_gemm(&g, dscores, k, dq);
+    g = attention_gemm(b, d.l, d.c, d.l, 1, 0, d.l, probs_stride, d.ld, qkv_stride, d.ld,
+                       qkv_stride, d.scale);
+    cpu_gemm(&g, dscores, q, dk);
+}
+
 void cpu_attention_forward(float *out, float *probs, const float *qkv, int b, int l, int c,
                            float scale) {
     const AttentionDims d = {l, c, 3 * c, scale};
+    if (cpu_gemm_path() == GEMM_PATH_ONEDNN) {
+        attention_forward_batched(out, probs, qkv, b, d);
+        return;
+    }
     const size_t qkv_stride = (size_t)l * d.ld, probs_stride = (size_t)l * l;
     const int parallel = samples_in_parallel(b);
 #pragma omp parallel for schedule(static) if (parallel)
@@ -159,6 +231,10 @@ static void attention_sample_backward(float *dqkv, const float *dout, const floa
 void cpu_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *probs,
                             int b, int l, int c, float scale, float *workspace) {
     const AttentionDims d = {l, c, 3 * c, scale};
+    if (cpu_gemm_path() == GEMM_PATH_ONEDNN) {
+        attention_backward_batched(dqkv, dout, qkv, probs, workspace, b, d);
+        return;
+    }
     const size_t qkv_stride = (size_t)l * d.ld, probs_stride = (size_t)l * l;
     const int parallel = samples_in_parallel(b);
 #pragma omp parallel for schedule(static) if (parallel)
