@@ -3,8 +3,8 @@
  * prototypes are generated from that list, and src/cpu/cpu_backend.c assembles the
  * table from it. Where they live:
  *   memory ops              src/cpu/cpu_backend.c
- *   conv2d_*                src/cpu/cpu_conv.c (im2col + OpenBLAS SGEMM, NHWC)
- *   linear_*, attention_*   src/cpu/cpu_dense.c (OpenBLAS SGEMM)
+ *   conv2d_*                src/cpu/cpu_conv.c (oneDNN, or im2col + OpenBLAS SGEMM; NHWC)
+ *   linear_*, attention_*   src/cpu/cpu_dense.c (cpu_gemm.c: oneDNN's matmul or OpenBLAS)
  *   groupnorm_*             src/cpu/cpu_norm.c
  *   elementwise, layout, timestep_embedding, embedding_*   src/cpu/cpu_pointwise.c
  *   q_sample_images, mse_loss, sample_update(_indexed), normal_fill,
