@@ -92,6 +92,14 @@ peer() {   # peer PYTHON MODE BATCH [args]
         --threads "$threads" --warmup 2 --iters "$iters" "$@"
 }
 
+# The SGEMM peak our benchmarks report is OpenBLAS's with this environment's settings;
+# where OPENBLAS_CORETYPE (and OPENBLAS_L2_SIZE) are set, also measure it with OpenBLAS's
+# own choice of kernels, in that command alone.
+if [ -n "${OPENBLAS_CORETYPE:-}${OPENBLAS_L2_SIZE:-}" ]; then
+    run "sgemm openblas-own-kernels" env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \
+        bin/bench_sample --config configs/tiny batch_size=1 --warmup 0 --iters 1 --profile 0
+fi
+
 ours_train=(bin/bench_train --config configs/fashion_mnist batch_size="$train_batch" --warmup 2 --iters "$iters")
 ours_sample=(bin/bench_sample --config configs/fashion_mnist batch_size="$sample_batch" --warmup 1 --iters "$iters")
 for r in $(seq "$rounds"); do
