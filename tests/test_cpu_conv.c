@@ -96,11 +96,13 @@ static ConvResults run_path(CpuConvPath path, const ConvShape *prepared, int n, 
     cpu_conv2d_prepare(&s);
     void *ws = xmalloc(s.workspace_bytes + 64);
     s.n = n;
+#ifdef DDPM_ONEDNN
     /* otherwise the dispatch would fall back to im2col and compare it with itself */
     if (path == CONV_PATH_ONEDNN)
         CHECK(onednn_conv_workspace(&s) <= s.workspace_bytes,
               "the oneDNN path would not run at batch %d of a conv prepared for %d", n,
               prepared->n);
+#endif
     ConvResults r = {xmalloc(out * 4), xmalloc(out * 4), xmalloc(in * 4), xmalloc(in * 4),
                      xmalloc(weights * 4), xmalloc((size_t)s.oc * 4)};
     memcpy(r.dx1, dx_before, in * 4);
@@ -153,7 +155,8 @@ static double compare_shape(const ConvShape *s, int n) {
 int main(void) {
     if (cpu_conv_set_path(CONV_PATH_ONEDNN) != 0) {
         SKIP("this build has no oneDNN: nothing to compare with im2col");
-        return test_summary("test_cpu_conv");
+        test_summary("test_cpu_conv");
+        return 77;   /* tests/run_tests.sh: skipped, not passed */
     }
     collect_network_shapes();
     double worst = 0;

@@ -4,6 +4,9 @@
 #include <string.h>
 
 #include "cpu_backend.h"
+#ifdef DDPM_ONEDNN
+#include "cpu_onednn.h"
+#endif
 #include "util.h"
 
 void *cpu_alloc(size_t bytes) { return xcalloc(1, bytes); }
@@ -40,6 +43,37 @@ void *cpu_scratch(CpuScratch *s, size_t bytes) {
     }
     return s->data;
 }
+
+int cpu_env_choice(const char *var, const char *const names[2], int second_built) {
+    const char *want = getenv(var);
+    if (!want || !*want) return second_built ? 1 : 0;
+    if (strcmp(want, names[0]) == 0) return 0;
+    if (strcmp(want, names[1]) != 0) die("%s=%s: expected %s or %s", var, want, names[0], names[1]);
+    if (!second_built)
+        die("%s=%s: this build has no oneDNN (install libdnnl-dev and rebuild)", var, want);
+    return 1;
+}
+
+#ifdef DDPM_ONEDNN
+static dnnl_engine_t engine;
+static dnnl_stream_t stream;
+
+static void start_onednn(void) {
+    if (engine) return;
+    DNNL_CHECK(dnnl_engine_create(&engine, dnnl_cpu, 0));
+    DNNL_CHECK(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags));
+}
+
+dnnl_engine_t cpu_onednn_engine(void) {
+    start_onednn();
+    return engine;
+}
+
+dnnl_stream_t cpu_onednn_stream(void) {
+    start_onednn();
+    return stream;
+}
+#endif
 
 void conv_shape_finish(ConvShape *s) {
     s->oh = (s->h + s->pad_top + s->pad_bottom - s->kh) / s->stride + 1;

@@ -56,4 +56,9 @@ typedef struct {
 } CpuScratch;
 void *cpu_scratch(CpuScratch *s, size_t bytes);
 
+/* Which of two implementations the environment variable var picks: 0 for names[0] (every
+ * build has it), 1 for names[1] (built when second_built); unset, the second where built.
+ * A value that is neither, or names a path the build lacks, dies naming var. */
+int cpu_env_choice(const char *var, const char *const names[2], int second_built);
+
 #endif

@@ -186,19 +186,13 @@ int cpu_conv_set_path(CpuConvPath p) {
 }
 
 CpuConvPath cpu_conv_path(void) {
-    if (path_chosen) return path;
-    const char *want = getenv("DDPM_CPU_CONV");
+    static const char *const names[2] = {"im2col", "onednn"};
 #ifdef DDPM_ONEDNN
-    CpuConvPath best = CONV_PATH_ONEDNN;
+    const int built = 1;
 #else
-    CpuConvPath best = CONV_PATH_IM2COL;
+    const int built = 0;
 #endif
-    if (!want || !*want) cpu_conv_set_path(best);
-    else if (strcmp(want, "im2col") == 0) cpu_conv_set_path(CONV_PATH_IM2COL);
-    else if (strcmp(want, "onednn") != 0)
-        die("DDPM_CPU_CONV=%s: expected im2col or onednn", want);
-    else if (cpu_conv_set_path(CONV_PATH_ONEDNN) != 0)
-        die("DDPM_CPU_CONV=onednn: this build has no oneDNN (install libdnnl-dev and rebuild)");
+    if (!path_chosen) cpu_conv_set_path((CpuConvPath)cpu_env_choice("DDPM_CPU_CONV", names, built));
     return path;
 }
 

@@ -22,20 +22,11 @@
 #include "cpu_conv_paths.h"
 
 #ifdef DDPM_ONEDNN
-#include <oneapi/dnnl/dnnl.h>
-#include <oneapi/dnnl/dnnl_debug.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "util.h"
+#include "cpu_onednn.h"
 
-#define DNNL_CHECK(call)                                                                  \
-    do {                                                                                  \
-        dnnl_status_t status_ = (call);                                                   \
-        if (status_ != dnnl_success)                                                      \
-            die("oneDNN: %s failed (%s) at %s:%d", #call, dnnl_status2str(status_),       \
-                __FILE__, __LINE__);                                                      \
-    } while (0)
 
 /* A primitive with its scratchpad need; reorder is NULL when our layout is its layout. */
 typedef struct {
@@ -60,15 +51,7 @@ typedef struct ConvEntry {
     struct ConvEntry *next;
 } ConvEntry;
 
-static dnnl_engine_t engine;
-static dnnl_stream_t stream;
 static ConvEntry *entries;
-
-static void start_engine(void) {
-    if (engine) return;
-    DNNL_CHECK(dnnl_engine_create(&engine, dnnl_cpu, 0));
-    DNNL_CHECK(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags));
-}
 
 static size_t align64(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
 
@@ -138,12 +121,13 @@ static WeightReorder weight_reorder(const dnnl_memory_desc_t *ours,
     dnnl_primitive_attr_t attr = user_scratchpad_attr();
     dnnl_primitive_desc_t pd;
     const dnnl_memory_desc_t *from = to_ours ? theirs : ours, *to = to_ours ? ours : theirs;
-    DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, from, engine, to, engine, attr));
+    DNNL_CHECK(dnnl_reorder_primitive_desc_create(&pd, from, cpu_onednn_engine(), to,
+                                                  cpu_onednn_engine(), attr));
     DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
     r.prim = make_prim(pd);
     DNNL_CHECK(dnnl_primitive_desc_destroy(pd));
     r.bytes = dnnl_memory_desc_get_size(theirs);
-    DNNL_CHECK(dnnl_memory_create(&r.theirs, theirs, engine, DNNL_MEMORY_NONE));
+    DNNL_CHECK(dnnl_memory_create(&r.theirs, theirs, cpu_onednn_engine(), DNNL_MEMORY_NONE));
     return r;
 }
 
@@ -165,7 +149,7 @@ static dnnl_primitive_desc_t forward_pd(const ConvDescs *d, int add_to_dst) {
         DNNL_CHECK(dnnl_primitive_attr_set_post_ops(attr, post_ops));
     }
     dnnl_primitive_desc_t pd;
-    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, attr, engine, NULL));
+    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, attr, cpu_onednn_engine(), NULL));
     if (post_ops) DNNL_CHECK(dnnl_post_ops_destroy(post_ops));
     DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
     return pd;
@@ -190,7 +174,7 @@ static void make_backward_data(ConvEntry *e, const ConvDescs *d,
         d->pad_r));
     dnnl_primitive_attr_t attr = user_scratchpad_attr();
     dnnl_primitive_desc_t pd;
-    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, attr, engine, fwd_pd));
+    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, attr, cpu_onednn_engine(), fwd_pd));
     DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
     e->w_bwd_data = weight_reorder(&d->weights_ours, chosen_md(pd, dnnl_query_weights_md), 0);
     e->bwd_data = make_prim(pd);
@@ -206,7 +190,7 @@ static void make_backward_weights(ConvEntry *e, const ConvDescs *d,
         d->pad_l, d->pad_r));
     dnnl_primitive_attr_t attr = user_scratchpad_attr();
     dnnl_primitive_desc_t pd;
-    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, attr, engine, fwd_pd));
+    DNNL_CHECK(dnnl_primitive_desc_create(&pd, &desc, attr, cpu_onednn_engine(), fwd_pd));
     DNNL_CHECK(dnnl_primitive_attr_destroy(attr));
     e->dw = weight_reorder(&d->weights_ours, chosen_md(pd, dnnl_query_diff_weights_md), 1);
     e->bwd_weights = make_prim(pd);
@@ -239,19 +223,18 @@ static void make_memories(ConvEntry *e, const ConvDescs *d) {
     dnnl_memory_desc_t scratch;
     dnnl_dims_t bytes = {(dnnl_dim_t)(max_scratch(e) ? max_scratch(e) : 1)};
     DNNL_CHECK(dnnl_memory_desc_init_by_tag(&scratch, 1, bytes, dnnl_u8, dnnl_x));
-    DNNL_CHECK(dnnl_memory_create(&e->scratch, &scratch, engine, DNNL_MEMORY_NONE));
-    DNNL_CHECK(dnnl_memory_create(&e->src, &d->src, engine, DNNL_MEMORY_NONE));
-    DNNL_CHECK(dnnl_memory_create(&e->diff_src, &d->src, engine, DNNL_MEMORY_NONE));
-    DNNL_CHECK(dnnl_memory_create(&e->dst, &d->dst, engine, DNNL_MEMORY_NONE));
-    DNNL_CHECK(dnnl_memory_create(&e->diff_dst, &d->dst, engine, DNNL_MEMORY_NONE));
-    DNNL_CHECK(dnnl_memory_create(&e->weights, &d->weights_ours, engine, DNNL_MEMORY_NONE));
-    DNNL_CHECK(dnnl_memory_create(&e->diff_weights, &d->weights_ours, engine,
+    DNNL_CHECK(dnnl_memory_create(&e->scratch, &scratch, cpu_onednn_engine(), DNNL_MEMORY_NONE));
+    DNNL_CHECK(dnnl_memory_create(&e->src, &d->src, cpu_onednn_engine(), DNNL_MEMORY_NONE));
+    DNNL_CHECK(dnnl_memory_create(&e->diff_src, &d->src, cpu_onednn_engine(), DNNL_MEMORY_NONE));
+    DNNL_CHECK(dnnl_memory_create(&e->dst, &d->dst, cpu_onednn_engine(), DNNL_MEMORY_NONE));
+    DNNL_CHECK(dnnl_memory_create(&e->diff_dst, &d->dst, cpu_onednn_engine(), DNNL_MEMORY_NONE));
+    DNNL_CHECK(dnnl_memory_create(&e->weights, &d->weights_ours, cpu_onednn_engine(), DNNL_MEMORY_NONE));
+    DNNL_CHECK(dnnl_memory_create(&e->diff_weights, &d->weights_ours, cpu_onednn_engine(),
                                   DNNL_MEMORY_NONE));
-    DNNL_CHECK(dnnl_memory_create(&e->bias, &d->bias, engine, DNNL_MEMORY_NONE));
+    DNNL_CHECK(dnnl_memory_create(&e->bias, &d->bias, cpu_onednn_engine(), DNNL_MEMORY_NONE));
 }
 
 static ConvEntry *make_entry(const ConvShape *s) {
-    start_engine();
     ConvEntry *e = xcalloc(1, sizeof *e);
     e->key = shape_key(s);
     ConvDescs d = conv_descs(s);
@@ -282,8 +265,8 @@ static void set_handle(dnnl_memory_t m, const void *p) {
 
 static void execute(const Prim *p, dnnl_memory_t scratch, int nargs, dnnl_exec_arg_t *args) {
     args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, scratch};
-    DNNL_CHECK(dnnl_primitive_execute(p->prim, stream, nargs, args));
-    DNNL_CHECK(dnnl_stream_wait(stream));
+    DNNL_CHECK(dnnl_primitive_execute(p->prim, cpu_onednn_stream(), nargs, args));
+    DNNL_CHECK(dnnl_stream_wait(cpu_onednn_stream()));
 }
 
 /* Our weights w, in the layout of the primitive that r reorders for (w itself if none). */

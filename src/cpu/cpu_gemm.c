@@ -21,9 +21,9 @@
 #include "cpu_gemm.h"
 #include "util.h"
 
+#include "cpu_backend.h"
 #ifdef DDPM_ONEDNN
-#include <oneapi/dnnl/dnnl.h>
-#include <oneapi/dnnl/dnnl_debug.h>
+#include "cpu_onednn.h"
 #endif
 
 static int path_chosen;
@@ -41,19 +41,13 @@ int cpu_gemm_set_path(CpuGemmPath p) {
 }
 
 CpuGemmPath cpu_gemm_path(void) {
-    if (path_chosen) return path;
-    const char *want = getenv("DDPM_CPU_GEMM");
+    static const char *const names[2] = {"openblas", "onednn"};
 #ifdef DDPM_ONEDNN
-    const CpuGemmPath best = GEMM_PATH_ONEDNN;
+    const int built = 1;
 #else
-    const CpuGemmPath best = GEMM_PATH_OPENBLAS;
+    const int built = 0;
 #endif
-    if (!want || !*want) cpu_gemm_set_path(best);
-    else if (strcmp(want, "openblas") == 0) cpu_gemm_set_path(GEMM_PATH_OPENBLAS);
-    else if (strcmp(want, "onednn") != 0)
-        die("DDPM_CPU_GEMM=%s: expected openblas or onednn", want);
-    else if (cpu_gemm_set_path(GEMM_PATH_ONEDNN) != 0)
-        die("DDPM_CPU_GEMM=onednn: this build has no oneDNN (install libdnnl-dev and rebuild)");
+    if (!path_chosen) cpu_gemm_set_path((CpuGemmPath)cpu_env_choice("DDPM_CPU_GEMM", names, built));
     return path;
 }
 
@@ -67,13 +61,6 @@ static void openblas_gemm(const GemmCall *g, const float *a, const float *b, flo
 
 #ifdef DDPM_ONEDNN
 
-#define DNNL_CHECK(call)                                                                  \
-    do {                                                                                  \
-        dnnl_status_t status_ = (call);                                                   \
-        if (status_ != dnnl_success)                                                      \
-            die("oneDNN: %s failed (%s) at %s:%d", #call, dnnl_status2str(status_),       \
-                __FILE__, __LINE__);                                                      \
-    } while (0)
 
 typedef struct GemmEntry {
     GemmCall key;
@@ -83,8 +70,6 @@ typedef struct GemmEntry {
     struct GemmEntry *next;
 } GemmEntry;
 
-static dnnl_engine_t engine;
-static dnnl_stream_t stream;
 static GemmEntry *entries;
 
 /* The (rows, cols) view, or (batch, rows, cols) for batch > 1, of a row-major operand
@@ -105,10 +90,7 @@ static dnnl_memory_desc_t view(int batch, int rows, int cols, int ld, size_t str
 }
 
 static GemmEntry *make_entry(const GemmCall *g) {
-    if (!engine) {
-        DNNL_CHECK(dnnl_engine_create(&engine, dnnl_cpu, 0));
-        DNNL_CHECK(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags));
-    }
+    dnnl_engine_t engine = cpu_onednn_engine();
     GemmEntry *e = xcalloc(1, sizeof *e);
     e->key = *g;
     dnnl_memory_desc_t a = view(g->batch, g->m, g->k, g->lda, g->stride_a, g->trans_a);
@@ -171,8 +153,8 @@ static void onednn_gemm(const GemmCall *g, const float *a, const float *b, float
     DNNL_CHECK(dnnl_memory_set_data_handle(e->c, c));
     dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, e->a}, {DNNL_ARG_WEIGHTS, e->b},
                                {DNNL_ARG_DST, e->c}, {DNNL_ARG_SCRATCHPAD, e->scratch}};
-    DNNL_CHECK(dnnl_primitive_execute(e->prim, stream, 4, args));
-    DNNL_CHECK(dnnl_stream_wait(stream));
+    DNNL_CHECK(dnnl_primitive_execute(e->prim, cpu_onednn_stream(), 4, args));
+    DNNL_CHECK(dnnl_stream_wait(cpu_onednn_stream()));
 }
 
 #endif
