@@ -84,7 +84,7 @@ void cpu_linear_backward(float *dx, float beta, float *dw, float *db, const floa
 }
 
 /* ---- attention ----
- * On oneDNN (cpu_gemm.h), each of the GEMMs runs once as a strided batch over the samples.
+ * On oneDNN (cpu_gemm.h), each of the GEMMs is one call over the samples (a strided batch).
  * On OpenBLAS, a sample's GEMMs (L x L x C) are too small to split well over threads: it
  * wakes its threads for each one, and the scores leave the cache between the GEMMs and the
  * softmax. When the batch has a sample for every thread, the samples run in parallel
