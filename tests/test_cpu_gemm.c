@@ -3,8 +3,8 @@
  *    operands, strided batches over qkv's interleaved rows, an output scale, beta 0 and 1)
  *    and odd sizes: equal to OpenBLAS's result to 1e-5 relative, and oneDNN really runs
  *    them (a call oneDNN has no kernel for would go to OpenBLAS and compare with itself);
- *  - linear and attention, forward and backward, on the U-Nets' shapes (16x16 and 4x4
- *    attention at 128 channels, a 7x7 level, one sample): every output within 1e-5.
+ *  - the linear layers, forward and backward, on the U-Nets' shapes: every output within
+ *    1e-5. (Attention runs on OpenBLAS on either path; cpu_dense.c says why.)
  * Without oneDNN in the build the comparison is skipped, not passed. */
 #include <stdlib.h>
 #include <string.h>
@@ -111,27 +111,6 @@ static void compare_linear(int m, int k, int n) {
     free(got.y), free(got.dx), free(got.dw), free(got.db);
 }
 
-static void compare_attention(int b, int l, int c) {
-    const size_t nqkv = (size_t)b * l * 3 * c, nout = (size_t)b * l * c, np = (size_t)b * l * l;
-    float *qkv = random_floats(nqkv, 8), *dout = random_floats(nout, 9);
-    float *out[2], *probs[2], *dqkv[2];
-    for (int p = 0; p < 2; p++) {
-        cpu_gemm_set_path(p == 0 ? GEMM_PATH_OPENBLAS : GEMM_PATH_ONEDNN);
-        out[p] = xmalloc(nout * 4), probs[p] = xmalloc(np * 4), dqkv[p] = xmalloc(nqkv * 4);
-        float *ws = xmalloc(np * 4);
-        cpu_attention_forward(out[p], probs[p], qkv, b, l, c, 0.088f);
-        cpu_attention_backward(dqkv[p], dout, qkv, probs[p], b, l, c, 0.088f, ws);
-        free(ws);
-    }
-    double e[3] = {rel_error(out[1], out[0], nout, 0), rel_error(probs[1], probs[0], np, 0),
-                   rel_error(dqkv[1], dqkv[0], nqkv, 0)};
-    CHECK(e[0] <= TOL && e[1] <= TOL && e[2] <= TOL,
-          "attention b%d L%d C%d: out %.3g, probs %.3g, dqkv %.3g relative", b, l, c, e[0],
-          e[1], e[2]);
-    for (int p = 0; p < 2; p++) free(out[p]), free(probs[p]), free(dqkv[p]);
-    free(qkv), free(dout);
-}
-
 int main(void) {
     if (cpu_gemm_set_path(GEMM_PATH_ONEDNN) != 0) {
         SKIP("this build has no oneDNN: nothing to compare with OpenBLAS");
@@ -143,8 +122,5 @@ int main(void) {
     compare_linear(2 * 256, 128, 128);   /* to_out */
     compare_linear(3, 256, 256);         /* time embedding */
     compare_linear(3 * 49, 64, 192);     /* a 7x7 level */
-    compare_attention(3, 256, 128);      /* 16x16, 128 channels */
-    compare_attention(2, 16, 128);       /* the 4x4 middle */
-    compare_attention(1, 49, 64);        /* one sample, 7x7 */
     return test_summary("test_cpu_gemm");
 }

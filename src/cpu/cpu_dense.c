@@ -1,5 +1,5 @@
-/* Dense ops on the CPU: linear layers and single-head attention, on cpu_gemm (oneDNN's
- * matmul, or OpenBLAS's SGEMM).
+/* Dense ops on the CPU: linear layers on cpu_gemm (oneDNN's matmul, or OpenBLAS's SGEMM)
+ * and single-head attention on OpenBLAS's SGEMM.
  *
  * Linear:    y (M, N) = x (M, K) w^T + b, w (N, K) as in PyTorch.
  * Attention: per sample, q, k, v are strided views of qkv (L, 3C) with leading
@@ -84,13 +84,15 @@ void cpu_linear_backward(float *dx, float beta, float *dw, float *db, const floa
 }
 
 /* ---- attention ----
- * On oneDNN (cpu_gemm.h), each of the GEMMs is one call over the samples (a strided batch).
- * On OpenBLAS, a sample's GEMMs (L x L x C) are too small to split well over threads: it
- * wakes its threads for each one, and the scores leave the cache between the GEMMs and the
- * softmax. When the batch has a sample for every thread, the samples run in parallel
- * instead, one per thread from start to end; OpenBLAS runs single-threaded inside an OpenMP
- * parallel region. Otherwise (sampling one image) the GEMMs take the threads, one sample at
- * a time. Either way every row's sums have one fixed order. */
+ * On OpenBLAS in every build. oneDNN's batched matmul over the strided q, k and v views
+ * corrupted the heap (docs/RELIABILITY.md), and its per-sample 2-D calls made the training
+ * step's GEMMs slower than this (docs/PERF.md). A sample's GEMMs (L x L x C) are too small
+ * to split well over threads: OpenBLAS wakes its threads for each one, and the scores leave
+ * the cache between the GEMMs and the softmax. When the batch has a sample for every
+ * thread, the samples run in parallel instead, one per thread from start to end; OpenBLAS
+ * runs single-threaded inside an OpenMP parallel region. Otherwise (sampling one image) the
+ * GEMMs take the threads, one sample at a time. Either way every row's sums have one fixed
+ * order. */
 
 /* In place over one row of length n: p = exp(s - max s) / sum. The exponentials are
  * vectorised (cpu_math.h; libm's expf is a scalar call, which took a tenth of a sampling
@@ -132,73 +134,9 @@ static void attention_sample_forward(float *out, float *probs, const float *qkv,
                 d.ld, 0.0f, out, d.c);
 }
 
-/* The batched path: each GEMM once over all samples (a strided batch), the softmax over all
- * rows; the GEMM library spreads the batch over the threads. */
-static void softmax_all_rows(float *p, size_t rows, int n) {
-#pragma omp parallel for schedule(static)
-    for (size_t r = 0; r < rows; r++) softmax_row(p + r * (size_t)n, n);
-}
-
-static void softmax_backward_all_rows(float *d, const float *p, size_t rows, int n) {
-#pragma omp parallel for schedule(static)
-    for (size_t r = 0; r < rows; r++) softmax_backward_row(d + r * (size_t)n, p + r * (size_t)n, n);
-}
-
-/* (L, L) or (L, C) products of each sample: A (lda) and B (ldb) with their batch strides. */
-static GemmCall attention_gemm(int b, int m, int n, int k, int trans_a, int trans_b, int lda,
-                               size_t stride_a, int ldb, size_t stride_b, int ldc,
-                               size_t stride_c, float alpha) {
-    return (GemmCall){.batch = b, .m = m, .n = n, .k = k, .trans_a = trans_a,
-                      .trans_b = trans_b, .lda = lda, .ldb = ldb, .ldc = ldc,
-                      .stride_a = stride_a, .stride_b = stride_b, .stride_c = stride_c,
-                      .alpha = alpha};
-}
-
-static void attention_forward_batched(float *out, float *probs, const float *qkv, int b,
-                                      AttentionDims d) {
-    const size_t qkv_stride = (size_t)d.l * d.ld, probs_stride = (size_t)d.l * d.l;
-    const size_t out_stride = (size_t)d.l * d.c;
-    const float *q = qkv, *k = qkv + d.c, *v = qkv + 2 * d.c;
-    GemmCall scores = attention_gemm(b, d.l, d.l, d.c, 0, 1, d.ld, qkv_stride, d.ld, qkv_stride,
-                                     d.l, probs_stride, d.scale);
-    cpu_gemm(&scores, q, k, probs);
-    softmax_all_rows(probs, (size_t)b * d.l, d.l);
-    GemmCall mix = attention_gemm(b, d.l, d.c, d.l, 0, 0, d.l, probs_stride, d.ld, qkv_stride,
-                                  d.c, out_stride, 1.0f);
-    cpu_gemm(&mix, probs, v, out);
-}
-
-static void attention_backward_batched(float *dqkv, const float *dout, const float *qkv,
-                                       const float *probs, float *dscores, int b,
-                                       AttentionDims d) {
-    const size_t qkv_stride = (size_t)d.l * d.ld, probs_stride = (size_t)d.l * d.l;
-    const size_t out_stride = (size_t)d.l * d.c;
-    const float *q = qkv, *k = qkv + d.c, *v = qkv + 2 * d.c;
-    float *dq = dqkv, *dk = dqkv + d.c, *dv = dqkv + 2 * d.c;
-    /* dv = probs^T dout;  dprobs = dout v^T */
-    GemmCall g = attention_gemm(b, d.l, d.c, d.l, 1, 0, d.l, probs_stride, d.c, out_stride, d.ld,
-                                qkv_stride, 1.0f);
-    cpu_gemm(&g, probs, dout, dv);
-    g = attention_gemm(b, d.l, d.l, d.c, 0, 1, d.c, out_stride, d.ld, qkv_stride, d.l,
-                       probs_stride, 1.0f);
-    cpu_gemm(&g, dout, v, dscores);
-    softmax_backward_all_rows(dscores, probs, (size_t)b * d.l, d.l);
-    /* dq = dscores k * scale;  dk = dscores^T q * scale */
-    g = attention_gemm(b, d.l, d.c, d.l, 0, 0, d.l, probs_stride, d.ld, qkv_stride, d.ld,
-                       qkv_stride, d.scale);
-    cpu_gemm(&g, dscores, k, dq);
-    g = attention_gemm(b, d.l, d.c, d.l, 1, 0, d.l, probs_stride, d.ld, qkv_stride, d.ld,
-                       qkv_stride, d.scale);
-    cpu_gemm(&g, dscores, q, dk);
-}
-
 void cpu_attention_forward(float *out, float *probs, const float *qkv, int b, int l, int c,
                            float scale) {
     const AttentionDims d = {l, c, 3 * c, scale};
-    if (cpu_gemm_path() == GEMM_PATH_ONEDNN) {
-        attention_forward_batched(out, probs, qkv, b, d);
-        return;
-    }
     const size_t qkv_stride = (size_t)l * d.ld, probs_stride = (size_t)l * l;
     const int parallel = samples_in_parallel(b);
 #pragma omp parallel for schedule(static) if (parallel)
@@ -231,10 +169,6 @@ static void attention_sample_backward(float *dqkv, const float *dout, const floa
 void cpu_attention_backward(float *dqkv, const float *dout, const float *qkv, const float *probs,
                             int b, int l, int c, float scale, float *workspace) {
     const AttentionDims d = {l, c, 3 * c, scale};
-    if (cpu_gemm_path() == GEMM_PATH_ONEDNN) {
-        attention_backward_batched(dqkv, dout, qkv, probs, workspace, b, d);
-        return;
-    }
     const size_t qkv_stride = (size_t)l * d.ld, probs_stride = (size_t)l * l;
     const int parallel = samples_in_parallel(b);
 #pragma omp parallel for schedule(static) if (parallel)
